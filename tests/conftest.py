@@ -1,0 +1,38 @@
+"""Shared fixtures: where ../shared lives, and the --runslow switch."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The read-only ../shared folder (data and the MiniLM checkpoint); tests skip when it is absent."""
+    path = Path(os.environ.get("MINIBERT_SHARED", REPO.parent / "shared"))
+    if not path.is_dir():
+        pytest.skip(f"shared data not found at {path} (set MINIBERT_SHARED to its folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(shared_dir: Path) -> Path:
+    path = shared_dir / "models" / "all-MiniLM-L6-v2"
+    if not (path / "model.safetensors").is_file():
+        pytest.skip(f"MiniLM checkpoint not found in {path}")
+    return path
