@@ -77,7 +77,9 @@ class BertConfig:
                 f"({self.num_attention_heads}); change one of them so each head gets a whole number of dimensions."
             )
         if self.hidden_act not in ACTIVATIONS:
-            raise MinibertError(f"hidden_act {self.hidden_act!r} is not supported; use one of {', '.join(ACTIVATIONS)}.")
+            raise MinibertError(
+                f"hidden_act {self.hidden_act!r} is not supported; use one of {', '.join(ACTIVATIONS)}."
+            )
         if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
             raise MinibertError(
                 f"position_embedding_type {self.position_embedding_type!r} is not supported; "

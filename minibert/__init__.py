@@ -1,0 +1,27 @@
+"""minibert: a BERT encoder written from first principles in PyTorch, compatible with Hugging Face checkpoints."""
+
+from minibert.config import BertConfig
+from minibert.errors import MinibertError
+from minibert.models import (
+    BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForNextSentencePrediction,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
+
+__all__ = [
+    "BertConfig",
+    "BertForMaskedLM",
+    "BertForMultipleChoice",
+    "BertForNextSentencePrediction",
+    "BertForPreTraining",
+    "BertForQuestionAnswering",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertModel",
+    "MinibertError",
+]

@@ -1,0 +1,63 @@
+"""Token + segment + position embeddings, then LayerNorm and dropout: BERT's input layer.
+
+Positions are learned (`absolute`, as in every HF BERT checkpoint) or, as our own option, a fixed sin/cos table
+(`sinusoidal`, Vaswani et al. 2017) that is not a parameter and is not saved.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from minibert.config import BertConfig
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
+    """(num_positions, dim): even columns sin(pos / 10000^(2i/dim)), odd columns cos of the same angle."""
+    position = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+    table = torch.zeros(num_positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq[: dim // 2])
+    return table.float()
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.segment = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        if config.position_embedding_type == "absolute":
+            self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        else:
+            self.register_buffer(
+                "sinusoidal", sinusoidal_table(config.max_position_embeddings, config.hidden_size), persistent=False
+            )
+        self.max_positions = config.max_position_embeddings
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def position_table(self) -> torch.Tensor:
+        """(max_positions, hidden): the learned table, or the fixed sin/cos one."""
+        return self.position.weight if hasattr(self, "position") else self.sinusoidal
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids, token_type_ids, position_ids: (b, t) -> (b, t, hidden). `inputs_embeds` (b, t, hidden)
+        replaces the word-embedding lookup (as in transformers, for callers that perturb embeddings)."""
+        x = self.word(input_ids) if inputs_embeds is None else inputs_embeds
+        if token_type_ids is not None:
+            x = x + self.segment(token_type_ids)
+        else:  # all segment 0, without materialising a tensor of zeros
+            x = x + self.segment.weight[0]
+        if position_ids is None:
+            position_ids = torch.arange(x.shape[1], device=x.device)
+        x = x + self.position_table()[position_ids]
+        return self.dropout(self.norm(x))

@@ -1,0 +1,79 @@
+"""One post-LayerNorm encoder layer (attention, add & norm, feed-forward, add & norm) and the stack of them."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from minibert.attention import SelfAttention
+from minibert.config import BertConfig
+
+
+def activation(name: str) -> nn.Module:
+    """HF's `hidden_act` names. `gelu` is the exact erf form; `gelu_new` and `gelu_pytorch_tanh` are both the tanh
+    approximation (HF writes the former out by hand, the latter calls torch; they agree to float rounding)."""
+    return {
+        "gelu": nn.GELU(),
+        "gelu_new": nn.GELU(approximate="tanh"),
+        "gelu_pytorch_tanh": nn.GELU(approximate="tanh"),
+        "relu": nn.ReLU(),
+    }[name]
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: BertConfig, attn_impl: str) -> None:
+        super().__init__()
+        self.attention = SelfAttention(config, attn_impl)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, x: torch.Tensor, key_mask: torch.Tensor | None, need_probs: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, probs = self.attention(x, key_mask, need_probs)
+        x = self.attention_norm(x + self.dropout(attended))
+        x = self.ffn_norm(x + self.dropout(self.ffn(x)))
+        return x, probs
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: BertConfig, attn_impl: str) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([EncoderLayer(config, attn_impl) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None]:
+        """x: (b, t, hidden) -> last hidden state, [embeddings, layer 1, ..., layer N] if asked, [probs] if asked."""
+        hidden_states = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                # recompute the layer's activations in backward instead of storing them
+                x, probs = checkpoint(layer, x, key_mask, output_attentions, use_reentrant=False)
+            else:
+                x, probs = layer(x, key_mask, output_attentions)
+            if hidden_states is not None:
+                hidden_states.append(x)
+            if attentions is not None:
+                attentions.append(probs)
+        return x, hidden_states, attentions

@@ -1,0 +1,430 @@
+"""`BertModel` and the task heads, with `from_pretrained` / `save_pretrained` in Hugging Face layout.
+
+Every class mirrors its `transformers` namesake: same constructor argument (a config), same forward arguments,
+same losses, and outputs read by attribute. Weight names on disk are HF's; the table that maps them to ours is
+in `weights.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from minibert import weights
+from minibert.attention import resolve_attn_impl
+from minibert.config import BertConfig
+from minibert.embeddings import BertEmbeddings
+from minibert.encoder import Encoder, activation
+from minibert.errors import MinibertError
+from minibert.outputs import BaseModelOutput, ModelOutput, PreTrainingOutput, QuestionAnsweringOutput
+
+logger = logging.getLogger("minibert")
+
+M = TypeVar("M", bound="BertPreTrainedModel")
+
+
+class BertPreTrainedModel(nn.Module):
+    """What every model shares: weight init, loading and saving. Subclasses build their modules in `__init__`."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    # --- init ----------------------------------------------------------------------------------------------
+
+    def init_weights(self) -> None:
+        """Initialise every parameter as transformers does for a model trained from scratch."""
+        for module in self.modules():
+            self._init_module(module)
+
+    def _init_module(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, MaskedLMHead):
+            nn.init.zeros_(module.bias)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Trade compute for memory: each layer's activations are recomputed in backward instead of stored."""
+        self.base_model.encoder.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.base_model.encoder.gradient_checkpointing = False
+
+    @property
+    def base_model(self) -> BertModel:
+        return self if isinstance(self, BertModel) else self.bert
+
+    # --- files ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        attn_impl: str = "auto",
+        ignore_mismatched_sizes: bool = False,
+        **config_overrides: Any,
+    ) -> M:
+        """Load a Hugging Face BERT checkpoint: a local folder, or a Hub id (honours HF_HUB_OFFLINE and the cache).
+
+        `config_overrides` replace fields of its config.json (e.g. `num_labels=3`). A head that the checkpoint
+        lacks is initialised and named in the log; `ignore_mismatched_sizes=True` re-initialises a head whose
+        size differs (a classifier trained for another number of labels) instead of refusing it.
+        The model comes back in eval mode, like transformers.
+        """
+        folder = weights.resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
+        config = BertConfig.from_json(folder.config_file, **config_overrides)
+        model = cls(config, attn_impl=attn_impl)
+        state = weights.read_state_dict(folder.weight_files)
+        weights.load_hf_state_dict(model, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
+        return model.eval()
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors in HF names, each file atomically."""
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        weights.save_safetensors(weights.to_hf_state_dict(self), path / weights.SAFETENSORS_FILE)
+        config = self.config.to_dict()
+        config["architectures"] = [type(self).__name__]
+        weights.save_config(config, path / weights.CONFIG_FILE)
+
+
+class Pooler(nn.Module):
+    """tanh(dense(hidden state of [CLS])): the sentence vector that the classification heads read."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class BertModel(BertPreTrainedModel):
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True, attn_impl: str = "auto") -> None:
+        super().__init__(config)
+        self.attn_impl = resolve_attn_impl(attn_impl)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = Encoder(config, self.attn_impl)
+        self.pooler = Pooler(config) if add_pooling_layer else None
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutput:
+        """input_ids (b, t) [or inputs_embeds (b, t, hidden)]; attention_mask (b, t) with 1 = token, 0 = padding."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise MinibertError("pass exactly one of input_ids or inputs_embeds.")
+        seq_len = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
+        if seq_len > self.config.max_position_embeddings and position_ids is None:
+            raise MinibertError(
+                f"the input has {seq_len} tokens but the model has only {self.config.max_position_embeddings} "
+                "positions; truncate it (e.g. tokenizer(..., truncation=True, max_length=512))."
+            )
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        key_mask = None if attention_mask is None else attention_mask.bool()
+        x, hidden_states, attentions = self.encoder(x, key_mask, output_hidden_states, output_attentions)
+        return BaseModelOutput(
+            last_hidden_state=x,
+            pooler_output=self.pooler(x) if self.pooler is not None else None,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            attentions=tuple(attentions) if attentions is not None else None,
+        )
+
+
+def _classifier_dropout(config: BertConfig) -> nn.Dropout:
+    p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+    return nn.Dropout(p)
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """Pooled [CLS] -> dropout -> linear. The loss follows `problem_type`:
+
+    - "single_label_classification": cross-entropy on integer labels (b,)
+    - "multi_label_classification": BCE-with-logits on float labels (b, num_labels)
+    - "regression": MSE (num_labels == 1: logits and labels squeezed, as transformers does)
+
+    When config.problem_type is None it is inferred on each call, exactly as transformers infers it (num_labels == 1
+    -> regression; integer labels -> single-label; otherwise multi-label), but unlike transformers the config is
+    never written to by a forward pass: set `problem_type` in the config to fix it once.
+    """
+
+    def __init__(self, config: BertConfig, attn_impl: str = "auto") -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, attn_impl=attn_impl)
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self._init_module(self.classifier)
+
+    def problem_type_for(self, labels: torch.Tensor) -> str:
+        if self.config.problem_type is not None:
+            return self.config.problem_type
+        if self.config.num_labels == 1:
+            return "regression"
+        if labels.dtype in (torch.long, torch.int):
+            return "single_label_classification"
+        return "multi_label_classification"
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        output_hidden_states, output_attentions)
+        logits = self.classifier(self.dropout(out.pooler_output))  # (b, num_labels)
+        loss = None
+        if labels is not None:
+            problem_type = self.problem_type_for(labels)
+            if problem_type == "regression":
+                if self.config.num_labels == 1:
+                    loss = F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+                else:
+                    loss = F.mse_loss(logits, labels.to(logits.dtype))
+            elif problem_type == "single_label_classification":
+                loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return ModelOutput(loss, logits, out.hidden_states, out.attentions)
+
+
+class BertForTokenClassification(BertPreTrainedModel):
+    """Per-token linear classifier (NER, POS tagging). Labels (b, t); -100 marks positions to ignore."""
+
+    def __init__(self, config: BertConfig, attn_impl: str = "auto") -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False, attn_impl=attn_impl)
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self._init_module(self.classifier)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        output_hidden_states, output_attentions)
+        logits = self.classifier(self.dropout(out.last_hidden_state))  # (b, t, num_labels)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+        return ModelOutput(loss, logits, out.hidden_states, out.attentions)
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """Span extraction (SQuAD): a start and an end logit per token."""
+
+    def __init__(self, config: BertConfig, attn_impl: str = "auto") -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False, attn_impl=attn_impl)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self._init_module(self.qa_outputs)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> QuestionAnsweringOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        output_hidden_states, output_attentions)
+        logits = self.qa_outputs(out.last_hidden_state)  # (b, t, 2)
+        start_logits, end_logits = (x.squeeze(-1).contiguous() for x in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # positions outside the input (an answer cut off by truncation) are clamped to t and ignored
+            ignored = start_logits.shape[1]
+            start = start_positions.reshape(-1).clamp(0, ignored)
+            end = end_positions.reshape(-1).clamp(0, ignored)
+            loss = (F.cross_entropy(start_logits, start, ignore_index=ignored)
+                    + F.cross_entropy(end_logits, end, ignore_index=ignored)) / 2
+        return QuestionAnsweringOutput(loss, start_logits, end_logits, out.hidden_states, out.attentions)
+
+
+class BertForMultipleChoice(BertPreTrainedModel):
+    """Inputs (b, choices, t); one score per choice from the pooled [CLS]; labels (b,) index the right choice."""
+
+    def __init__(self, config: BertConfig, attn_impl: str = "auto") -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, attn_impl=attn_impl)
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self._init_module(self.classifier)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        reference = input_ids if input_ids is not None else inputs_embeds
+        num_choices = reference.shape[1]
+
+        def flat(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else rearrange(x, "b c t ... -> (b c) t ...")
+
+        out = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                        flat(inputs_embeds), output_hidden_states, output_attentions)
+        logits = self.classifier(self.dropout(out.pooler_output))  # ((b c), 1)
+        logits = rearrange(logits, "(b c) 1 -> b c", c=num_choices)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return ModelOutput(loss, logits, out.hidden_states, out.attentions)
+
+
+class BertForNextSentencePrediction(BertPreTrainedModel):
+    """Is sentence B the continuation of sentence A? Logits (b, 2); label 0 = yes, 1 = random sentence."""
+
+    def __init__(self, config: BertConfig, attn_impl: str = "auto") -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, attn_impl=attn_impl)
+        self.nsp = nn.Linear(config.hidden_size, 2)
+        self._init_module(self.nsp)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        output_hidden_states, output_attentions)
+        logits = self.nsp(out.pooler_output)
+        loss = F.cross_entropy(logits.view(-1, 2), labels.view(-1)) if labels is not None else None
+        return ModelOutput(loss, logits, out.hidden_states, out.attentions)
+
+
+class MaskedLMHead(nn.Module):
+    """dense -> activation -> LayerNorm -> decoder. The decoder's weight IS the word-embedding matrix (tied, as in
+    every BERT checkpoint); only its bias is this head's own."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        """hidden (..., hidden), word_embeddings (vocab, hidden) -> logits (..., vocab)."""
+        hidden = self.norm(self.act(self.dense(hidden)))
+        return F.linear(hidden, word_embeddings, self.bias)
+
+
+class BertForMaskedLM(BertPreTrainedModel):
+    """Predict masked tokens. Labels (b, t) hold the original ids at masked positions and -100 elsewhere."""
+
+    def __init__(self, config: BertConfig, attn_impl: str = "auto") -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False, attn_impl=attn_impl)
+        self.mlm = MaskedLMHead(config)
+        for module in self.mlm.modules():
+            self._init_module(module)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        output_hidden_states, output_attentions)
+        logits = self.mlm(out.last_hidden_state, self.bert.embeddings.word.weight)  # (b, t, vocab)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1))
+        return ModelOutput(loss, logits, out.hidden_states, out.attentions)
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """Masked-LM and next-sentence heads together: the class of the original bert-base-uncased checkpoint."""
+
+    def __init__(self, config: BertConfig, attn_impl: str = "auto") -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, attn_impl=attn_impl)
+        self.mlm = MaskedLMHead(config)
+        self.nsp = nn.Linear(config.hidden_size, 2)
+        for module in [*self.mlm.modules(), self.nsp]:
+            self._init_module(module)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        next_sentence_label: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> PreTrainingOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        output_hidden_states, output_attentions)
+        prediction_logits = self.mlm(out.last_hidden_state, self.bert.embeddings.word.weight)
+        nsp_logits = self.nsp(out.pooler_output)
+        loss = None
+        if labels is not None and next_sentence_label is not None:
+            loss = (F.cross_entropy(prediction_logits.view(-1, self.config.vocab_size), labels.view(-1))
+                    + F.cross_entropy(nsp_logits.view(-1, 2), next_sentence_label.view(-1)))
+        return PreTrainingOutput(loss, prediction_logits, nsp_logits, out.hidden_states, out.attentions)

@@ -1,0 +1,401 @@
+"""Hugging Face checkpoints in and out: finding the files, reading them safely, and the one table of names.
+
+Reading: a local folder, or a Hub id resolved with `huggingface_hub` (only the files needed; the HF cache,
+`revision` and `HF_HUB_OFFLINE` honoured). `model.safetensors` (or sharded `*.safetensors` with an index) is
+preferred; `pytorch_model.bin` is read with `torch.load(weights_only=True)` only, so a pickle cannot run code.
+
+Loading is strict: every parameter is filled exactly once, every tensor in the file is consumed or explicitly
+ignored, every shape is checked, and each failure names the tensor and says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from minibert.errors import MinibertError
+from minibert.files import atomic_write_text, atomic_write_with
+
+if TYPE_CHECKING:
+    from minibert.models import BertPreTrainedModel
+
+logger = logging.getLogger("minibert")
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+PYTORCH_FILE = "pytorch_model.bin"
+
+# --- the table ------------------------------------------------------------------------------------------------
+# One row per parameter: (our name, HF name or names). Two or more HF names mean our tensor is their
+# concatenation along dim 0 (the fused q/k/v projection). "{i}" stands for the layer index.
+# Names of the base model are relative to `BertModel`; in a model with a head both sides gain a "bert." prefix.
+
+BASE_TABLE: list[tuple[str, str | tuple[str, ...]]] = [
+    ("embeddings.word.weight", "embeddings.word_embeddings.weight"),
+    ("embeddings.position.weight", "embeddings.position_embeddings.weight"),
+    ("embeddings.segment.weight", "embeddings.token_type_embeddings.weight"),
+    ("embeddings.norm.weight", "embeddings.LayerNorm.weight"),
+    ("embeddings.norm.bias", "embeddings.LayerNorm.bias"),
+]
+
+LAYER_TABLE: list[tuple[str, str | tuple[str, ...]]] = [
+    ("encoder.layers.{i}.attention.qkv.weight", ("encoder.layer.{i}.attention.self.query.weight",
+                                                 "encoder.layer.{i}.attention.self.key.weight",
+                                                 "encoder.layer.{i}.attention.self.value.weight")),
+    ("encoder.layers.{i}.attention.qkv.bias", ("encoder.layer.{i}.attention.self.query.bias",
+                                               "encoder.layer.{i}.attention.self.key.bias",
+                                               "encoder.layer.{i}.attention.self.value.bias")),
+    ("encoder.layers.{i}.attention.out.weight", "encoder.layer.{i}.attention.output.dense.weight"),
+    ("encoder.layers.{i}.attention.out.bias", "encoder.layer.{i}.attention.output.dense.bias"),
+    ("encoder.layers.{i}.attention_norm.weight", "encoder.layer.{i}.attention.output.LayerNorm.weight"),
+    ("encoder.layers.{i}.attention_norm.bias", "encoder.layer.{i}.attention.output.LayerNorm.bias"),
+    ("encoder.layers.{i}.ffn.up.weight", "encoder.layer.{i}.intermediate.dense.weight"),
+    ("encoder.layers.{i}.ffn.up.bias", "encoder.layer.{i}.intermediate.dense.bias"),
+    ("encoder.layers.{i}.ffn.down.weight", "encoder.layer.{i}.output.dense.weight"),
+    ("encoder.layers.{i}.ffn.down.bias", "encoder.layer.{i}.output.dense.bias"),
+    ("encoder.layers.{i}.ffn_norm.weight", "encoder.layer.{i}.output.LayerNorm.weight"),
+    ("encoder.layers.{i}.ffn_norm.bias", "encoder.layer.{i}.output.LayerNorm.bias"),
+]
+
+# Heads: (our name, HF name), both absolute. A head the checkpoint lacks is initialised, and said so.
+HEAD_TABLE: list[tuple[str, str]] = [
+    ("pooler.dense.weight", "pooler.dense.weight"),  # in the base model; "bert." prefixed like it
+    ("pooler.dense.bias", "pooler.dense.bias"),
+    ("classifier.weight", "classifier.weight"),
+    ("classifier.bias", "classifier.bias"),
+    ("qa_outputs.weight", "qa_outputs.weight"),
+    ("qa_outputs.bias", "qa_outputs.bias"),
+    ("mlm.dense.weight", "cls.predictions.transform.dense.weight"),
+    ("mlm.dense.bias", "cls.predictions.transform.dense.bias"),
+    ("mlm.norm.weight", "cls.predictions.transform.LayerNorm.weight"),
+    ("mlm.norm.bias", "cls.predictions.transform.LayerNorm.bias"),
+    ("mlm.bias", "cls.predictions.bias"),
+    ("nsp.weight", "cls.seq_relationship.weight"),
+    ("nsp.bias", "cls.seq_relationship.bias"),
+]
+
+# In checkpoints, never loaded: buffers HF saved in some versions, and the MLM decoder, which is tied to the word
+# embeddings (its bias is a second copy of cls.predictions.bias).
+IGNORED = {
+    "embeddings.position_ids",
+    "embeddings.token_type_ids",
+    "cls.predictions.decoder.weight",
+    "cls.predictions.decoder.bias",
+}
+
+
+HEAD_HF_NAMES = {hf for _, hf in HEAD_TABLE}
+
+
+def _is_head_name(hf_name: str) -> bool:
+    """True for tensors of the optional parts (pooler and heads), with or without the "bert." prefix."""
+    return _strip_base(hf_name) in HEAD_HF_NAMES
+
+
+def name_table(model: BertPreTrainedModel) -> list[tuple[str, tuple[str, ...]]]:
+    """Every parameter of `model` with the HF tensor name(s) it is made of, in full (prefixes included)."""
+    has_base_prefix = hasattr(model, "bert")
+    prefix = "bert." if has_base_prefix else ""
+    rows: list[tuple[str, tuple[str, ...]]] = []
+    base_rows = list(BASE_TABLE)
+    for i in range(model.config.num_hidden_layers):
+        base_rows += [(ours.format(i=i), tuple(h.format(i=i) for h in _as_tuple(hf))) for ours, hf in LAYER_TABLE]
+    for ours, hf in base_rows:
+        rows.append((prefix + ours, tuple(prefix + h for h in _as_tuple(hf))))
+    for ours, hf in HEAD_TABLE:
+        if ours.startswith("pooler."):
+            ours, hf = prefix + ours, prefix + hf
+        rows.append((ours, (hf,)))
+    params = dict(model.named_parameters())
+    return [(ours, hf) for ours, hf in rows if ours in params]
+
+
+def _as_tuple(names: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (names,) if isinstance(names, str) else names
+
+
+# --- dialects ------------------------------------------------------------------------------------------------
+
+
+def normalise_names(state: dict[str, torch.Tensor], with_prefix: bool) -> dict[str, torch.Tensor]:
+    """Bring the dialects of real checkpoints to one: TF-era LayerNorm `gamma`/`beta`, and the base model's
+    tensors with a "bert." prefix (checkpoints of a model with a head) or without (a bare BertModel)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if name.endswith(".gamma"):
+            name = name[: -len("gamma")] + "weight"
+        elif name.endswith(".beta"):
+            name = name[: -len("beta")] + "bias"
+        base = name[len("bert."):] if name.startswith("bert.") else name
+        is_base = base.startswith(("embeddings.", "encoder.", "pooler."))
+        if is_base:
+            name = "bert." + base if with_prefix else base
+        if name in out:
+            raise MinibertError(f"the checkpoint holds tensor {name!r} twice (with and without 'bert.' prefix); "
+                                "it is ambiguous, keep one of the two.")
+        out[name] = tensor
+    if "cls.predictions.bias" not in out and "cls.predictions.decoder.bias" in out:
+        out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"]
+    return out
+
+
+# --- loading into a model --------------------------------------------------------------------------------------
+
+
+def load_hf_state_dict(
+    model: BertPreTrainedModel, state: dict[str, torch.Tensor], ignore_mismatched_sizes: bool = False
+) -> None:
+    """Copy HF-named tensors into `model`, strictly. Missing heads are left as initialised and named in the log."""
+    state = normalise_names(state, with_prefix=hasattr(model, "bert"))
+    params = dict(model.named_parameters())
+    used: set[str] = set()
+    initialised: list[str] = []
+    for ours, hf_names in name_table(model):
+        param = params[ours]
+        present = [n for n in hf_names if n in state]
+        if not present:
+            if _is_head_name(hf_names[0]):
+                initialised.append(hf_names[0])
+                continue
+            raise MinibertError(
+                f"the checkpoint has no tensor {hf_names[0]!r}; it is not a complete BERT checkpoint for this config "
+                f"(num_hidden_layers={model.config.num_hidden_layers})."
+            )
+        if len(present) != len(hf_names):
+            missing = sorted(set(hf_names) - set(present))
+            raise MinibertError(f"the checkpoint has {present[0]!r} but not {missing[0]!r}; it is incomplete.")
+        tensor = state[hf_names[0]] if len(hf_names) == 1 else torch.cat([state[n] for n in hf_names], dim=0)
+        used.update(hf_names)
+        if tensor.shape != param.shape:
+            found = " + ".join(str(tuple(state[n].shape)) for n in hf_names)
+            if ignore_mismatched_sizes and _is_head_name(hf_names[0]):
+                initialised.append(f"{hf_names[0]} (size {found} in the checkpoint, {tuple(param.shape)} here)")
+                continue
+            hint = ("pass ignore_mismatched_sizes=True to re-initialise this head" if _is_head_name(hf_names[0])
+                    else "check that config.json belongs to these weights")
+            raise MinibertError(
+                f"tensor {hf_names[0]!r} has shape {found} in the checkpoint but the model expects "
+                f"{tuple(param.shape)}; {hint}."
+            )
+        if not torch.isfinite(tensor).all():
+            raise MinibertError(f"tensor {hf_names[0]!r} in the checkpoint contains NaN or Inf values; the file is "
+                                "corrupt or from a diverged run, use another checkpoint.")
+        with torch.no_grad():
+            param.copy_(tensor)
+    unexpected = [n for n in state if n not in used and n not in IGNORED and not n.endswith(".position_ids")]
+    unknown = [n for n in unexpected if not _is_head_name(n)]
+    if unknown:
+        raise MinibertError(
+            f"unexpected tensor {unknown[0]!r} in the checkpoint ({len(unknown)} in all) does not belong to a BERT "
+            "model; this checkpoint is not a Hugging Face BERT checkpoint, or is another architecture."
+        )
+    if unexpected:
+        logger.info("%s: the checkpoint's %s not used by this class.", type(model).__name__, _heads(unexpected))
+    if initialised:
+        logger.warning("%s: newly initialised (not in the checkpoint): %s; train it before use.",
+                       type(model).__name__, ", ".join(initialised))
+
+
+def _strip_base(name: str) -> str:
+    return name[len("bert."):] if name.startswith("bert.") else name
+
+
+def _heads(names: list[str]) -> str:
+    groups = sorted({n.rsplit(".", 1)[0] for n in names})
+    return ", ".join(groups) + (" are" if len(groups) > 1 else " is")
+
+
+def to_hf_state_dict(model: BertPreTrainedModel) -> dict[str, torch.Tensor]:
+    """Our parameters under HF names, as transformers' `save_pretrained` writes them (fused q/k/v split again)."""
+    params = dict(model.named_parameters())
+    out: dict[str, torch.Tensor] = {}
+    for ours, hf_names in name_table(model):
+        tensor = params[ours].detach()
+        for name, part in zip(hf_names, tensor.chunk(len(hf_names), dim=0)):
+            out[name] = part.contiguous().cpu()
+    return out
+
+
+# --- files -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckpointFiles:
+    config_file: Path
+    weight_files: list[Path]
+
+
+def _weights_in_folder(folder: Path) -> list[Path] | None:
+    if (folder / SAFETENSORS_FILE).is_file():
+        return [folder / SAFETENSORS_FILE]
+    if (folder / SAFETENSORS_INDEX_FILE).is_file():
+        return [folder / name for name in _shard_names(folder / SAFETENSORS_INDEX_FILE)]
+    if (folder / PYTORCH_FILE).is_file():
+        return [folder / PYTORCH_FILE]
+    return None
+
+
+def _shard_names(index_file: Path) -> list[str]:
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        return sorted(set(index["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError):
+        raise MinibertError(f"{index_file} is not a valid safetensors index (it needs a 'weight_map').") from None
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> CheckpointFiles:
+    """A local folder, or else a Hub repo id: find config.json and the weight files, downloading only those."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = _weights_in_folder(path)
+        if files is None:
+            raise MinibertError(f"{path} has no {SAFETENSORS_FILE}, {SAFETENSORS_INDEX_FILE} or {PYTORCH_FILE}; "
+                                "point to the folder that holds the model's weights.")
+        return CheckpointFiles(path / CONFIG_FILE, files)
+    if path.exists():
+        raise MinibertError(f"{path} is a file; pass the folder that holds config.json and the weights.")
+    text = str(name_or_path)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", ""):
+        raise MinibertError(f"{text} does not exist; check the path (it is not a Hub id either).")
+    return _resolve_from_hub(text, revision, cache_dir)
+
+
+def _resolve_from_hub(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None) -> CheckpointFiles:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    def download(filename: str) -> Path | None:
+        """The file's local path, None if the repo (or the offline cache) lacks it."""
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
+        except EntryNotFoundError:
+            return None
+        except LocalEntryNotFoundError:
+            if filename == CONFIG_FILE:
+                raise
+            return None
+
+    with hub_errors(repo_id, revision):
+        config = download(CONFIG_FILE)
+        for name in (SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, PYTORCH_FILE):
+            found = download(name)
+            if found is None:
+                continue
+            if name == SAFETENSORS_INDEX_FILE:
+                return CheckpointFiles(config, [download(shard) or found.parent / shard
+                                                for shard in _shard_names(found)])
+            return CheckpointFiles(config, [found])
+    raise MinibertError(f"Hub repo {repo_id!r} has no {SAFETENSORS_FILE} or {PYTORCH_FILE} (or they are not in the "
+                        "cache while offline).")
+
+
+class hub_errors:  # noqa: N801 - used as a `with` block, reads like one
+    """Turn huggingface_hub's exceptions into one sentence each: offline and not cached, no such repo, no such
+    revision, or the network failing."""
+
+    def __init__(self, repo_id: str, revision: str | None, repo_type: str = "model") -> None:
+        self.repo_id, self.revision, self.repo_type = repo_id, revision, repo_type
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        if exc is None:
+            return False
+        what = f"{self.repo_type} {self.repo_id!r}"
+        if isinstance(exc, RevisionNotFoundError):
+            raise MinibertError(f"revision {self.revision!r} of {what} does not exist on the Hub; "
+                                "check the branch, tag or commit name.") from None
+        if isinstance(exc, GatedRepoError):
+            raise MinibertError(f"{what} is gated; accept its terms on the Hub and log in "
+                                "(`hf auth login`).") from None
+        if isinstance(exc, RepositoryNotFoundError):
+            raise MinibertError(f"{what} was not found on the Hub (or is private); check the id, or pass a "
+                                "local folder.") from None
+        if isinstance(exc, LocalEntryNotFoundError):
+            raise MinibertError(f"{what} is not in the local Hugging Face cache and the Hub cannot be reached "
+                                "(offline); download it once with network access, or pass a local folder.") from None
+        if isinstance(exc, OSError) and not isinstance(exc, MinibertError):
+            raise MinibertError(f"could not fetch {what} from the Hub ({exc}); check the network or pass a "
+                                "local folder.") from None
+        return False
+
+
+def _sniff(path: Path) -> str | None:
+    """What a file that should be weights really is, when it is a well-known impostor."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the weights: fetch the real file (git lfs pull)"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "an HTML page (a failed download?), not the weights: download the file again"
+    if len(head) == 0:
+        return "empty: download the file again"
+    return None
+
+
+def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
+    """All tensors of the weight files, by their names in the file."""
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        if not path.is_file():
+            raise MinibertError(f"weight file {path} is missing (listed in the shard index); download it again.")
+        impostor = _sniff(path)
+        if impostor:
+            raise MinibertError(f"{path} is {impostor}.")
+        part = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pytorch_bin(path)
+        overlap = state.keys() & part.keys()
+        if overlap:
+            raise MinibertError(f"tensor {sorted(overlap)[0]!r} appears in two shards; the index is inconsistent.")
+        state.update(part)
+    return state
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MinibertError(f"{path} is not a valid safetensors file ({e}); it is truncated or corrupt, "
+                            "download it again.") from None
+
+
+def _read_pytorch_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise MinibertError(f"{path} was refused: its pickle asks to run code or build objects that are not "
+                            f"tensors ({str(e).splitlines()[0][:200]}); convert it to safetensors from a trusted "
+                            "source.") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise MinibertError(f"{path} is not a readable PyTorch checkpoint ({e}); it is truncated or corrupt.") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise MinibertError(f"{path} does not hold a plain state dict of tensors.")
+    return state
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    # "format": "pt" is the metadata transformers checks for when it loads a safetensors file
+    atomic_write_with(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+
+
+def save_config(config: dict, path: Path) -> None:
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
