@@ -11,6 +11,7 @@ from minibert.models import (
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
+    BertPreTrainedModel,
 )
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "BertForSequenceClassification",
     "BertForTokenClassification",
     "BertModel",
+    "BertPreTrainedModel",
     "MinibertError",
 ]

@@ -127,11 +127,16 @@ def _as_tuple(names: str | tuple[str, ...]) -> tuple[str, ...]:
 # --- dialects ------------------------------------------------------------------------------------------------
 
 
-def normalise_names(state: dict[str, torch.Tensor], with_prefix: bool) -> dict[str, torch.Tensor]:
+def normalise_names(
+    state: dict[str, torch.Tensor], with_prefix: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Bring the dialects of real checkpoints to one: TF-era LayerNorm `gamma`/`beta`, and the base model's
-    tensors with a "bert." prefix (checkpoints of a model with a head) or without (a bare BertModel)."""
+    tensors with a "bert." prefix (checkpoints of a model with a head) or without (a bare BertModel).
+    Returns the renamed tensors and, for error messages, each new name's name in the file."""
     out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
+    in_file: dict[str, str] = {}
+    for original, tensor in state.items():
+        name = original
         if name.endswith(".gamma"):
             name = name[: -len("gamma")] + "weight"
         elif name.endswith(".beta"):
@@ -144,9 +149,11 @@ def normalise_names(state: dict[str, torch.Tensor], with_prefix: bool) -> dict[s
             raise MinibertError(f"the checkpoint holds tensor {name!r} twice (with and without 'bert.' prefix); "
                                 "it is ambiguous, keep one of the two.")
         out[name] = tensor
+        in_file[name] = original
     if "cls.predictions.bias" not in out and "cls.predictions.decoder.bias" in out:
         out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"]
-    return out
+        in_file["cls.predictions.bias"] = in_file["cls.predictions.decoder.bias"]
+    return out, in_file
 
 
 # --- loading into a model --------------------------------------------------------------------------------------
@@ -156,7 +163,7 @@ def load_hf_state_dict(
     model: BertPreTrainedModel, state: dict[str, torch.Tensor], ignore_mismatched_sizes: bool = False
 ) -> None:
     """Copy HF-named tensors into `model`, strictly. Missing heads are left as initialised and named in the log."""
-    state = normalise_names(state, with_prefix=hasattr(model, "bert"))
+    state, in_file = normalise_names(state, with_prefix=hasattr(model, "bert"))
     params = dict(model.named_parameters())
     used: set[str] = set()
     initialised: list[str] = []
@@ -173,7 +180,8 @@ def load_hf_state_dict(
             )
         if len(present) != len(hf_names):
             missing = sorted(set(hf_names) - set(present))
-            raise MinibertError(f"the checkpoint has {present[0]!r} but not {missing[0]!r}; it is incomplete.")
+            raise MinibertError(f"the checkpoint has {in_file[present[0]]!r} but not {missing[0]!r}; "
+                                "it is incomplete.")
         tensor = state[hf_names[0]] if len(hf_names) == 1 else torch.cat([state[n] for n in hf_names], dim=0)
         used.update(hf_names)
         if tensor.shape != param.shape:
@@ -184,20 +192,20 @@ def load_hf_state_dict(
             hint = ("pass ignore_mismatched_sizes=True to re-initialise this head" if _is_head_name(hf_names[0])
                     else "check that config.json belongs to these weights")
             raise MinibertError(
-                f"tensor {hf_names[0]!r} has shape {found} in the checkpoint but the model expects "
+                f"tensor {in_file[hf_names[0]]!r} has shape {found} in the checkpoint but the model expects "
                 f"{tuple(param.shape)}; {hint}."
             )
         if not torch.isfinite(tensor).all():
-            raise MinibertError(f"tensor {hf_names[0]!r} in the checkpoint contains NaN or Inf values; the file is "
-                                "corrupt or from a diverged run, use another checkpoint.")
+            raise MinibertError(f"tensor {in_file[hf_names[0]]!r} in the checkpoint contains NaN or Inf values; the "
+                                "file is corrupt or from a diverged run, use another checkpoint.")
         with torch.no_grad():
             param.copy_(tensor)
     unexpected = [n for n in state if n not in used and n not in IGNORED and not n.endswith(".position_ids")]
     unknown = [n for n in unexpected if not _is_head_name(n)]
     if unknown:
         raise MinibertError(
-            f"unexpected tensor {unknown[0]!r} in the checkpoint ({len(unknown)} in all) does not belong to a BERT "
-            "model; this checkpoint is not a Hugging Face BERT checkpoint, or is another architecture."
+            f"unexpected tensor {in_file[unknown[0]]!r} in the checkpoint ({len(unknown)} in all) does not belong to "
+            "a BERT model; this checkpoint is not a Hugging Face BERT checkpoint, or is another architecture."
         )
     if unexpected:
         logger.info("%s: the checkpoint's %s not used by this class.", type(model).__name__, _heads(unexpected))
@@ -280,11 +288,11 @@ def _resolve_from_hub(repo_id: str, revision: str | None, cache_dir: str | os.Pa
         """The file's local path, None if the repo (or the offline cache) lacks it."""
         try:
             return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
-        except EntryNotFoundError:
-            return None
-        except LocalEntryNotFoundError:
+        except LocalEntryNotFoundError:  # offline and not cached (a subclass of the next one: keep it first)
             if filename == CONFIG_FILE:
                 raise
+            return None
+        except EntryNotFoundError:
             return None
 
     with hub_errors(repo_id, revision):
