@@ -101,6 +101,11 @@ class BertConfig:
         if len(self.id2label) != self.num_labels:
             raise MinibertError(f"id2label has {len(self.id2label)} entries but num_labels is {self.num_labels}.")
 
+    @classmethod
+    def field_names(cls) -> set[str]:
+        """The config.json fields minibert interprets (everything else is kept in `extra`)."""
+        return {f.name for f in dataclasses.fields(cls)} - {"extra"}
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
@@ -111,7 +116,7 @@ class BertConfig:
     def from_dict(cls, values: dict[str, Any], **overrides: Any) -> BertConfig:
         """Build from a `config.json` dict; keys we do not know go to `extra`. `overrides` win over the file."""
         values = {**values, **overrides}
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = cls.field_names()
         kwargs = {k: v for k, v in values.items() if k in known}
         extra = {k: v for k, v in values.items() if k not in known}
         extra.update(values.get("extra", {}) or {})

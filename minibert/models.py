@@ -83,20 +83,31 @@ class BertPreTrainedModel(nn.Module):
         cache_dir: str | os.PathLike | None = None,
         attn_impl: str = "auto",
         ignore_mismatched_sizes: bool = False,
+        dtype: torch.dtype | None = None,
         **config_overrides: Any,
     ) -> M:
         """Load a Hugging Face BERT checkpoint: a local folder, or a Hub id (honours HF_HUB_OFFLINE and the cache).
 
-        `config_overrides` replace fields of its config.json (e.g. `num_labels=3`). A head that the checkpoint
-        lacks is initialised and named in the log; `ignore_mismatched_sizes=True` re-initialises a head whose
-        size differs (a classifier trained for another number of labels) instead of refusing it.
+        `config_overrides` replace fields of its config.json (e.g. `num_labels=3`); for `BertModel`,
+        `add_pooling_layer=False` drops the pooler. A head that the checkpoint lacks is initialised and named in
+        the log; `ignore_mismatched_sizes=True` re-initialises a head whose size differs (a classifier trained for
+        another number of labels) instead of refusing it. Parameters are float32 unless `dtype` says otherwise.
         The model comes back in eval mode, like transformers.
         """
+        model_kwargs = {"attn_impl": attn_impl}
+        if cls is BertModel and "add_pooling_layer" in config_overrides:
+            model_kwargs["add_pooling_layer"] = config_overrides.pop("add_pooling_layer")
+        unknown = sorted(set(config_overrides) - BertConfig.field_names())
+        if unknown:
+            raise MinibertError(f"{cls.__name__}.from_pretrained got unknown option(s) {', '.join(unknown)}; "
+                                "options other than the loading ones must be BertConfig fields.")
         folder = weights.resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
         config = BertConfig.from_json(folder.config_file, **config_overrides)
-        model = cls(config, attn_impl=attn_impl)
+        model = cls(config, **model_kwargs)
         state = weights.read_state_dict(folder.weight_files)
         weights.load_hf_state_dict(model, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
+        if dtype is not None:
+            model.to(dtype)
         return model.eval()
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:

@@ -291,6 +291,15 @@ def test_config_code_fields_are_ignored(saved, caplog):
     assert "auto_map" in caplog.text and "never imports" in caplog.text
 
 
+def test_loading_options(saved):
+    model = minibert.BertModel.from_pretrained(saved, add_pooling_layer=False, dtype=torch.bfloat16,
+                                               hidden_dropout_prob=0.2)
+    assert model.pooler is None and model.config.hidden_dropout_prob == 0.2
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with pytest.raises(MinibertError, match="unknown option"):
+        minibert.BertForSequenceClassification.from_pretrained(saved, num_lables=3)
+
+
 def test_save_is_atomic(saved, monkeypatch):
     """A crash in the middle of writing model.safetensors leaves the previous file intact, and no temp files."""
     before = (saved / "model.safetensors").read_bytes()
