@@ -1,0 +1,534 @@
+"""From files to batches: reading CSV/TSV/JSONL/parquet (or a Hub dataset), labels to ids, length-grouped batches.
+
+Every row read keeps the line it came from, so any complaint about the data names the file and the line. Nothing is
+dropped quietly: blank lines are the only rows skipped, and their count is reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+import math
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minibert.errors import MinibertError
+
+logger = logging.getLogger("minibert")
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+TEXT_NAMES = ("text", "sentence", "sentence1", "question1", "premise", "question", "review", "content", "document")
+PAIR_NAMES = {"sentence1": "sentence2", "question1": "question2", "premise": "hypothesis", "question": "sentence"}
+LABEL_NAMES = ("label", "labels", "sentiment", "class", "target", "score")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+
+# --- reading files -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """The raw rows of one file: `records[i]` came from line `lines[i]` (for parquet, row number) of `path`."""
+
+    path: str
+    columns: list[str]
+    records: list[dict[str, Any]]
+    lines: list[int]
+    blank_lines: int = 0
+    class_names: dict[str, list[str]] = field(default_factory=dict)  # from a Hub parquet file's ClassLabel features
+
+
+def file_format(path: str | Path) -> str:
+    name = str(path).lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    fmt = FORMATS.get(Path(name).suffix)
+    if fmt is None or (fmt == "parquet" and str(path).lower().endswith(".gz")):
+        raise MinibertError(f"cannot tell the format of {path} from its extension; use .csv, .tsv, .jsonl or "
+                            ".parquet (.gz accepted for the text formats).")
+    return fmt
+
+
+def _read_text(path: Path) -> str:
+    """The file as text: gunzipped if .gz, UTF-8 with an optional BOM; bad bytes are reported with their line."""
+    try:
+        data = path.read_bytes()
+        if path.name.lower().endswith(".gz"):
+            data = gzip.decompress(data)
+    except FileNotFoundError:
+        raise MinibertError(f"{path} does not exist; check the path.") from None
+    except IsADirectoryError:
+        raise MinibertError(f"{path} is a folder; pass a data file.") from None
+    except (gzip.BadGzipFile, EOFError) as e:
+        raise MinibertError(f"{path} is not a valid gzip file ({e}); re-compress it or pass it uncompressed.") from None
+    if not data.strip():
+        raise MinibertError(f"{path} is empty; a data file needs a header (or JSON objects) and at least one row.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise MinibertError(f"line {line} of {path} is not valid UTF-8 (byte 0x{data[e.start]:02x}); re-save the "
+                            "file as UTF-8.") from None
+    return text.removeprefix("\ufeff")  # a BOM (Excel writes one) is not part of the first column's name
+
+
+def _read_delimited(path: Path, text: str, delimiter: str, quoting: bool) -> Table:
+    # newline="" leaves \r\n to the csv module, which treats it as one line end (and keeps it inside quoted fields)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True,
+                        quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE)
+    header: list[str] | None = None
+    records, lines, blank = [], [], 0
+    previous_end = 0
+    try:
+        for row in reader:
+            line = previous_end + 1
+            previous_end = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip() and header is not None and len(header) > 1):
+                blank += header is not None
+                continue
+            if header is None:
+                header = [name.strip() for name in row]
+                continue
+            if len(row) != len(header):
+                hint = " (an unquoted quote or delimiter inside a text?)" if quoting else ""
+                raise MinibertError(f"line {line} of {path} has {len(row)} fields but the header has {len(header)}"
+                                    f"{hint}; fix that row.")
+            records.append(dict(zip(header, row)))
+            lines.append(line)
+    except csv.Error as e:
+        raise MinibertError(f"line {reader.line_num} of {path} cannot be parsed ({e}); fix the quoting there, "
+                            "or for TSV read without quote processing.") from None
+    if header is None:
+        raise MinibertError(f"{path} is empty; it needs a header row and at least one data row.")
+    if not records:
+        raise MinibertError(f"{path} has a header ({', '.join(header)}) but no data rows.")
+    return Table(str(path), header, records, lines, blank)
+
+
+def _read_jsonl(path: Path, text: str) -> Table:
+    records, lines, columns, blank = [], [], {}, 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            blank += 1
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MinibertError(f"line {number} of {path} is not valid JSON ({e.msg}); each line must be one "
+                                "JSON object.") from None
+        if not isinstance(record, dict):
+            raise MinibertError(f"line {number} of {path} is a JSON {type(record).__name__}, not an object; each "
+                                "line must be one JSON object such as {\"text\": ..., \"label\": ...}.")
+        columns.update(dict.fromkeys(record))
+        records.append(record)
+        lines.append(number)
+    if not records:
+        raise MinibertError(f"{path} has no JSON objects; it needs at least one row.")
+    return Table(str(path), list(columns), records, lines, blank)
+
+
+def _read_parquet(path: Path) -> Table:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MinibertError(f"reading {path} needs pyarrow; install it with: pip install \"minibert[data]\".") from None
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise MinibertError(f"{path} does not exist; check the path.") from None
+    except Exception as e:  # pyarrow raises its own error types for truncated or foreign files
+        raise MinibertError(f"{path} is not a readable parquet file ({e}).") from None
+    if table.num_rows == 0:
+        raise MinibertError(f"{path} has columns ({', '.join(table.column_names)}) but no rows.")
+    columns = table.to_pydict()
+    records = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return Table(str(path), list(columns), records, list(range(1, len(records) + 1)),
+                 class_names=_class_names(table.schema.metadata or {}))
+
+
+def _class_names(metadata: dict[bytes, bytes]) -> dict[str, list[str]]:
+    """Label names that `datasets` stores in parquet metadata (IMDB: 0 -> "neg", 1 -> "pos")."""
+    try:
+        features = json.loads(metadata[b"huggingface"])["info"]["features"]
+    except (KeyError, ValueError, TypeError):
+        return {}
+    return {name: f["names"] for name, f in features.items()
+            if isinstance(f, dict) and f.get("_type") == "ClassLabel" and isinstance(f.get("names"), list)}
+
+
+def read_table(path: str | Path, quoted_tsv: bool = False) -> Table:
+    """Read a data file, by extension. TSV is read without quote processing (SST-2 texts contain bare quotes)."""
+    path = Path(path)
+    fmt = file_format(path)
+    if fmt == "parquet":
+        return _read_parquet(path)
+    csv.field_size_limit(2**31 - 1)  # the default (128 KiB) would reject a long document
+    text = _read_text(path)
+    if fmt == "jsonl":
+        return _read_jsonl(path, text)
+    return _read_delimited(path, text, "," if fmt == "csv" else "\t", quoting=fmt == "csv" or quoted_tsv)
+
+
+# --- columns -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Columns:
+    text: str
+    pair: str | None
+    label: str | None
+
+
+def find_column(columns: list[str], candidates: Sequence[str]) -> str | None:
+    lower = {c.lower(): c for c in columns}
+    return next((lower[name] for name in candidates if name in lower), None)
+
+
+def choose_columns(table: Table, text: str | None, pair: str | None, label: str | None,
+                   need_label: bool = True) -> Columns:
+    """Use the named columns, or detect them among common names; a missing one lists the columns that exist."""
+    have = ", ".join(table.columns)
+    for flag, name in (("--text-column", text), ("--text-pair-column", pair), ("--label-column", label)):
+        if name is not None and name not in table.columns:
+            raise MinibertError(f"{table.path} has no column {name!r}; its columns are: {have} (check {flag}).")
+    text = text or find_column(table.columns, TEXT_NAMES)
+    if text is None:
+        raise MinibertError(f"{table.path} has no column with a usual text name; its columns are: {have} "
+                            "(pass --text-column).")
+    if pair is None and text.lower() in PAIR_NAMES:
+        pair = find_column(table.columns, (PAIR_NAMES[text.lower()],))
+    if label is None and need_label:
+        label = find_column(table.columns, LABEL_NAMES)
+        if label is None:
+            raise MinibertError(f"{table.path} has no column with a usual label name; its columns are: {have} "
+                                "(pass --label-column).")
+    return Columns(text, pair, label)
+
+
+@dataclass
+class Examples:
+    """Texts (and optional second texts and raw labels) with the file and line each one came from."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[Any] | None
+    sources: list[tuple[str, int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def select(self, indices: Sequence[int]) -> Examples:
+        def pick(values: list | None) -> list | None:
+            return None if values is None else [values[i] for i in indices]
+
+        return Examples(pick(self.texts), pick(self.pairs), pick(self.labels), pick(self.sources))
+
+
+def _text(value: Any, path: str, line: int, column: str) -> str:
+    if value is None:
+        raise MinibertError(f"line {line} of {path} has no text (null) in column {column!r}; fill it in or remove "
+                            "the row.")
+    # never float() a text: "NA", "null" and "nan" are words here, not missing values
+    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def examples_from(table: Table, columns: Columns) -> Examples:
+    texts, pairs, labels = [], [] if columns.pair else None, [] if columns.label else None
+    for record, line in zip(table.records, table.lines):
+        for name in (columns.text, columns.pair, columns.label):
+            if name is not None and name not in record:
+                raise MinibertError(f"line {line} of {table.path} has no field {name!r}; every row needs it.")
+        texts.append(_text(record[columns.text], table.path, line, columns.text))
+        if pairs is not None:
+            pairs.append(_text(record[columns.pair], table.path, line, columns.pair))
+        if labels is not None:
+            value = record[columns.label]
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise MinibertError(f"line {line} of {table.path} has no label in column {columns.label!r}; fill it "
+                                    "in or remove the row.")
+            names = table.class_names.get(columns.label)
+            if names and isinstance(value, int) and 0 <= value < len(names):
+                value = names[value]
+            labels.append(value)
+    empty = [line for text, line in zip(texts, table.lines) if not text.strip()]
+    if empty:
+        logger.warning("%d row(s) of %s have an empty text (first at line %d); they are kept as empty texts.",
+                       len(empty), table.path, empty[0])
+    return Examples(texts, pairs, labels, [(table.path, line) for line in table.lines])
+
+
+def read_examples(path: str | Path, text: str | None = None, pair: str | None = None, label: str | None = None,
+                  need_label: bool = True, quoted_tsv: bool = False) -> tuple[Examples, Columns]:
+    table = read_table(path, quoted_tsv)
+    if table.blank_lines:
+        logger.warning("skipped %d blank line(s) in %s.", table.blank_lines, path)
+    columns = choose_columns(table, text, pair, label, need_label)
+    return examples_from(table, columns), columns
+
+
+# --- labels ------------------------------------------------------------------------------------------------------
+
+
+def _number(value: Any) -> float | int | None:
+    """An int or finite float if `value` reads as one (from a CSV string or JSON), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                number = kind(value.strip())
+            except ValueError:
+                continue
+            return number if math.isfinite(number) else None
+    return None
+
+
+def _name(value: Any) -> str:
+    number = _number(value)
+    if isinstance(number, int) or (isinstance(number, float) and number.is_integer()):
+        return str(int(number))
+    return str(value).strip()
+
+
+def _name_order(name: str) -> tuple:
+    number = _number(name)
+    return (0, number, "") if number is not None else (1, 0, name)  # 0..10 in numeric order, then names
+
+
+def _as_list(value: Any) -> list | None:
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+        return parsed if isinstance(parsed, list) else None
+    return None
+
+
+@dataclass
+class Labels:
+    """How raw labels become tensors: the problem type and, for classification, the names of the ids."""
+
+    problem_type: str
+    names: list[str]
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.problem_type == "regression" else len(self.names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.names)) if self.names else {0: "LABEL_0"}
+
+    @classmethod
+    def from_training(cls, labels: list[Any], problem_type: str | None = None) -> Labels:
+        """Decide the problem type from the training labels (unless given) and name the classes in a stable order."""
+        lists = [_as_list(v) for v in labels]
+        if problem_type is None:
+            if all(v is not None for v in lists):
+                problem_type = "multi_label_classification"
+            else:
+                numbers = [_number(v) for v in labels]
+                floats = all(n is not None for n in numbers) and any(
+                    isinstance(n, float) and not n.is_integer() for n in numbers)
+                problem_type = "regression" if floats else "single_label_classification"
+        if problem_type == "regression":
+            return cls(problem_type, [])
+        if problem_type == "multi_label_classification":
+            names = {_name(item) for items in lists for item in items or []}
+        else:
+            names = {_name(v) for v in labels}
+            if len(names) == 1:
+                logger.warning("the training data has a single class (%s): the model can only learn to predict it.",
+                               next(iter(names)))
+        return cls(problem_type, sorted(names, key=_name_order))
+
+    @classmethod
+    def from_config(cls, problem_type: str | None, id2label: dict[int, str]) -> Labels:
+        names = [id2label[i] for i in sorted(id2label)]
+        return cls(problem_type or ("regression" if len(names) == 1 else "single_label_classification"), names)
+
+    def encode(self, examples: Examples, what: str) -> torch.Tensor:
+        """Labels as a tensor (long ids, multi-hot floats or float targets); labels unknown to training are listed."""
+        assert examples.labels is not None
+        if self.problem_type == "regression":
+            targets = []
+            for value, (path, line) in zip(examples.labels, examples.sources):
+                number = _number(value)
+                if number is None:
+                    raise MinibertError(f"line {line} of {path} has label {value!r}, not a number; regression needs "
+                                        "numeric labels.")
+                targets.append(float(number))
+            return torch.tensor(targets, dtype=torch.float32)
+        label2id = {name: i for i, name in enumerate(self.names)}
+        unseen: dict[str, int] = {}
+        if self.problem_type == "multi_label_classification":
+            out = torch.zeros(len(examples), len(self.names))
+            for row, (value, (_, line)) in enumerate(zip(examples.labels, examples.sources)):
+                items = _as_list(value)
+                if items is None:
+                    raise MinibertError(f"line {line} of {examples.sources[row][0]} has label {value!r}, not a list; "
+                                        "multi-label data needs a list of labels in every row.")
+                for item in items:
+                    if _name(item) in label2id:
+                        out[row, label2id[_name(item)]] = 1.0
+                    else:
+                        unseen.setdefault(_name(item), line)
+        else:
+            ids = []
+            for value, (_, line) in zip(examples.labels, examples.sources):
+                ids.append(label2id.get(_name(value), -1))
+                if ids[-1] < 0:
+                    unseen.setdefault(_name(value), line)
+            out = torch.tensor(ids, dtype=torch.long)
+        if unseen:
+            listed = ", ".join(f"{name!r} (line {line})" for name, line in list(unseen.items())[:5])
+            raise MinibertError(f"the {what} data in {examples.sources[0][0]} has labels never seen in training: "
+                                f"{listed}; the model knows only {', '.join(self.names)}.")
+        return out
+
+
+# --- tokens and batches ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Encoded:
+    """Token ids without padding, one list per example, and the label tensor (None for prediction)."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    labels: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+def encode(tokenizer: Any, examples: Examples, max_length: int, labels: torch.Tensor | None = None,
+           num_workers: int = 1) -> Encoded:
+    """Tokenize every example once, truncated to `max_length`; padding waits for the batch."""
+    enc = tokenizer.encode_batch(examples.texts, examples.pairs, max_length=max_length, truncation=True,
+                                 num_workers=num_workers)
+    return Encoded(list(enc["input_ids"]), list(enc["token_type_ids"]), labels)
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, rank: int = 0,
+                           world_size: int = 1) -> list[list[int]]:
+    """This rank's batches for one epoch: similar lengths batched together (little padding), in a random order.
+
+    Indices are shuffled, cut into groups of 50 batches, each group sorted by length and cut into batches, and the
+    batches shuffled again, all from (seed, epoch) alone, so that a resumed run sees the same order. Every rank
+    computes the same list and takes every `world_size`-th batch; the list is first made a multiple of
+    `world_size` by repeating its first batches, so no rank waits for a step the others never take.
+    """
+    rng = random.Random(f"{seed}/{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    group = batch_size * 50
+    batches = []
+    for start in range(0, len(order), group):
+        chunk = sorted(order[start:start + group], key=lambda i: -lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    batches += batches[: (-len(batches)) % world_size]
+    return batches[rank::world_size]
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+    """Evaluation/prediction batches: sorted by length (least padding), each example exactly once over all ranks."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return batches[rank::world_size]
+
+
+def collate(data: Encoded, indices: Sequence[int], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Pad a batch to its longest example (dynamic padding); the mask marks the real tokens."""
+    width = max(len(data.input_ids[i]) for i in indices)
+    input_ids = torch.full((len(indices), width), pad_token_id, dtype=torch.long)
+    token_type_ids = torch.zeros((len(indices), width), dtype=torch.long)
+    attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        n = len(data.input_ids[i])
+        input_ids[row, :n] = torch.tensor(data.input_ids[i])
+        token_type_ids[row, :n] = torch.tensor(data.token_type_ids[i])
+        attention_mask[row, :n] = 1
+    batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+    if data.labels is not None:
+        batch["labels"] = data.labels[list(indices)]
+    return batch
+
+
+# --- Hub datasets ------------------------------------------------------------------------------------------------
+
+SPLIT_PATTERN = re.compile(r"(?:^|/)(train|validation|valid|dev|test)(?:[-_.]|/|$)")
+
+
+def hub_dataset_files(repo_id: str, revision: str | None = None) -> dict[str, list[Path]]:
+    """The parquet files of a Hub dataset by split ("train", "validation", "test"), from the repo or its
+    `refs/convert/parquet` branch; read from the local cache when offline."""
+    from huggingface_hub import snapshot_download
+
+    from minibert.weights import hub_errors
+
+    for rev in ([revision] if revision else [None, "refs/convert/parquet"]):
+        with hub_errors(repo_id, rev, "dataset"):
+            folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=rev, allow_patterns=["*.parquet"]))
+        files = sorted(p for p in folder.rglob("*.parquet"))
+        configs = sorted({p.relative_to(folder).parent for p in files})
+        if not files:
+            continue
+        if len(configs) > 1:
+            logger.warning("dataset %s has several configurations (%s); using %s.", repo_id,
+                           ", ".join(map(str, configs)), configs[0])
+        splits: dict[str, list[Path]] = {}
+        for p in files:
+            match = SPLIT_PATTERN.search(p.relative_to(folder).as_posix())
+            if p.relative_to(folder).parent == configs[0] and match:
+                name = {"valid": "validation", "dev": "validation"}.get(match.group(1), match.group(1))
+                splits.setdefault(name, []).append(p)
+        if "train" in splits:
+            return splits
+    raise MinibertError(f"dataset {repo_id!r} has no parquet files with a train split; pass --train-file instead.")
+
+
+def read_hub_split(files: list[Path], columns: Columns | None, text: str | None, pair: str | None,
+                   label: str | None) -> tuple[Examples, Columns]:
+    tables = [_read_parquet(p) for p in files]
+    columns = columns or choose_columns(tables[0], text, pair, label)
+    parts = [examples_from(t, columns) for t in tables]
+    merged = Examples([], [] if columns.pair else None, [] if columns.label else None, [])
+    for part in parts:
+        merged.texts += part.texts
+        merged.sources += part.sources
+        if merged.pairs is not None:
+            merged.pairs += part.pairs
+        if merged.labels is not None:
+            merged.labels += part.labels
+    return merged, columns
+
+
+def split_off(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
+    """Hold out a random `fraction` of the examples for validation (the same ones for the same seed)."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n = max(1, round(len(order) * fraction))
+    if n >= len(order):
+        raise MinibertError(f"--validation-split {fraction} leaves no training data out of {len(order)} rows; "
+                            "use a smaller fraction or pass --validation-file.")
+    return examples.select(sorted(order[n:])), examples.select(sorted(order[:n]))
