@@ -484,7 +484,7 @@ def hub_dataset_files(repo_id: str, revision: str | None = None) -> dict[str, li
     `refs/convert/parquet` branch; read from the local cache when offline."""
     from huggingface_hub import snapshot_download
 
-    from minibert.weights import hub_errors
+    from minibert.hub import hub_errors
 
     for rev in ([revision] if revision else [None, "refs/convert/parquet"]):
         with hub_errors(repo_id, rev, "dataset"):

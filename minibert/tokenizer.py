@@ -457,7 +457,7 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | os.PathLike |
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    from minibert.weights import hub_errors
+    from minibert.hub import hub_errors
 
     with hub_errors(repo_id, revision):
         try:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text, atomic_write_with
+from minibert.hub import hub_errors
 
 if TYPE_CHECKING:
     from minibert.models import BertPreTrainedModel
@@ -307,45 +308,6 @@ def _resolve_from_hub(repo_id: str, revision: str | None, cache_dir: str | os.Pa
             return CheckpointFiles(config, [found])
     raise MinibertError(f"Hub repo {repo_id!r} has no {SAFETENSORS_FILE} or {PYTORCH_FILE} (or they are not in the "
                         "cache while offline).")
-
-
-class hub_errors:  # noqa: N801 - used as a `with` block, reads like one
-    """Turn huggingface_hub's exceptions into one sentence each: offline and not cached, no such repo, no such
-    revision, or the network failing."""
-
-    def __init__(self, repo_id: str, revision: str | None, repo_type: str = "model") -> None:
-        self.repo_id, self.revision, self.repo_type = repo_id, revision, repo_type
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
-        from huggingface_hub.errors import (
-            GatedRepoError,
-            LocalEntryNotFoundError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-
-        if exc is None:
-            return False
-        what = f"{self.repo_type} {self.repo_id!r}"
-        if isinstance(exc, RevisionNotFoundError):
-            raise MinibertError(f"revision {self.revision!r} of {what} does not exist on the Hub; "
-                                "check the branch, tag or commit name.") from None
-        if isinstance(exc, GatedRepoError):
-            raise MinibertError(f"{what} is gated; accept its terms on the Hub and log in "
-                                "(`hf auth login`).") from None
-        if isinstance(exc, RepositoryNotFoundError):
-            raise MinibertError(f"{what} was not found on the Hub (or is private); check the id, or pass a "
-                                "local folder.") from None
-        if isinstance(exc, LocalEntryNotFoundError):
-            raise MinibertError(f"{what} is not in the local Hugging Face cache and the Hub cannot be reached "
-                                "(offline); download it once with network access, or pass a local folder.") from None
-        if isinstance(exc, OSError) and not isinstance(exc, MinibertError):
-            raise MinibertError(f"could not fetch {what} from the Hub ({exc}); check the network or pass a "
-                                "local folder.") from None
-        return False
 
 
 def _sniff(path: Path) -> str | None:
