@@ -13,6 +13,7 @@ from minibert.models import (
     BertModel,
     BertPreTrainedModel,
 )
+from minibert.tokenizer import BertTokenizer
 
 __all__ = [
     "BertConfig",
@@ -25,5 +26,6 @@ __all__ = [
     "BertForTokenClassification",
     "BertModel",
     "BertPreTrainedModel",
+    "BertTokenizer",
     "MinibertError",
 ]
