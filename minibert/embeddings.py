@@ -51,7 +51,10 @@ class BertEmbeddings(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids, token_type_ids, position_ids: (b, t) -> (b, t, hidden). `inputs_embeds` (b, t, hidden)
-        replaces the word-embedding lookup (as in transformers, for callers that perturb embeddings)."""
+        replaces the word-embedding lookup (as in transformers, for callers that perturb embeddings).
+
+        Packed input works the same, token by token: ids (n,) [or inputs_embeds (n, hidden)] with position_ids (n,)
+        -> (n, hidden), so LayerNorm runs on real tokens only."""
         x = self.word(input_ids) if inputs_embeds is None else inputs_embeds
         if token_type_ids is not None:
             x = x + self.segment(token_type_ids)

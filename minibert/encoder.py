@@ -8,6 +8,7 @@ from torch.utils.checkpoint import checkpoint
 
 from minibert.attention import SelfAttention
 from minibert.config import BertConfig
+from minibert.padding import Packing
 
 
 def activation(name: str) -> nn.Module:
@@ -42,9 +43,10 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor | None, need_probs: bool = False
+        self, x: torch.Tensor, key_mask: torch.Tensor | None, need_probs: bool = False, packing: Packing | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, probs = self.attention(x, key_mask, need_probs)
+        """x (b, t, hidden), or packed (n, hidden) with `packing`: LayerNorm and the FFN act per token either way."""
+        attended, probs = self.attention(x, key_mask, need_probs, packing)
         x = self.attention_norm(x + self.dropout(attended))
         x = self.ffn_norm(x + self.dropout(self.ffn(x)))
         return x, probs
@@ -62,16 +64,19 @@ class Encoder(nn.Module):
         key_mask: torch.Tensor | None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        packing: Packing | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None]:
-        """x: (b, t, hidden) -> last hidden state, [embeddings, layer 1, ..., layer N] if asked, [probs] if asked."""
+        """x: (b, t, hidden) -> last hidden state, [embeddings, layer 1, ..., layer N] if asked, [probs] if asked.
+
+        With `packing`, x and every hidden state are packed (n, hidden); re-padding is the caller's, once."""
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 # recompute the layer's activations in backward instead of storing them
-                x, probs = checkpoint(layer, x, key_mask, output_attentions, use_reentrant=False)
+                x, probs = checkpoint(layer, x, key_mask, output_attentions, packing, use_reentrant=False)
             else:
-                x, probs = layer(x, key_mask, output_attentions)
+                x, probs = layer(x, key_mask, output_attentions, packing)
             if hidden_states is not None:
                 hidden_states.append(x)
             if attentions is not None:

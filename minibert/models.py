@@ -24,6 +24,7 @@ from minibert.embeddings import BertEmbeddings
 from minibert.encoder import Encoder, activation
 from minibert.errors import MinibertError
 from minibert.outputs import BaseModelOutput, ModelOutput, PreTrainingOutput, QuestionAnsweringOutput
+from minibert.padding import Packing, packing_from_mask, repad, unpad
 
 logger = logging.getLogger("minibert")
 
@@ -159,15 +160,58 @@ class BertModel(BertPreTrainedModel):
                 f"the input has {seq_len} tokens but the model has only {self.config.max_position_embeddings} "
                 "positions; truncate it (e.g. tokenizer(..., truncation=True, max_length=512))."
             )
-        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-        key_mask = None if attention_mask is None else attention_mask.bool()
-        x, hidden_states, attentions = self.encoder(x, key_mask, output_hidden_states, output_attentions)
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if self.packs(attention_mask, output_attentions, reference.device):
+            packing = packing_from_mask(attention_mask)
+            x, hidden_states = self._forward_packed(packing, input_ids, token_type_ids, position_ids, inputs_embeds,
+                                                    output_hidden_states)
+            attentions = None
+        else:
+            x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+            key_mask = None if attention_mask is None else attention_mask.bool()
+            x, hidden_states, attentions = self.encoder(x, key_mask, output_hidden_states, output_attentions)
         return BaseModelOutput(
             last_hidden_state=x,
             pooler_output=self.pooler(x) if self.pooler is not None else None,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
             attentions=tuple(attentions) if attentions is not None else None,
         )
+
+    def packs(self, attention_mask: torch.Tensor | None, output_attentions: bool, device: torch.device) -> bool:
+        """Whether this call removes the padding (see `attention.AUTO_REASON`). Decided from the kernel name, the
+        device and whether there is a mask, never from tensor values, so it costs no host sync."""
+        if self.attn_impl not in ("auto", "unpadded") or attention_mask is None or output_attentions:
+            return False
+        if torch.compiler.is_compiling():  # packing has data-dependent shapes: compiled graphs run padded sdpa
+            return False
+        return self.attn_impl == "unpadded" or device.type == "cpu"
+
+    def _forward_packed(
+        self,
+        packing: Packing,
+        input_ids: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        output_hidden_states: bool,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Unpad once, run embeddings and encoder on the n real tokens, re-pad once -> (b, t, hidden)."""
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if position_ids is None:  # positions are columns of the padded batch, as in the padded path
+            position_ids = torch.arange(packing.seq_len, device=reference.device)
+
+        def packed(x: torch.Tensor | None) -> torch.Tensor | None:  # (b, t, ...), or broadcastable ids -> (n, ...)
+            if x is None:
+                return None
+            if not x.is_floating_point():  # ids: (b, t), or (t,) / (1, t) meant for every row
+                x = x.expand(packing.batch, packing.seq_len)
+            return unpad(x, packing)
+
+        x = self.embeddings(packed(input_ids), packed(token_type_ids), packed(position_ids), packed(inputs_embeds))
+        x, hidden_states, _ = self.encoder(x, None, output_hidden_states, False, packing)
+        if hidden_states is not None:
+            hidden_states = [repad(h, packing) for h in hidden_states]
+        return repad(x, packing), hidden_states
 
 
 def _classifier_dropout(config: BertConfig) -> nn.Dropout:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The bench on one GPU, in a few minutes: bf16 (and fp32 for reference), batch sizes that fill the card.
+# Run from the repository root: bash bench/gpu.sh [python]. Writes bench/results/*.json and bench/results/gpu.log.
+# On CUDA, attn_impl="auto" runs padded sdpa (see attention.AUTO_REASON); `unpadded` is timed in kernels' tables
+# on CPU only. Record the printed GPU name and tables in bench/README.md.
+set -euo pipefail
+PY=${1:-.venv/bin/python}
+mkdir -p bench/results
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  # end-to-end classification: both recipes with batches x8 (classic 128, dynamic 256)
+  "$PY" bench/inference.py --device cuda --batch-scale 8 --sst2 872 --imdb 256 --reps 3
+  # fine-tuning steps, batch 256
+  "$PY" bench/train.py --device cuda --batch 256 --steps 5 --reps 3
+  # matmul peak and the fraction a full-length bert-base forward reaches, batch 64 x 512
+  "$PY" bench/roofline.py --device cuda --batch 64 --seq 512 --reps 10
+} 2>&1 | tee bench/results/gpu.log

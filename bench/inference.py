@@ -1,0 +1,115 @@
+"""End-to-end classification (tokenise + forward) of SST-2 dev and an IMDB sample, minibert vs transformers.
+
+Same checkpoint, same batches, each library with its own tokenizer; both under the same torch threads, timed
+interleaved. Recipes:
+    classic   pad every sentence to 128 tokens, batch 16 (the recipe of most tutorials)
+    dynamic   pad each batch to its longest sentence, batch 32, in file order
+    sorted    dynamic, but batches of length-sorted sentences (transformers only: the reference for bf16)
+minibert runs attn_impl="auto" (what a user gets by default); transformers its default (sdpa).
+
+    python bench/inference.py [--quick] [--models minilm,bert-base] [--dtypes fp32,bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from common import amp, batches, imdb, interleaved, median, pair, setup, sst2, table, tokenizers, write_json
+
+RECIPES = {"classic": dict(padding="max_length", max_length=128, batch=16),
+           "dynamic": dict(padding="longest", max_length=512, batch=32),
+           "sorted": dict(padding="longest", max_length=512, batch=32)}
+
+
+def make_pass(model, tok, texts: list[str], recipe: str, dtype: str, ours: bool, device: str = "cpu"):
+    spec = RECIPES[recipe]
+    groups = batches(texts, spec["batch"])
+
+    def run(limit: int | None = None) -> list[torch.Tensor]:
+        logits = []
+        with torch.inference_mode(), amp(dtype, device):
+            for group in groups[:limit]:
+                enc = tok(group, padding=spec["padding"], truncation=True, max_length=spec["max_length"],
+                          return_tensors="pt")
+                enc = {k: v.to(device) for k, v in enc.items()}
+                if ours:
+                    out = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+                else:
+                    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                token_type_ids=enc["token_type_ids"])
+                logits.append(out.logits.float())
+        return logits
+
+    return run
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few batches, one repetition: a smoke run")
+    parser.add_argument("--models", default="minilm,bert-base")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models (dynamic shapes); the "
+                        "compile time (first calls) is reported apart, in compile_s")
+    parser.add_argument("--batch-scale", type=int, default=1, help="multiply both recipes' batch sizes (GPU)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--sst2", type=int, default=192, help="first N SST-2 dev sentences (MiniLM; bert-base: N/3)")
+    parser.add_argument("--imdb", type=int, default=32, help="IMDB reviews sampled (MiniLM; bert-base: N/4)")
+    args = parser.parse_args(argv)
+    setup(args.threads)
+    reps = 1 if args.quick else args.reps
+    for spec in RECIPES.values():
+        spec["batch"] *= args.batch_scale
+    rows = []
+    hf_tok, our_tok = tokenizers("minilm")
+    for name in args.models.split(","):
+        shrink = 1 if name == "minilm" else 3
+        n_sst2 = 64 if args.quick else args.sst2 // shrink
+        n_imdb = 8 if args.quick else max(8, args.imdb // (1 if name == "minilm" else 4))
+        data = {"sst2-dev": sst2("dev", n_sst2), "imdb": imdb(n_imdb)}
+        ref, ours = (m.to(args.device) for m in pair(name, num_labels=2))
+        if args.compile:  # minibert's auto runs padded sdpa inside a compiled graph (packing is data-dependent)
+            ref, ours = torch.compile(ref, dynamic=True), torch.compile(ours, dynamic=True)
+        for dtype in args.dtypes.split(","):
+            for data_name, texts in data.items():
+                by_length = sorted(texts, key=lambda s: len(hf_tok.tokenize(s)))
+                fns = {}
+                for recipe in ("classic", "dynamic"):
+                    fns[f"hf {recipe}"] = make_pass(ref, hf_tok, texts, recipe, dtype, False, args.device)
+                    fns[f"mb {recipe}"] = make_pass(ours, our_tok, texts, recipe, dtype, True, args.device)
+                if data_name == "sst2-dev":
+                    fns["hf sorted"] = make_pass(ref, hf_tok, by_length, "sorted", dtype, False, args.device)
+                compile_s = {}
+                for k, f in fns.items():  # warm-up on the first batches; with --compile, this is the compile time
+                    start = time.perf_counter()
+                    f(2)
+                    compile_s[k] = time.perf_counter() - start
+                # the same predictions: agreement of argmax, and the largest logit difference (fp32: ~1e-6)
+                a, b = fns["hf dynamic"](2), fns["mb dynamic"](2)
+                diff = max((x - y).abs().max().item() for x, y in zip(a, b))
+                agree = float(torch.cat([x.argmax(-1) == y.argmax(-1) for x, y in zip(a, b)]).float().mean())
+                times = interleaved({k: (lambda f=f: f(None)) for k, f in fns.items()}, reps, warmup=0)
+                rate = {k: len(texts) / median(v) for k, v in times.items()}
+                for recipe in ("classic", "dynamic"):
+                    rows.append(dict(model=name, data=data_name, n=len(texts), dtype=dtype, recipe=recipe,
+                                     hf=rate[f"hf {recipe}"], mb=rate[f"mb {recipe}"],
+                                     ratio=rate[f"mb {recipe}"] / rate[f"hf {recipe}"],
+                                     hf_sorted=rate.get("hf sorted", float("nan")),
+                                     mb_vs_hf_sorted=rate[f"mb {recipe}"] / rate.get("hf sorted", float("nan")),
+                                     max_logit_diff=diff, argmax_agree=agree, compiled=args.compile,
+                                     hf_compile_s=compile_s[f"hf {recipe}"], mb_compile_s=compile_s[f"mb {recipe}"]))
+                print(table(rows[-2:], COLUMNS), flush=True)
+    print("\nsentences/s (median of interleaved repetitions; tokenise + forward)\n")
+    print(table(rows, COLUMNS))
+    name = "inference_" + args.models.replace(",", "_") + ("_compiled" if args.compile else "")
+    print("wrote", write_json(name, {"rows": rows, "reps": reps}))
+
+
+COLUMNS = ["model", "data", "n", "dtype", "recipe", "hf", "mb", "ratio", "hf_sorted", "mb_vs_hf_sorted",
+           "max_logit_diff", "argmax_agree"]
+
+if __name__ == "__main__":
+    main()

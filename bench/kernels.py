@@ -1,0 +1,177 @@
+"""Attention kernels alone, and the whole encoder forward per kernel, over batch x length grids, fp32 and bf16.
+
+Grids: uniform lengths 32 / 128 / 512, and SST-2-like and IMDB-like length mixes (real lengths of the first
+sentences of SST-2 dev and of an IMDB sample, tokenised), padded to the batch's longest ("dynamic") or to 128
+("classic"). For each: median time, real tokens/s, max |difference| vs `math`, and peak live tensor memory.
+
+Besides the kernels of the package this times two other ways to run attention on packed tokens, which lost:
+`unpadded-padmax` (scatter the packed tokens into (b, longest, h, d) and run one masked SDPA call) and
+`unpadded-nested` (torch nested jagged tensors through SDPA). And it times the fused q/k/v projection against three
+separate ones.
+
+    python bench/kernels.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from common import imdb, interleaved, median, peak_mb, setup, sst2, table, tokenizers, write_json
+from einops import rearrange
+
+import minibert
+from minibert.attention import KERNELS, PACKED_KERNELS
+from minibert.config import BertConfig
+from minibert.padding import Packing, packing_from_mask, repad, unpad
+
+
+def padmax_attention(q, k, v, packing: Packing, dropout_p: float, scale: float) -> torch.Tensor:
+    """Packed (n, h, d) -> scattered into (b, longest, h, d) -> one masked SDPA -> gathered back."""
+    longest, batch = packing.max_seqlen, packing.batch
+    rows = torch.repeat_interleave(torch.arange(batch), torch.tensor(packing.seqlens))
+    cols = torch.arange(len(rows)) - packing.cu_seqlens[:-1].long()[rows]
+    index = rows * longest + cols
+    key_mask = torch.zeros(batch * longest, dtype=torch.bool).index_fill(0, index, True).view(batch, longest)
+    padded = [x.new_zeros(batch * longest, *x.shape[1:]).index_copy(0, index, x) for x in (q, k, v)]
+    padded = [rearrange(x, "(b t) h d -> b h t d", b=batch) for x in padded]
+    bias = (~key_mask[:, None, None, :]).to(q.dtype) * torch.finfo(q.dtype).min
+    out = F.scaled_dot_product_attention(*padded, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+    return rearrange(out, "b h t d -> (b t) h d")[index]
+
+
+def nested_attention(q, k, v, packing: Packing, dropout_p: float, scale: float) -> torch.Tensor:
+    offsets = packing.cu_seqlens.long()
+    nq, nk, nv = (torch.nested.nested_tensor_from_jagged(x, offsets).transpose(1, 2) for x in (q, k, v))
+    out = F.scaled_dot_product_attention(nq, nk, nv, dropout_p=dropout_p, scale=scale)
+    return out.transpose(1, 2).values()
+
+
+VARIANTS = {"unpadded": PACKED_KERNELS["unpadded"], "unpadded-padmax": padmax_attention,
+            "unpadded-nested": nested_attention}
+
+
+def grids(quick: bool) -> dict[str, list[int] | tuple[list[int], int]]:
+    """name -> (lengths of the batch, padded length)."""
+    _, tok = tokenizers("minilm")
+
+    def lengths(texts):
+        return [len(ids) for ids in tok(texts, truncation=True, max_length=512)["input_ids"]]
+
+    sst = lengths(sst2("dev", 32))
+    im = lengths(imdb(8))
+    out = {"uniform 32x32": ([32] * 32, 32), "uniform 8x128": ([128] * 8, 128),
+           "sst2 32 dynamic": (sst, max(sst)), "sst2 16 classic-128": ([min(n, 128) for n in sst[:16]], 128),
+           "imdb 8 dynamic": (im, max(im))}
+    if not quick:
+        out["uniform 2x512"] = ([512] * 2, 512)
+    return out
+
+
+def mask_of(lengths: list[int], seq_len: int) -> torch.Tensor:
+    return torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def bench_attention(grid, dtypes, reps) -> list[dict]:
+    rows = []
+    heads, dim = 12, 32  # MiniLM's
+    for name, (lengths, seq_len) in grid.items():
+        mask = mask_of(lengths, seq_len)
+        packing = packing_from_mask(mask)
+        for dtype in dtypes:
+            torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+            g = torch.Generator().manual_seed(0)
+            q, k, v = (torch.randn(len(lengths), heads, seq_len, dim, generator=g).to(torch_dtype) for _ in range(3))
+            packed = [unpad(rearrange(x, "b h t d -> b t h d"), packing) for x in (q, k, v)]
+            fns = {kname: (lambda f=f: f(q, k, v, mask, 0.0, dim**-0.5)[0]) for kname, f in KERNELS.items()}  # noqa: B023 (called within this iteration)
+            fns.update({kname: (lambda f=f: f(*packed, packing, 0.0, dim**-0.5)) for kname, f in VARIANTS.items()})  # noqa: B023 (called within this iteration)
+            with torch.no_grad():  # not inference_mode: nested tensors refuse inference tensors
+                ref = fns["math"]().float()
+                keep = rearrange(mask, "b t -> b 1 t 1").expand_as(ref)
+                times = interleaved(fns, reps, warmup=1)
+                for kname, fn in fns.items():
+                    out = fn().float()
+                    if kname.startswith("unpadded"):
+                        out = rearrange(repad(out, packing), "b t h d -> b h t d")
+                    rows.append(dict(part="attention", grid=name, dtype=dtype, kernel=kname,
+                                     ms=median(times[kname]) * 1e3,
+                                     tokens_per_s=packing.total / median(times[kname]),
+                                     max_diff_vs_math=(out - ref)[keep].abs().max().item(),
+                                     peak_mb=peak_mb(fn)))
+            print(table(rows[-len(fns):], COLUMNS), flush=True)
+    return rows
+
+
+def bench_encoder(grid, dtypes, reps) -> list[dict]:
+    rows = []
+    config = BertConfig.from_json(minibert_config())
+    torch.manual_seed(0)
+    models = {impl: minibert.BertModel(config, attn_impl=impl).eval() for impl in ("math", "sdpa", "unpadded")}
+    for model in models.values():
+        model.load_state_dict(models["math"].state_dict())
+    for name, (lengths, seq_len) in grid.items():
+        mask = mask_of(lengths, seq_len).long()
+        ids = torch.randint(1000, 30000, mask.shape) * mask
+        for dtype in dtypes:
+            fns = {impl: (lambda m=m: m(ids, mask).last_hidden_state) for impl, m in models.items()}  # noqa: B023 (called within this iteration)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                ref = fns["math"]().float()
+                times = interleaved(fns, reps, warmup=1)
+                for impl, fn in fns.items():
+                    rows.append(dict(part="encoder", grid=name, dtype=dtype, kernel=impl,
+                                     ms=median(times[impl]) * 1e3,
+                                     tokens_per_s=int(mask.sum()) / median(times[impl]),
+                                     max_diff_vs_math=(fn().float() - ref)[mask.bool()].abs().max().item(),
+                                     peak_mb=peak_mb(fn)))
+            print(table(rows[-len(fns):], COLUMNS), flush=True)
+    return rows
+
+
+def bench_qkv(reps) -> list[dict]:
+    """One (hidden -> 3 hidden) matmul against three (hidden -> hidden) ones, on SST-2-sized packed tokens."""
+    rows = []
+    for hidden, tokens in ((384, 712), (768, 712), (768, 1024)):
+        x = torch.randn(tokens, hidden)
+        fused = torch.nn.Linear(hidden, 3 * hidden)
+        separate = [torch.nn.Linear(hidden, hidden) for _ in range(3)]
+        fns = {"fused": lambda: fused(x), "separate": lambda: [lin(x) for lin in separate]}  # noqa: B023 (called within this iteration)
+        with torch.inference_mode():
+            times = interleaved(fns, reps * 3, warmup=2)
+        for impl in fns:
+            rows.append(dict(part="qkv", grid=f"{tokens} tokens x {hidden}", dtype="fp32", kernel=impl,
+                             ms=median(times[impl]) * 1e3, tokens_per_s=tokens / median(times[impl])))
+    print(table(rows, COLUMNS), flush=True)
+    return rows
+
+
+def minibert_config():
+    from common import MINILM
+
+    return MINILM / "config.json"
+
+
+COLUMNS = ["part", "grid", "dtype", "kernel", "ms", "tokens_per_s", "max_diff_vs_math", "peak_mb"]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    args = parser.parse_args(argv)
+    setup(args.threads)
+    reps = 2 if args.quick else args.reps
+    start = time.perf_counter()
+    grid = grids(args.quick)
+    dtypes = args.dtypes.split(",")
+    rows = bench_attention(grid, dtypes, reps) + bench_encoder(grid, dtypes, max(2, reps // 2)) + bench_qkv(reps)
+    print(f"\n(ms: median of interleaved repetitions; {time.perf_counter() - start:.0f} s in all)\n")
+    print(table(rows, COLUMNS))
+    print("wrote", write_json("kernels", {"rows": rows, "reps": reps}))
+
+
+if __name__ == "__main__":
+    main()

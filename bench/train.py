@@ -1,0 +1,93 @@
+"""Fine-tuning step throughput (samples/s) and peak memory on SST-2 batches, minibert vs transformers in one loop.
+
+Each step: tokenise a batch of 32 SST-2 training sentences (file order, dynamic padding), forward with labels,
+backward, AdamW step, zero_grad. Both models start from the same weights (MiniLM + a seeded classifier) and see
+the same batches; steps of the two libraries are interleaved. Peak memory: the largest amount of live tensor
+storage created during one forward + backward (activations, gradients; parameters and optimizer state, the same in
+both, excluded).
+
+    python bench/train.py [--quick] [--model minilm] [--dtypes fp32,bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import amp, batches, interleaved, median, pair, peak_mb, setup, sst2, table, tokenizers, write_json
+
+
+def make_step(model, tok, groups, labels, dtype: str, ours: bool, device: str = "cpu"):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    position = [0]
+
+    def step(update: bool = True) -> float:
+        i = position[0] % len(groups)
+        position[0] += 1
+        enc = tok(groups[i], padding="longest", truncation=True, max_length=128, return_tensors="pt")
+        enc = {k: v.to(device) for k, v in enc.items()}
+        y = labels[i].to(device)
+        with amp(dtype, device):
+            if ours:
+                loss = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], labels=y).loss
+            else:
+                loss = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                             token_type_ids=enc["token_type_ids"], labels=y).loss
+        loss.backward()
+        if update:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=4, help="steps per library per repetition")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args(argv)
+    setup(args.threads)
+    reps, steps = (1, 2) if args.quick else (args.reps, args.steps)
+    hf_tok, our_tok = tokenizers(args.model)
+    import csv
+
+    from common import SHARED
+    with open(SHARED / "data" / "sst2" / "train.tsv", newline="") as f:
+        label_of = [int(r[1]) for r in list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]]
+    n = args.batch * steps * (reps + 1)
+    groups = batches(sst2("train", n), args.batch)
+    labels = [torch.tensor(g) for g in batches(label_of[:n], args.batch)]
+    rows = []
+    for dtype in args.dtypes.split(","):
+        ref, ours = (m.to(args.device) for m in pair(args.model, num_labels=2, train=True))
+        fns = {"transformers": make_step(ref, hf_tok, groups, labels, dtype, False, args.device),
+               "minibert": make_step(ours, our_tok, groups, labels, dtype, True, args.device)}
+        for fn in fns.values():  # warm-up: creates the optimizer state
+            fn()
+        # forward + backward only: activations, gradients and the step's temporaries; AdamW's update (identical in
+        # both libraries, and the largest transient when it comes) would otherwise hide the difference
+        memory = {k: peak_mb(lambda fn=fn: fn(update=False)) for k, fn in fns.items()}
+        times = interleaved({k: (lambda fn=fn: [fn() for _ in range(steps)]) for k, fn in fns.items()}, reps, 0)
+        rate = {k: args.batch * steps / median(v) for k, v in times.items()}
+        rows.append(dict(model=args.model, dtype=dtype, batch=args.batch, hf_samples_s=rate["transformers"],
+                         mb_samples_s=rate["minibert"], ratio=rate["minibert"] / rate["transformers"],
+                         hf_peak_mb=memory["transformers"], mb_peak_mb=memory["minibert"],
+                         memory_ratio=memory["minibert"] / memory["transformers"]))
+        print(table(rows[-1:], COLUMNS), flush=True)
+    print("\nfine-tuning steps, samples/s (median of interleaved repetitions) and peak live tensor memory\n")
+    print(table(rows, COLUMNS))
+    print("wrote", write_json("train", {"rows": rows, "reps": reps, "steps": steps}))
+
+
+COLUMNS = ["model", "dtype", "batch", "hf_samples_s", "mb_samples_s", "ratio", "hf_peak_mb", "mb_peak_mb",
+           "memory_ratio"]
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Every attention kernel against `math` (the reference), the unpadded path through whole models, `auto`, bf16.
+
+Tolerances: 1e-5 absolute on outputs, 1e-4 relative on gradients, ‖out − ref‖/‖ref‖ < 1e-2 for bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import transformers
+from einops import rearrange
+
+import minibert
+from minibert.attention import KERNELS, PACKED_KERNELS, math_attention
+from minibert.config import BertConfig
+from minibert.errors import MinibertError
+from minibert.padding import packing_from_mask, repad, unpad
+from minibert.weights import load_hf_state_dict
+
+ATOL = 1e-5
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=64, type_vocab_size=2)
+IMPLS = ["math", "sdpa", "unpadded", "auto"]
+
+
+def lengths_mask(lengths: list[int], seq_len: int) -> torch.Tensor:
+    mask = torch.zeros(len(lengths), seq_len, dtype=torch.bool)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = True
+    return mask
+
+
+def run_kernel(name: str, q, k, v, mask):
+    """Any kernel on padded (b, h, t, d) inputs -> (b, h, t, d); a packed kernel packs and re-pads around itself."""
+    scale = q.shape[-1] ** -0.5
+    if name in KERNELS:
+        return KERNELS[name](q, k, v, mask, 0.0, scale)[0]
+    p = packing_from_mask(mask)
+    packed = [unpad(rearrange(x, "b h t d -> b t h d"), p) for x in (q, k, v)]
+    out = PACKED_KERNELS[name](*packed, p, 0.0, scale)
+    return rearrange(repad(out, p), "b t h d -> b h t d")
+
+
+CASES = {  # name: (lengths, seq_len)
+    "padding": ([7, 3, 5, 1], 8),
+    "batch_of_one": ([6], 6),
+    "length_one": ([1, 1], 1),
+    "length_512": ([512, 300], 512),
+    "all_padding_row": ([4, 0, 2], 5),
+    "full_length": ([9, 9, 9], 9),
+    "no_token_at_all": ([0, 0], 3),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("name", ["sdpa", "unpadded"])
+def test_kernel_matches_math(name, case):
+    lengths, seq_len = CASES[case]
+    g = torch.Generator().manual_seed(len(case))
+    q, k, v = (torch.randn(len(lengths), 4, seq_len, 16, generator=g) for _ in range(3))
+    mask = lengths_mask(lengths, seq_len)
+    ref = math_attention(q, k, v, mask, 0.0, 16**-0.5)[0]
+    got = run_kernel(name, q, k, v, mask)
+    keep = rearrange(mask, "b t -> b 1 t 1").expand_as(ref)
+    assert torch.isfinite(got).all()
+    assert (got - ref)[keep].abs().max().item() <= ATOL if keep.any() else True
+    empty = torch.tensor([n == 0 for n in lengths])
+    assert not got[empty].any() and not ref[empty].any()  # all-padding rows: exact zeros on every kernel
+
+
+@pytest.mark.parametrize("name", ["sdpa", "unpadded"])
+def test_kernel_gradients_match_math(name):
+    lengths, seq_len = [7, 3, 5, 1], 8
+    g = torch.Generator().manual_seed(3)
+    inputs = [torch.randn(len(lengths), 4, seq_len, 16, generator=g, dtype=torch.float64) for _ in range(3)]
+    mask = lengths_mask(lengths, seq_len)
+    weight = torch.randn(len(lengths), 4, seq_len, 16, generator=g, dtype=torch.float64) * rearrange(
+        mask, "b t -> b 1 t 1")  # the loss reads real query positions only
+
+    def grads(kernel):
+        leaves = [x.float().requires_grad_() for x in inputs]
+        (run_kernel(kernel, *leaves, mask) * weight.float()).sum().backward()
+        return [x.grad for x in leaves]
+
+    for got, ref in zip(grads(name), grads("math")):
+        assert ((got - ref).norm() / ref.norm()).item() < 1e-4
+
+
+def tiny_pair(impl: str, seed: int = 0, head: str = "BertModel", **extra):
+    torch.manual_seed(seed)
+    config = BertConfig(**TINY, **extra)
+    ref = getattr(minibert, head)(config, attn_impl="math").eval()
+    with torch.no_grad():
+        for param in ref.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    ours = getattr(minibert, head)(config, attn_impl=impl).eval()
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def batch(lengths: list[int], seq_len: int, vocab: int = 99, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    mask = lengths_mask(lengths, seq_len).long()
+    ids = torch.randint(1, vocab, (len(lengths), seq_len), generator=g) * mask
+    types = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        types[row, n // 2: n] = 1
+    return ids, mask, types
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "unpadded", "auto"])
+def test_whole_model_matches_math(impl):
+    ref, ours = tiny_pair(impl)
+    ids, mask, types = batch([11, 4, 1, 0, 16], 16)
+    a = ref(ids, mask, types, output_hidden_states=True)
+    b = ours(ids, mask, types, output_hidden_states=True)
+    keep = mask.bool()
+    for x, y in zip(a.hidden_states + (a.last_hidden_state,), b.hidden_states + (b.last_hidden_state,)):
+        assert (x - y)[keep].abs().max().item() <= ATOL
+    real = keep.any(dim=1)
+    assert (a.pooler_output - b.pooler_output)[real].abs().max().item() <= ATOL
+    assert torch.isfinite(b.last_hidden_state).all() and torch.isfinite(b.pooler_output).all()
+
+
+def test_unpadded_inputs_embeds_and_position_ids():
+    ref, ours = tiny_pair("unpadded")
+    ids, mask, types = batch([5, 3], 6)
+    embeds = ref.embeddings.word(ids)
+    positions = torch.arange(6).flip(0)[None]  # (1, t), broadcast over the batch
+    a = ref(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types, position_ids=positions)
+    b = ours(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types, position_ids=positions)
+    assert (a.last_hidden_state - b.last_hidden_state)[mask.bool()].abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("head", ["BertForSequenceClassification", "BertForTokenClassification",
+                                  "BertForQuestionAnswering", "BertForMaskedLM"])
+def test_heads_on_unpadded(head):
+    ref, ours = tiny_pair("unpadded", head=head)
+    ids, mask, types = batch([9, 2, 6], 10)
+    a, b = ref(ids, mask, types), ours(ids, mask, types)
+    for name in ("logits", "start_logits", "end_logits"):
+        if hasattr(a, name):
+            x, y = getattr(a, name), getattr(b, name)
+            x, y = (x, y) if x.dim() == 2 and head == "BertForSequenceClassification" else (x[mask.bool()],
+                                                                                                y[mask.bool()])
+            assert (x - y).abs().max().item() <= ATOL
+
+
+def test_training_step_gradients_unpadded_vs_math():
+    ref, ours = tiny_pair("unpadded", head="BertForSequenceClassification", hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0)
+    ids, mask, types = batch([9, 2, 6, 10], 10)
+    labels = torch.tensor([0, 1, 1, 0])
+    for model in (ref, ours):
+        model.train()
+        model(ids, mask, types, labels=labels).loss.backward()
+    for (name, p), q in zip(ref.named_parameters(), ours.parameters()):
+        if p.grad is None or p.grad.norm() == 0:
+            continue
+        assert ((p.grad - q.grad).norm() / p.grad.norm()).item() < 1e-4, name
+
+
+def test_unpadded_trains_with_dropout():
+    _, ours = tiny_pair("unpadded", head="BertForSequenceClassification")
+    ours.train()
+    ids, mask, types = batch([9, 2, 6], 10)
+    loss = ours(ids, mask, types, labels=torch.tensor([0, 1, 1])).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in ours.bert.encoder.parameters())
+
+
+def test_unpadded_with_gradient_checkpointing():
+    ref, ours = tiny_pair("unpadded", head="BertForSequenceClassification", hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0)
+    ours.gradient_checkpointing_enable()
+    ours.train(), ref.train()
+    ids, mask, types = batch([9, 2, 6], 10)
+    la = ref(ids, mask, types, labels=torch.tensor([0, 1, 1])).loss
+    lb = ours(ids, mask, types, labels=torch.tensor([0, 1, 1])).loss
+    lb.backward()
+    assert abs(la.item() - lb.item()) < ATOL
+    assert all(p.grad is not None for p in ours.bert.encoder.parameters())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bf16_autocast_close_to_float32(impl):
+    ref, ours = tiny_pair(impl)
+    ids, mask, types = batch([16, 9, 3, 0], 16)
+    with torch.no_grad():
+        want = ref(ids, mask, types).last_hidden_state
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = ours(ids, mask, types).last_hidden_state.float()
+    keep = mask.bool()
+    assert torch.isfinite(got).all()
+    assert ((got - want)[keep].norm() / want[keep].norm()).item() < 1e-2
+
+
+def test_output_attentions_routes_to_math_with_a_log(caplog):
+    ref, ours = tiny_pair("unpadded")
+    ids, mask, types = batch([5, 3], 6)
+    with caplog.at_level(logging.INFO, logger="minibert"):
+        got = ours(ids, mask, types, output_attentions=True)
+    want = ref(ids, mask, types, output_attentions=True)
+    assert all(torch.allclose(a, b, atol=ATOL) for a, b in zip(got.attentions, want.attentions))
+
+
+def test_auto_logs_its_rule_and_unknown_names_are_listed(caplog):
+    from minibert import attention
+
+    attention._logged.discard(attention.AUTO_REASON)
+    with caplog.at_level(logging.INFO, logger="minibert"):
+        minibert.BertModel(BertConfig(**TINY))
+        minibert.BertModel(BertConfig(**TINY))
+    assert sum("attn_impl='auto'" in r.message for r in caplog.records) == 1
+    with pytest.raises(MinibertError, match="auto, math, sdpa, unpadded"):
+        minibert.BertModel(BertConfig(**TINY), attn_impl="flash")
+
+
+def test_auto_packs_only_padded_cpu_eager_calls():
+    model = minibert.BertModel(BertConfig(**TINY))
+    mask = torch.ones(2, 3)
+    cpu = torch.device("cpu")
+    assert model.packs(mask, False, cpu)
+    assert not model.packs(None, False, cpu)
+    assert not model.packs(mask, True, cpu)
+    assert not model.packs(mask, False, torch.device("cuda"))
+    assert not minibert.BertModel(BertConfig(**TINY), attn_impl="sdpa").packs(mask, False, cpu)
+
+
+@pytest.fixture(scope="module")
+def minilm_models(minilm_dir):
+    ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    ours = {k: minibert.BertModel.from_pretrained(minilm_dir, attn_impl=k) for k in ("unpadded", "auto")}
+    return ref, ours
+
+
+@pytest.mark.parametrize("impl", ["unpadded", "auto"])
+def test_minilm_unpadded_matches_transformers(minilm_models, impl):
+    ref, ours = minilm_models
+    ids, mask, types = batch([40, 7, 1, 25], 40, vocab=30522, seed=5)
+    ids[:, 0] = 101
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        got = ours[impl](ids, mask, types)
+    keep = mask.bool()
+    assert (got.last_hidden_state - want.last_hidden_state)[keep].abs().max().item() <= ATOL
+    assert (got.pooler_output - want.pooler_output).abs().max().item() <= ATOL
+
+
+def test_minilm_state_dict_roundtrip_for_bert_base_style_loading(minilm_dir):
+    # bench/ builds random bert-base in transformers and loads its state dict into ours: check that path
+    ref = transformers.BertModel(transformers.BertConfig(**TINY)).eval()
+    ours = minibert.BertModel(BertConfig(**TINY), attn_impl="unpadded")
+    load_hf_state_dict(ours, ref.state_dict())
+    ids, mask, types = batch([8, 3], 8)
+    with torch.no_grad():
+        a = ref(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        b = ours.eval()(ids, mask, types).last_hidden_state
+    assert (a - b)[mask.bool()].abs().max().item() <= ATOL
