@@ -196,9 +196,10 @@ def load_hf_state_dict(
                 f"tensor {in_file[hf_names[0]]!r} has shape {found} in the checkpoint but the model expects "
                 f"{tuple(param.shape)}; {hint}."
             )
-        if not torch.isfinite(tensor).all():
-            raise MinibertError(f"tensor {in_file[hf_names[0]]!r} in the checkpoint contains NaN or Inf values; the "
-                                "file is corrupt or from a diverged run, use another checkpoint.")
+        for name in hf_names:
+            if not torch.isfinite(state[name]).all():
+                raise MinibertError(f"tensor {in_file[name]!r} in the checkpoint contains NaN or Inf values; the "
+                                    "file is corrupt or from a diverged run, use another checkpoint.")
         with torch.no_grad():
             param.copy_(tensor)
     unexpected = [n for n in state if n not in used and n not in IGNORED and not n.endswith(".position_ids")]
