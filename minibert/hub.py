@@ -1,8 +1,43 @@
-"""The Hub's failures, as one sentence each: shared by the model, tokenizer and dataset loaders."""
+"""Local folder or Hub repo id, fetching one file from the Hub, and the Hub's failures as one sentence each:
+shared by the model, tokenizer and dataset loaders. huggingface_hub is imported only when a Hub id is used."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from minibert.errors import MinibertError
+
+
+def local_folder_or_repo_id(name_or_path: str | os.PathLike, needs: str) -> Path | str:
+    """An existing folder as a Path, else the text as a Hub repo id; a path that cannot be either is an error.
+    `needs` says what the folder must hold, for the message."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise MinibertError(f"{path} is a file; pass the folder that holds {needs}.")
+    text = str(name_or_path)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", ""):
+        raise MinibertError(f"{text} does not exist; check the path (it is not a Hub id either).")
+    return text
+
+
+def hub_file(repo_id: str, filename: str, revision: str | None, cache_dir: str | os.PathLike | None,
+             required: bool) -> Path | None:
+    """The local path of one file of a Hub repo (downloaded, or from the cache), or None when the repo lacks it.
+    Offline and not cached: None for an optional file, the error (for `hub_errors` to word) for a required one."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: keep it first
+        if required:
+            raise
+        return None
+    except EntryNotFoundError:
+        return None
 
 
 class hub_errors:  # noqa: N801 - used as a `with` block, reads like one

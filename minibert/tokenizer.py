@@ -28,6 +28,7 @@ from typing import Any
 
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
+from minibert.hub import hub_errors, hub_file, local_folder_or_repo_id
 from minibert.wordpiece import CONTINUATION, WordPiece
 
 logger = logging.getLogger("minibert")
@@ -439,39 +440,17 @@ def resolve_tokenizer_files(name_or_path: str | os.PathLike, revision: str | Non
                             cache_dir: str | os.PathLike | None = None) -> Path:
     """The folder holding vocab.txt (and the optional config files): a local folder, or else a Hub repo id whose
     files are fetched with huggingface_hub (honouring its cache, `revision` and `HF_HUB_OFFLINE`)."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        if not (path / VOCAB_FILE).is_file():
-            raise MinibertError(f"{path} has no {VOCAB_FILE}; point to the folder of a BERT tokenizer.")
-        return path
-    if path.exists():
-        raise MinibertError(f"{path} is a file; pass the folder that holds {VOCAB_FILE}.")
-    text = str(name_or_path)
-    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", ""):
-        raise MinibertError(f"{text} does not exist; check the path (it is not a Hub id either).")
-    return _download(text, revision, cache_dir)
-
-
-def _download(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None) -> Path:
-    # Imported here: only Hub ids need them, and the weights module owns the Hub's error messages.
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    from minibert.hub import hub_errors
-
-    with hub_errors(repo_id, revision):
-        try:
-            vocab = Path(hf_hub_download(repo_id, VOCAB_FILE, revision=revision, cache_dir=cache_dir))
-        except EntryNotFoundError as e:
-            if isinstance(e, LocalEntryNotFoundError):  # offline and not cached: hub_errors says so
-                raise
-            raise MinibertError(f"Hub repo {repo_id!r} has no {VOCAB_FILE}; it is not a BERT WordPiece "
-                                "tokenizer.") from None
-        for optional in (CONFIG_FILE, SPECIAL_TOKENS_FILE):
-            try:  # lands in the same snapshot folder as vocab.txt
-                hf_hub_download(repo_id, optional, revision=revision, cache_dir=cache_dir)
-            except EntryNotFoundError:  # absent from the repo, or from the cache while offline
-                pass
+    where = local_folder_or_repo_id(name_or_path, VOCAB_FILE)
+    if isinstance(where, Path):
+        if not (where / VOCAB_FILE).is_file():
+            raise MinibertError(f"{where} has no {VOCAB_FILE}; point to the folder of a BERT tokenizer.")
+        return where
+    with hub_errors(where, revision):
+        vocab = hub_file(where, VOCAB_FILE, revision, cache_dir, required=True)
+        if vocab is None:
+            raise MinibertError(f"Hub repo {where!r} has no {VOCAB_FILE}; it is not a BERT WordPiece tokenizer.")
+        for optional in (CONFIG_FILE, SPECIAL_TOKENS_FILE):  # land in the same snapshot folder as vocab.txt
+            hub_file(where, optional, revision, cache_dir, required=False)
     return vocab.parent
 
 

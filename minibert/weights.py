@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text, atomic_write_with
-from minibert.hub import hub_errors
+from minibert.hub import hub_errors, hub_file, local_folder_or_repo_id
 
 if TYPE_CHECKING:
     from minibert.models import BertPreTrainedModel
@@ -267,45 +267,29 @@ def resolve_checkpoint(
     name_or_path: str | os.PathLike, revision: str | None = None, cache_dir: str | os.PathLike | None = None
 ) -> CheckpointFiles:
     """A local folder, or else a Hub repo id: find config.json and the weight files, downloading only those."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        files = _weights_in_folder(path)
+    where = local_folder_or_repo_id(name_or_path, "config.json and the weights")
+    if isinstance(where, Path):
+        files = _weights_in_folder(where)
         if files is None:
-            raise MinibertError(f"{path} has no {SAFETENSORS_FILE}, {SAFETENSORS_INDEX_FILE} or {PYTORCH_FILE}; "
+            raise MinibertError(f"{where} has no {SAFETENSORS_FILE}, {SAFETENSORS_INDEX_FILE} or {PYTORCH_FILE}; "
                                 "point to the folder that holds the model's weights.")
-        return CheckpointFiles(path / CONFIG_FILE, files)
-    if path.exists():
-        raise MinibertError(f"{path} is a file; pass the folder that holds config.json and the weights.")
-    text = str(name_or_path)
-    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", ""):
-        raise MinibertError(f"{text} does not exist; check the path (it is not a Hub id either).")
-    return _resolve_from_hub(text, revision, cache_dir)
+        return CheckpointFiles(where / CONFIG_FILE, files)
+    return _resolve_from_hub(where, revision, cache_dir)
 
 
 def _resolve_from_hub(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None) -> CheckpointFiles:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    def download(filename: str) -> Path | None:
-        """The file's local path, None if the repo (or the offline cache) lacks it."""
-        try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
-        except LocalEntryNotFoundError:  # offline and not cached (a subclass of the next one: keep it first)
-            if filename == CONFIG_FILE:
-                raise
-            return None
-        except EntryNotFoundError:
-            return None
-
     with hub_errors(repo_id, revision):
-        config = download(CONFIG_FILE)
+        config = hub_file(repo_id, CONFIG_FILE, revision, cache_dir, required=True)
+        if config is None:
+            raise MinibertError(f"Hub repo {repo_id!r} has no {CONFIG_FILE}; it is not a transformers model.")
         for name in (SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, PYTORCH_FILE):
-            found = download(name)
+            found = hub_file(repo_id, name, revision, cache_dir, required=False)
             if found is None:
                 continue
             if name == SAFETENSORS_INDEX_FILE:
-                return CheckpointFiles(config, [download(shard) or found.parent / shard
-                                                for shard in _shard_names(found)])
+                shards = [hub_file(repo_id, shard, revision, cache_dir, required=False) or found.parent / shard
+                          for shard in _shard_names(found)]
+                return CheckpointFiles(config, shards)
             return CheckpointFiles(config, [found])
     raise MinibertError(f"Hub repo {repo_id!r} has no {SAFETENSORS_FILE} or {PYTORCH_FILE} (or they are not in the "
                         "cache while offline).")
