@@ -10,9 +10,8 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 from minibert.errors import MinibertError
 
@@ -31,30 +30,8 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open `path` for binary writing; the file appears under its name only if the block finishes."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise MinibertError(f"no space left on the device while writing {path}; free some space and retry "
-                                "(the previous file, if any, is untouched).") from None
-        raise
-    fsync_dir(path.parent)
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_open(path) as f:
-        f.write(data)
+    atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
