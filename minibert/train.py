@@ -291,8 +291,10 @@ def train(model: nn.Module, train_data: Encoded, eval_data: Encoded | None, opts
         run_dir.mkdir(parents=True, exist_ok=True)
     amp = autocast_dtype(opts.precision, d.device)
     model.to(d.device)
+    # fused: one pass over each parameter instead of ~10 elementwise ops. On CPU (fused since torch 2.4) a MiniLM
+    # step, dominated by its 11.7M-parameter word embedding, takes 17 ms instead of 77 ms (bench/README.md)
     optimizer = torch.optim.AdamW(param_groups(model, opts.weight_decay), lr=opts.lr,
-                                  foreach=d.device.type == "cuda")
+                                  fused=d.device.type in ("cpu", "cuda"))
     n_batches = len(length_grouped_batches(train_data.lengths, opts.batch_size, opts.seed, 0, d.rank, d.world_size))
     steps_per_epoch = math.ceil(n_batches / opts.grad_accum)
     total = opts.max_steps if opts.max_steps > 0 else opts.epochs * steps_per_epoch
