@@ -8,18 +8,19 @@ This file parses flags and wires data, model and loop together; the work is in d
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import statistics
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from minibert import checkpoint
+from minibert.attention import ATTN_IMPLS
+from minibert.cli import options_parser
 from minibert.data import Encoded, Examples, Labels, encode, hub_dataset_files, read_examples, read_hub_split, split_off
 from minibert.errors import MinibertError
 from minibert.models import BertForSequenceClassification
@@ -107,21 +108,12 @@ HELP = {
     "no_progress": "no progress bar",
     "debug": "show the full traceback of errors",
 }
-CHOICES = {"precision": ("auto", "bf16", "fp32"), "attn_impl": ("auto", "math", "sdpa", "unpadded"),
+CHOICES = {"precision": ("auto", "bf16", "fp32"), "attn_impl": sorted(ATTN_IMPLS),
            "problem_type": ("auto", "single_label_classification", "multi_label_classification", "regression")}
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m minibert.finetune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Options):
-        flag = "--" + f.name.replace("_", "-")
-        text = HELP[f.name] if f.default in (None, False, "") else f"{HELP[f.name]} (default: {f.default})"
-        if f.type == "bool":
-            parser.add_argument(flag, action="store_true", help=text)
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default, help=text, choices=CHOICES.get(f.name))
+    parser = options_parser(Options, "python -m minibert.finetune", __doc__, HELP, CHOICES)
     return Options(**vars(parser.parse_args(argv)))
 
 

@@ -6,17 +6,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from minibert import checkpoint
+from minibert.attention import ATTN_IMPLS
+from minibert.cli import options_parser
 from minibert.data import (
     LABEL_NAMES,
     Encoded,
@@ -70,16 +71,8 @@ HELP = {
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m minibert.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Options):
-        flag = "--" + f.name.replace("_", "-")
-        text = HELP[f.name] if f.default in (None, False, "") else f"{HELP[f.name]} (default: {f.default})"
-        if f.type == "bool":
-            parser.add_argument(flag, action="store_true", help=text)
-        else:
-            kind = int if f.type == "int" else str
-            parser.add_argument(flag, type=kind, default=f.default, help=text, required=f.name == "model")
+    parser = options_parser(Options, "python -m minibert.predict", __doc__, HELP,
+                            {"attn_impl": sorted(ATTN_IMPLS)}, required={"model"})
     return Options(**vars(parser.parse_args(argv)))
 
 
