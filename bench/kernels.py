@@ -7,9 +7,10 @@ sentences of SST-2 dev and of an IMDB sample, tokenised), padded to the batch's 
 Besides the kernels of the package this times two other ways to run attention on packed tokens, which lost:
 `unpadded-padmax` (scatter the packed tokens into (b, longest, h, d) and run one masked SDPA call) and
 `unpadded-nested` (torch nested jagged tensors through SDPA). And it times the fused q/k/v projection against three
-separate ones.
+separate ones. Last, the crossover: from which fraction of padding packing pays in a training step, the number
+behind `attn_impl="auto"`'s rule.
 
-    python bench/kernels.py [--quick]
+    python bench/kernels.py [--quick] [--only crossover]
 """
 
 from __future__ import annotations
@@ -146,6 +147,39 @@ def bench_qkv(reps) -> list[dict]:
     return rows
 
 
+def bench_crossover(dtypes, reps) -> list[dict]:
+    """Where packing starts to pay: a MiniLM training forward + backward on batches of 32 whose lengths are spread
+    evenly below the longest, so that a given share of the batch is padding, per kernel. The per-sequence attention
+    calls of `unpadded` cost a fixed amount per sequence; what packing saves grows with the padding per sequence;
+    `auto` packs from `AUTO_MIN_PADDING_PER_SEQUENCE` (float32) or `..._LOW_PRECISION` (bf16) padding positions per
+    sequence on."""
+    rows = []
+    config = BertConfig.from_json(minibert_config())
+    torch.manual_seed(0)
+    models = {impl: minibert.BertModel(config, attn_impl=impl).train() for impl in ("sdpa", "unpadded", "auto")}
+    for model in models.values():
+        model.load_state_dict(models["sdpa"].state_dict())
+    for longest in (32, 64, 128):
+        for fraction in (0.05, 0.1, 0.2, 0.4):
+            shortest = round(longest * (1 - 2 * fraction))
+            lengths = [round(longest - (longest - shortest) * i / 31) for i in range(32)]
+            mask = mask_of(lengths, longest).long()
+            ids = torch.randint(1000, 30000, mask.shape) * mask
+            per_sequence = (mask.numel() - int(mask.sum())) / len(lengths)
+            for dtype in dtypes:
+                def step(model):
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):  # noqa: B023
+                        model(ids, mask).last_hidden_state.float().square().mean().backward()  # noqa: B023
+                fns = {impl: (lambda m=m: step(m)) for impl, m in models.items()}
+                times = interleaved(fns, reps, warmup=1)
+                for impl in fns:
+                    rows.append(dict(part="crossover", grid=f"32 x {longest}, {per_sequence:.1f} padding/sequence",
+                                     dtype=dtype, kernel=impl, ms=median(times[impl]) * 1e3,
+                                     tokens_per_s=int(mask.sum()) / median(times[impl])))
+                print(table(rows[-len(fns):], COLUMNS), flush=True)
+    return rows
+
+
 def minibert_config():
     from common import MINILM
 
@@ -161,16 +195,20 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--only", default="", help="comma-separated parts: attention, encoder, qkv, crossover")
     args = parser.parse_args(argv)
     setup(args.threads)
     reps = 2 if args.quick else args.reps
     start = time.perf_counter()
-    grid = grids(args.quick)
     dtypes = args.dtypes.split(",")
-    rows = bench_attention(grid, dtypes, reps) + bench_encoder(grid, dtypes, max(2, reps // 2)) + bench_qkv(reps)
+    parts = {"attention": lambda: bench_attention(grids(args.quick), dtypes, reps),
+             "encoder": lambda: bench_encoder(grids(args.quick), dtypes, max(2, reps // 2)),
+             "qkv": lambda: bench_qkv(reps),
+             "crossover": lambda: bench_crossover(dtypes, max(3, reps // 2))}
+    rows = [row for name in (args.only.split(",") if args.only else parts) for row in parts[name]()]
     print(f"\n(ms: median of interleaved repetitions; {time.perf_counter() - start:.0f} s in all)\n")
     print(table(rows, COLUMNS))
-    print("wrote", write_json("kernels", {"rows": rows, "reps": reps}))
+    print("wrote", write_json("kernels" + (f"_{args.only}" if args.only else ""), {"rows": rows, "reps": reps}))
 
 
 if __name__ == "__main__":

@@ -128,8 +128,8 @@ KERNELS: dict[str, Kernel] = {
 PACKED_KERNELS: dict[str, PackedKernel] = {
     "unpadded": unpadded_attention,
 }
-# attn_impl -> (the padded kernel, the packed kernel or None). `auto` packs on CPU when there is padding to remove,
-# and otherwise runs sdpa; see `resolve_attn_impl`.
+# attn_impl -> (the padded kernel, the packed kernel or None). `auto` packs on CPU when the batch holds enough
+# padding, and otherwise runs sdpa; see `BertModel.packing_for`.
 ATTN_IMPLS: dict[str, tuple[str, str | None]] = {
     "math": ("math", None),
     "sdpa": ("sdpa", None),
@@ -137,11 +137,22 @@ ATTN_IMPLS: dict[str, tuple[str, str | None]] = {
     "auto": ("sdpa", "unpadded"),
 }
 
+# `auto` packs a CPU batch holding at least this many padding positions per sequence. Packing must pay for the
+# per-sequence attention calls (forward and backward, every layer), a cost fixed per sequence, with the padding it
+# removes, whose cost per position is ~2.5x lower in bf16 than in float32. Measured on MiniLM, training steps on
+# batches of 32 (bench/kernels.py --only crossover); a wider model spends more per position, so for it these are
+# on the safe side.
+AUTO_MIN_PADDING_PER_SEQUENCE = 4
+AUTO_MIN_PADDING_PER_SEQUENCE_LOW_PRECISION = 16  # bf16/fp16 autocast, or weights that are not float32
+
 AUTO_REASON = (
-    "attn_impl='auto': calls with an attention_mask on CPU run 'unpadded' (padding removed once at the encoder's "
-    "entrance; bench/README.md, MiniLM encoder on CPU: 1.7x 'sdpa' on SST-2 batches of 32 padded to their longest, "
-    "5.3x padded to 128, 2.2x on IMDB batches, equal on batches without padding); calls without a mask, on a GPU "
-    "(not measured yet) or under torch.compile (packing has data-dependent shapes) run 'sdpa'; "
+    "attn_impl='auto': on CPU, a batch with at least "
+    f"{AUTO_MIN_PADDING_PER_SEQUENCE} padding positions per sequence ({AUTO_MIN_PADDING_PER_SEQUENCE_LOW_PRECISION} "
+    "under bf16) runs 'unpadded' (padding removed once at the encoder's entrance; bench/README.md, MiniLM on CPU: "
+    "1.7x 'sdpa' on SST-2 batches of 32 padded to their longest, 5.3x padded to 128, 2.2x on IMDB batches); a batch "
+    "with less padding (length-grouped or sorted batches), a call without a mask, on a GPU (not measured yet) or "
+    "under torch.compile (packing has data-dependent shapes) runs 'sdpa', since there the per-sequence attention "
+    "calls of 'unpadded' cost more than the padding they remove (bench/kernels.py --only crossover); "
     "output_attentions=True runs 'math', the only kernel that returns attention probabilities."
 )
 
@@ -197,11 +208,17 @@ class SelfAttention(nn.Module):
         self.packed_kernel = PACKED_KERNELS[packed] if packed is not None else None
 
     def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor | None, need_probs: bool = False, packing: Packing | None = None
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        need_probs: bool = False,
+        packing: Packing | None = None,
+        first_query_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (b, t, hidden); key_mask: (b, t) bool or None -> (b, t, hidden), probs (b, h, t, t) or None.
 
         With `packing`, x is packed (n, hidden) and so is the result; key_mask is unused and probs are None.
+        With `first_query_only` (padded input only), position 0 alone attends to every key: -> (b, 1, hidden).
         """
         dropout_p = self.dropout_p if self.training else 0.0
         if packing is not None:
@@ -211,6 +228,8 @@ class SelfAttention(nn.Module):
             out = self.packed_kernel(q, k, v, packing, dropout_p, self.scale)
             return self.out(rearrange(out, "n h d -> n (h d)")), None
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
+        if first_query_only:
+            q = q[:, :, :1]
         kernel = self.kernel
         if need_probs and kernel is not math_attention:
             _log_once(f"output_attentions=True: attention runs on the 'math' kernel for this call, since "

@@ -43,10 +43,20 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor | None, need_probs: bool = False, packing: Packing | None = None
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        need_probs: bool = False,
+        packing: Packing | None = None,
+        first_token_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (b, t, hidden), or packed (n, hidden) with `packing`: LayerNorm and the FFN act per token either way."""
-        attended, probs = self.attention(x, key_mask, need_probs, packing)
+        """x (b, t, hidden), or packed (n, hidden) with `packing`: LayerNorm and the FFN act per token either way.
+
+        `first_token_only` (padded x): only position 0 is computed, attending to all keys -> (b, 1, hidden).
+        """
+        attended, probs = self.attention(x, key_mask, need_probs, packing, first_token_only)
+        if first_token_only:
+            x = x[:, :1]
         x = self.attention_norm(x + self.dropout(attended))
         x = self.ffn_norm(x + self.dropout(self.ffn(x)))
         return x, probs
@@ -65,18 +75,21 @@ class Encoder(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         packing: Packing | None = None,
+        first_token_only: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None]:
         """x: (b, t, hidden) -> last hidden state, [embeddings, layer 1, ..., layer N] if asked, [probs] if asked.
 
-        With `packing`, x and every hidden state are packed (n, hidden); re-padding is the caller's, once."""
+        With `packing`, x and every hidden state are packed (n, hidden); re-padding is the caller's, once.
+        With `first_token_only` (padded x), the last layer computes position 0 alone: -> (b, 1, hidden)."""
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            first = first_token_only and i == len(self.layers) - 1
             if self.gradient_checkpointing and self.training:
                 # recompute the layer's activations in backward instead of storing them
-                x, probs = checkpoint(layer, x, key_mask, output_attentions, packing, use_reentrant=False)
+                x, probs = checkpoint(layer, x, key_mask, output_attentions, packing, first, use_reentrant=False)
             else:
-                x, probs = layer(x, key_mask, output_attentions, packing)
+                x, probs = layer(x, key_mask, output_attentions, packing, first)
             if hidden_states is not None:
                 hidden_states.append(x)
             if attentions is not None:

@@ -18,7 +18,11 @@ from einops import rearrange
 from torch import nn
 
 from minibert import weights
-from minibert.attention import resolve_attn_impl
+from minibert.attention import (
+    AUTO_MIN_PADDING_PER_SEQUENCE,
+    AUTO_MIN_PADDING_PER_SEQUENCE_LOW_PRECISION,
+    resolve_attn_impl,
+)
 from minibert.config import BertConfig
 from minibert.embeddings import BertEmbeddings
 from minibert.encoder import Encoder, activation
@@ -150,8 +154,14 @@ class BertModel(BertPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        first_token_only: bool = False,
     ) -> BaseModelOutput:
-        """input_ids (b, t) [or inputs_embeds (b, t, hidden)]; attention_mask (b, t) with 1 = token, 0 = padding."""
+        """input_ids (b, t) [or inputs_embeds (b, t, hidden)]; attention_mask (b, t) with 1 = token, 0 = padding.
+
+        `first_token_only`, for the heads that read only the pooled [CLS]: the last layer computes position 0 alone
+        (the other positions' attention output, feed-forward and LayerNorms are never used), and last_hidden_state
+        is (b, 1, hidden). Ignored when hidden states or attentions are asked for.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise MinibertError("pass exactly one of input_ids or inputs_embeds.")
         seq_len = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
@@ -161,15 +171,18 @@ class BertModel(BertPreTrainedModel):
                 "positions; truncate it (e.g. tokenizer(..., truncation=True, max_length=512))."
             )
         reference = input_ids if input_ids is not None else inputs_embeds
-        if self.packs(attention_mask, output_attentions, reference.device):
-            packing = packing_from_mask(attention_mask)
+        first_token_only = first_token_only and not (output_hidden_states or output_attentions)
+        packing = self.packing_for(attention_mask, output_attentions, reference.device)
+        if packing is not None:
             x, hidden_states = self._forward_packed(packing, input_ids, token_type_ids, position_ids, inputs_embeds,
                                                     output_hidden_states)
+            x = x[:, :1] if first_token_only else x
             attentions = None
         else:
             x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
             key_mask = None if attention_mask is None else attention_mask.bool()
-            x, hidden_states, attentions = self.encoder(x, key_mask, output_hidden_states, output_attentions)
+            x, hidden_states, attentions = self.encoder(x, key_mask, output_hidden_states, output_attentions,
+                                                        first_token_only=first_token_only)
         return BaseModelOutput(
             last_hidden_state=x,
             pooler_output=self.pooler(x) if self.pooler is not None else None,
@@ -177,14 +190,26 @@ class BertModel(BertPreTrainedModel):
             attentions=tuple(attentions) if attentions is not None else None,
         )
 
-    def packs(self, attention_mask: torch.Tensor | None, output_attentions: bool, device: torch.device) -> bool:
-        """Whether this call removes the padding (see `attention.AUTO_REASON`). Decided from the kernel name, the
-        device and whether there is a mask, never from tensor values, so it costs no host sync."""
+    def packing_for(self, attention_mask: torch.Tensor | None, output_attentions: bool,
+                    device: torch.device) -> Packing | None:
+        """The `Packing` this call runs on, or None to run padded (see `attention.AUTO_REASON`).
+
+        Decided from the kernel name, the device, whether there is a mask and, for `auto`, the padding per
+        sequence and the precision; counting the padding is the one host sync that packing needs anyway.
+        """
         if self.attn_impl not in ("auto", "unpadded") or attention_mask is None or output_attentions:
-            return False
+            return None
         if torch.compiler.is_compiling():  # packing has data-dependent shapes: compiled graphs run padded sdpa
-            return False
-        return self.attn_impl == "unpadded" or device.type == "cpu"
+            return None
+        if self.attn_impl == "auto" and device.type != "cpu":
+            return None
+        packing = packing_from_mask(attention_mask)
+        if self.attn_impl == "auto":
+            low_precision = torch.is_autocast_enabled(device.type) or self.embeddings.word.weight.dtype != torch.float32
+            enough = AUTO_MIN_PADDING_PER_SEQUENCE_LOW_PRECISION if low_precision else AUTO_MIN_PADDING_PER_SEQUENCE
+            if packing.padding_per_sequence < enough:
+                return None
+        return packing
 
     def _forward_packed(
         self,
@@ -259,7 +284,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
         output_attentions: bool = False,
     ) -> ModelOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        output_hidden_states, output_attentions)
+                        output_hidden_states, output_attentions, first_token_only=True)
         logits = self.classifier(self.dropout(out.pooler_output))  # (b, num_labels)
         loss = None
         if labels is not None:
@@ -370,7 +395,7 @@ class BertForMultipleChoice(BertPreTrainedModel):
             return None if x is None else rearrange(x, "b c t ... -> (b c) t ...")
 
         out = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                        flat(inputs_embeds), output_hidden_states, output_attentions)
+                        flat(inputs_embeds), output_hidden_states, output_attentions, first_token_only=True)
         logits = self.classifier(self.dropout(out.pooler_output))  # ((b c), 1)
         logits = rearrange(logits, "(b c) 1 -> b c", c=num_choices)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
@@ -398,7 +423,7 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
         output_attentions: bool = False,
     ) -> ModelOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        output_hidden_states, output_attentions)
+                        output_hidden_states, output_attentions, first_token_only=True)
         logits = self.nsp(out.pooler_output)
         loss = F.cross_entropy(logits.view(-1, 2), labels.view(-1)) if labels is not None else None
         return ModelOutput(loss, logits, out.hidden_states, out.attentions)

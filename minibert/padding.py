@@ -30,6 +30,11 @@ class Packing(NamedTuple):
     def total(self) -> int:
         return len(self.indices)
 
+    @property
+    def padding_per_sequence(self) -> float:
+        """Padding positions of the padded (b, t) batch per sequence (0 for an empty batch)."""
+        return (self.batch * self.seq_len - self.total) / self.batch if self.batch else 0.0
+
 
 def packing_from_mask(attention_mask: torch.Tensor) -> Packing:
     """attention_mask (b, t), nonzero = real token -> the `Packing` of its real tokens. One host sync (eager)."""

@@ -218,15 +218,22 @@ def test_auto_logs_its_rule_and_unknown_names_are_listed(caplog):
         minibert.BertModel(BertConfig(**TINY), attn_impl="flash")
 
 
-def test_auto_packs_only_padded_cpu_eager_calls():
+def test_auto_packs_only_cpu_eager_calls_with_enough_padding():
     model = minibert.BertModel(BertConfig(**TINY))
-    mask = torch.ones(2, 3)
     cpu = torch.device("cpu")
-    assert model.packs(mask, False, cpu)
-    assert not model.packs(None, False, cpu)
-    assert not model.packs(mask, True, cpu)
-    assert not model.packs(mask, False, torch.device("cuda"))
-    assert not minibert.BertModel(BertConfig(**TINY), attn_impl="sdpa").packs(mask, False, cpu)
+    four = lengths_mask([10, 2], 10)  # 8 padding positions over 2 sequences: exactly AUTO_MIN_PADDING_PER_SEQUENCE
+    assert model.packing_for(four, False, cpu).seqlens == (10, 2)
+    little = lengths_mask([10, 5], 10)
+    assert model.packing_for(little, False, cpu) is None  # too little padding: padded sdpa
+    assert minibert.BertModel(BertConfig(**TINY), attn_impl="unpadded").packing_for(little, False, cpu) is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a padded position costs less in bf16: packing pays later
+        assert model.packing_for(four, False, cpu) is None
+        assert model.packing_for(lengths_mask([40, 8], 40), False, cpu) is not None  # 16 per sequence
+    assert model.to(torch.bfloat16).packing_for(four, False, cpu) is None
+    assert model.packing_for(None, False, cpu) is None
+    assert model.packing_for(four, True, cpu) is None
+    assert model.packing_for(four, False, torch.device("cuda")) is None
+    assert minibert.BertModel(BertConfig(**TINY), attn_impl="sdpa").packing_for(four, False, cpu) is None
 
 
 @pytest.fixture(scope="module")
@@ -236,10 +243,11 @@ def minilm_models(minilm_dir):
     return ref, ours
 
 
+@pytest.mark.parametrize("lengths", [[40, 7, 1, 25], [40, 40, 38, 40]], ids=["much_padding", "little_padding"])
 @pytest.mark.parametrize("impl", ["unpadded", "auto"])
-def test_minilm_unpadded_matches_transformers(minilm_models, impl):
+def test_minilm_unpadded_matches_transformers(minilm_models, impl, lengths):
     ref, ours = minilm_models
-    ids, mask, types = batch([40, 7, 1, 25], 40, vocab=30522, seed=5)
+    ids, mask, types = batch(lengths, 40, vocab=30522, seed=5)
     ids[:, 0] = 101
     with torch.no_grad():
         want = ref(input_ids=ids, attention_mask=mask, token_type_ids=types)

@@ -189,13 +189,14 @@ def test_attentions_match_eager_transformers(tmp_path):
         torch.testing.assert_close(g.transpose(1, 2)[keep], e.transpose(1, 2)[keep], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("lengths", [[12, 5, 2], [9, 9, 8]], ids=["much_padding", "little_padding"])
 @pytest.mark.parametrize("attn_impl", KERNELS)
-def test_gradients_of_a_training_step_match(tmp_path, attn_impl):
+def test_gradients_of_a_training_step_match(tmp_path, attn_impl, lengths):
     config = {**TINY, "num_labels": 2, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     ref, ours = pair_from_disk("BertForSequenceClassification", tmp_path, attn_impl, **config)
     ref.train()
     ours.train()
-    ids, mask, types = padded_batch(TINY["vocab_size"], [9, 5, 2])
+    ids, mask, types = padded_batch(TINY["vocab_size"], lengths)
     labels = torch.tensor([1, 0, 1])
     ref(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels).loss.backward()
     ours(ids, mask, types, labels=labels).loss.backward()
@@ -207,6 +208,31 @@ def test_gradients_of_a_training_step_match(tmp_path, attn_impl):
         got = dict(ours.named_parameters())[our_name].grad
         scale = expected.abs().max().clamp_min(1e-12)
         assert ((got - expected).abs().max() / scale).item() < 1e-4, our_name
+
+
+@pytest.mark.parametrize("attn_impl", KERNELS)
+def test_first_token_only_is_the_first_position_of_the_full_forward(attn_impl):
+    """The pooled heads run the last layer for [CLS] alone: the same values and the same gradients as computing
+    every position and keeping position 0."""
+    torch.manual_seed(0)
+    config = minibert.BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = minibert.BertModel(config, attn_impl=attn_impl).train()
+    for lengths in ([12, 5, 2], [9, 9, 8], [1]):
+        ids, mask, types = padded_batch(TINY["vocab_size"], lengths)
+        results = []
+        for first_token_only in (False, True):
+            model.zero_grad()
+            out = model(ids, mask, types, first_token_only=first_token_only)
+            out.pooler_output.square().sum().backward()
+            results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+        (full, full_grads), (first, first_grads) = results
+        assert first.last_hidden_state.shape == (len(lengths), 1, TINY["hidden_size"])
+        torch.testing.assert_close(first.last_hidden_state, full.last_hidden_state[:, :1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(first.pooler_output, full.pooler_output, atol=1e-6, rtol=0)
+        for name, grad in full_grads.items():
+            torch.testing.assert_close(first_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    hidden = model(ids, mask, types, output_hidden_states=True, first_token_only=True)
+    assert hidden.last_hidden_state.shape[1] == ids.shape[1]  # asked-for hidden states switch it off
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -15,6 +15,7 @@ def test_right_padded_batch():
     assert p.cu_seqlens.dtype == torch.int32
     assert p.seqlens == (3, 2)
     assert (p.max_seqlen, p.batch, p.seq_len, p.total) == (3, 2, 4, 5)
+    assert p.padding_per_sequence == 3 / 2
 
 
 def test_all_padding_row_and_holes():
@@ -30,6 +31,7 @@ def test_all_padding_row_and_holes():
 def test_no_token_at_all():
     p = packing_from_mask(torch.zeros(2, 3, dtype=torch.long))
     assert p.indices.tolist() == [] and p.cu_seqlens.tolist() == [0, 0, 0] and p.max_seqlen == 0
+    assert p.padding_per_sequence == 3 and packing_from_mask(torch.zeros(0, 3)).padding_per_sequence == 0
     x = torch.zeros(0, 4)
     assert repad(x, p).shape == (2, 3, 4) and not repad(x, p).any()
 
