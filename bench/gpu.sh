@@ -11,8 +11,9 @@ mkdir -p bench/results
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
   # end-to-end classification: both recipes with batches x8 (classic 128, dynamic 256)
   "$PY" bench/inference.py --device cuda --batch-scale 8 --sst2 872 --imdb 256 --reps 3
-  # fine-tuning steps, batch 256
-  "$PY" bench/train.py --device cuda --batch 256 --steps 5 --reps 3
+  # fine-tuning steps, batch 256, in file order and length-grouped as minibert.finetune makes them
+  "$PY" bench/train.py --device cuda --batch 256 --steps 5 --reps 3 --order file
+  "$PY" bench/train.py --device cuda --batch 256 --steps 5 --reps 3 --order grouped
   # matmul peak and the fraction a full-length bert-base forward reaches, batch 64 x 512
   "$PY" bench/roofline.py --device cuda --batch 64 --seq 512 --reps 10
 } 2>&1 | tee bench/results/gpu.log

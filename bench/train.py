@@ -1,12 +1,14 @@
 """Fine-tuning step throughput (samples/s) and peak memory on SST-2 batches, minibert vs transformers in one loop.
 
-Each step: tokenise a batch of 32 SST-2 training sentences (file order, dynamic padding), forward with labels,
-backward, AdamW step, zero_grad. Both models start from the same weights (MiniLM + a seeded classifier) and see
-the same batches; steps of the two libraries are interleaved. Peak memory: the largest amount of live tensor
+Each step: tokenise a batch of 32 SST-2 training sentences (dynamic padding), forward with labels, backward, AdamW
+step (fused, as `minibert.finetune` runs it), zero_grad. Batches in file order (`--order file`, much padding), or
+length-grouped as `python -m minibert.finetune` makes them (`--order grouped`, little padding). Both models start
+from the same weights (MiniLM + a seeded classifier) and see the same batches; steps of the two libraries are
+interleaved. Peak memory: the largest amount of live tensor
 storage created during one forward + backward (activations, gradients; parameters and optimizer state, the same in
 both, excluded).
 
-    python bench/train.py [--quick] [--model minilm] [--dtypes fp32,bf16]
+    python bench/train.py [--quick] [--model minilm] [--dtypes fp32,bf16] [--order file|grouped]
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import argparse
 import torch
 from common import amp, batches, interleaved, median, pair, peak_mb, setup, sst2, table, tokenizers, write_json
 
+from minibert.data import length_grouped_batches
+
 
 def make_step(model, tok, groups, labels, dtype: str, ours: bool, device: str = "cpu"):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
     position = [0]
 
     def step(update: bool = True) -> float:
@@ -52,6 +56,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per library per repetition")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--order", choices=["file", "grouped"], default="file")
     args = parser.parse_args(argv)
     setup(args.threads)
     reps, steps = (1, 2) if args.quick else (args.reps, args.steps)
@@ -62,8 +67,14 @@ def main(argv=None) -> None:
     with open(SHARED / "data" / "sst2" / "train.tsv", newline="") as f:
         label_of = [int(r[1]) for r in list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]]
     n = args.batch * steps * (reps + 1)
-    groups = batches(sst2("train", n), args.batch)
-    labels = [torch.tensor(g) for g in batches(label_of[:n], args.batch)]
+    if args.order == "file":
+        order = list(range(n))
+    else:  # the first n indices of minibert.finetune's first epoch over the whole training set
+        lengths = [len(ids) for ids in our_tok(sst2("train"), truncation=True, max_length=128)["input_ids"]]
+        order = [i for b in length_grouped_batches(lengths, args.batch, seed=0, epoch=0) for i in b][:n]
+    texts = sst2("train")
+    groups = batches([texts[i] for i in order], args.batch)
+    labels = [torch.tensor(g) for g in batches([label_of[i] for i in order], args.batch)]
     rows = []
     for dtype in args.dtypes.split(","):
         ref, ours = (m.to(args.device) for m in pair(args.model, num_labels=2, train=True))
@@ -76,17 +87,18 @@ def main(argv=None) -> None:
         memory = {k: peak_mb(lambda fn=fn: fn(update=False)) for k, fn in fns.items()}
         times = interleaved({k: (lambda fn=fn: [fn() for _ in range(steps)]) for k, fn in fns.items()}, reps, 0)
         rate = {k: args.batch * steps / median(v) for k, v in times.items()}
-        rows.append(dict(model=args.model, dtype=dtype, batch=args.batch, hf_samples_s=rate["transformers"],
-                         mb_samples_s=rate["minibert"], ratio=rate["minibert"] / rate["transformers"],
+        rows.append(dict(model=args.model, dtype=dtype, batch=args.batch, order=args.order,
+                         hf_samples_s=rate["transformers"], mb_samples_s=rate["minibert"],
+                         ratio=rate["minibert"] / rate["transformers"],
                          hf_peak_mb=memory["transformers"], mb_peak_mb=memory["minibert"],
                          memory_ratio=memory["minibert"] / memory["transformers"]))
         print(table(rows[-1:], COLUMNS), flush=True)
     print("\nfine-tuning steps, samples/s (median of interleaved repetitions) and peak live tensor memory\n")
     print(table(rows, COLUMNS))
-    print("wrote", write_json("train", {"rows": rows, "reps": reps, "steps": steps}))
+    print("wrote", write_json(f"train_{args.order}", {"rows": rows, "reps": reps, "steps": steps}))
 
 
-COLUMNS = ["model", "dtype", "batch", "hf_samples_s", "mb_samples_s", "ratio", "hf_peak_mb", "mb_peak_mb",
+COLUMNS = ["model", "dtype", "batch", "order", "hf_samples_s", "mb_samples_s", "ratio", "hf_peak_mb", "mb_peak_mb",
            "memory_ratio"]
 
 if __name__ == "__main__":
