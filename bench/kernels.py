@@ -105,13 +105,19 @@ def bench_attention(grid, dtypes, reps) -> list[dict]:
     return rows
 
 
-def bench_encoder(grid, dtypes, reps) -> list[dict]:
-    rows = []
+def same_weight_encoders(impls: tuple[str, ...], train: bool) -> dict[str, minibert.BertModel]:
+    """One MiniLM-shaped BertModel per attn_impl, all with the same seeded random weights."""
     config = BertConfig.from_json(minibert_config())
     torch.manual_seed(0)
-    models = {impl: minibert.BertModel(config, attn_impl=impl).eval() for impl in ("math", "sdpa", "unpadded")}
+    models = {impl: minibert.BertModel(config, attn_impl=impl).train(train) for impl in impls}
     for model in models.values():
-        model.load_state_dict(models["math"].state_dict())
+        model.load_state_dict(models[impls[0]].state_dict())
+    return models
+
+
+def bench_encoder(grid, dtypes, reps) -> list[dict]:
+    rows = []
+    models = same_weight_encoders(("math", "sdpa", "unpadded"), train=False)
     for name, (lengths, seq_len) in grid.items():
         mask = mask_of(lengths, seq_len).long()
         ids = torch.randint(1000, 30000, mask.shape) * mask
@@ -154,11 +160,7 @@ def bench_crossover(dtypes, reps) -> list[dict]:
     `auto` packs from `AUTO_MIN_PADDING_PER_SEQUENCE` (float32) or `..._LOW_PRECISION` (bf16) padding positions per
     sequence on."""
     rows = []
-    config = BertConfig.from_json(minibert_config())
-    torch.manual_seed(0)
-    models = {impl: minibert.BertModel(config, attn_impl=impl).train() for impl in ("sdpa", "unpadded", "auto")}
-    for model in models.values():
-        model.load_state_dict(models["sdpa"].state_dict())
+    models = same_weight_encoders(("sdpa", "unpadded", "auto"), train=True)
     for longest in (32, 64, 128):
         for fraction in (0.05, 0.1, 0.2, 0.4):
             shortest = round(longest * (1 - 2 * fraction))
@@ -208,7 +210,8 @@ def main(argv=None) -> None:
     rows = [row for name in (args.only.split(",") if args.only else parts) for row in parts[name]()]
     print(f"\n(ms: median of interleaved repetitions; {time.perf_counter() - start:.0f} s in all)\n")
     print(table(rows, COLUMNS))
-    print("wrote", write_json("kernels" + (f"_{args.only}" if args.only else ""), {"rows": rows, "reps": reps}))
+    name = "kernels" + ("_" + args.only.replace(",", "_") if args.only else "")
+    print("wrote", write_json(name, {"rows": rows, "reps": reps}))
 
 
 if __name__ == "__main__":

@@ -67,12 +67,12 @@ def main(argv=None) -> None:
     with open(SHARED / "data" / "sst2" / "train.tsv", newline="") as f:
         label_of = [int(r[1]) for r in list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]]
     n = args.batch * steps * (reps + 1)
+    texts = sst2("train")
     if args.order == "file":
         order = list(range(n))
     else:  # the first n indices of minibert.finetune's first epoch over the whole training set
-        lengths = [len(ids) for ids in our_tok(sst2("train"), truncation=True, max_length=128)["input_ids"]]
+        lengths = [len(ids) for ids in our_tok(texts, truncation=True, max_length=128)["input_ids"]]
         order = [i for b in length_grouped_batches(lengths, args.batch, seed=0, epoch=0) for i in b][:n]
-    texts = sst2("train")
     groups = batches([texts[i] for i in order], args.batch)
     labels = [torch.tensor(g) for g in batches([label_of[i] for i in order], args.batch)]
     rows = []
