@@ -8,6 +8,7 @@ This file parses flags and wires data, model and loop together; the work is in d
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import statistics
@@ -287,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if torch.distributed.is_initialized():
+            # DDP's wrapper sits in a reference cycle, so only the cyclic collector frees it and its hold on the
+            # group; left to interpreter exit, gloo's teardown can abort the process (SIGABRT) after a good run
+            gc.collect()
             torch.distributed.destroy_process_group()
     return 0
 

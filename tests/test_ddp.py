@@ -18,10 +18,19 @@ from tests.tiny import sentiment_rows, write_csv, write_tiny_model
 REPO = Path(__file__).resolve().parent.parent
 
 # finetune.main under torchrun, saving each rank's final parameters; at its 9th training forward, FAIL_RANK raises
-# and STOP_RANK sends itself SIGTERM
+# and STOP_RANK sends itself SIGTERM. The automatic garbage collector is off, and the process group must be destroyed
+# with no DDP wrapper left alive: a wrapper freed only at interpreter exit takes gloo's teardown with it, which can
+# abort the process (CI once saw rank 1 end with SIGABRT after a good run).
 DRIVER = """
-import os, signal, sys, torch
+import gc, os, signal, sys, torch
 from minibert import finetune
+gc.disable()
+real_destroy = torch.distributed.destroy_process_group
+def destroy():
+    alive = [o for o in gc.get_objects() if isinstance(o, torch.nn.parallel.DistributedDataParallel)]
+    assert not alive, f"{len(alive)} DDP wrapper(s) still alive when the process group is destroyed"
+    real_destroy()
+torch.distributed.destroy_process_group = destroy
 real = finetune.train
 def wrapped(model, *a, **k):
     rank = int(os.environ["RANK"])
