@@ -35,7 +35,7 @@ from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
 from minibert.models import BertForSequenceClassification
 from minibert.tokenizer import BertTokenizer
-from minibert.train import compute_metrics
+from minibert.train import autocast_dtype, compute_metrics
 
 
 @dataclass
@@ -51,6 +51,8 @@ class Options:
     all_scores: bool = False
     quoted_tsv: bool = False
     attn_impl: str = "auto"
+    precision: str = "auto"
+    device: str = "auto"
     debug: bool = False
 
 
@@ -66,13 +68,16 @@ HELP = {
     "all_scores": "also output the probability of every label",
     "quoted_tsv": "process quotes in TSV files",
     "attn_impl": "attention kernel: auto, math, sdpa or unpadded",
+    "precision": "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, else fp32)",
+    "device": "cpu, cuda or cuda:N (auto: the GPU when there is one)",
     "debug": "show the full traceback of errors",
 }
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
     parser = options_parser(Options, "python -m minibert.predict", __doc__, HELP,
-                            {"attn_impl": sorted(ATTN_IMPLS)}, required={"model"})
+                            {"attn_impl": sorted(ATTN_IMPLS), "precision": ("auto", "bf16", "fp32")},
+                            required={"model"})
     return Options(**vars(parser.parse_args(argv)))
 
 
@@ -116,18 +121,35 @@ def results(logits: torch.Tensor, labels: Labels, all_scores: bool) -> list[dict
     return out
 
 
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MinibertError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MinibertError(f"--device {name} asks for a GPU, but torch sees none here; use --device cpu.")
+    if device.type not in ("cpu", "cuda"):
+        raise MinibertError(f"--device {name}: only cpu and cuda are supported.")
+    return device
+
+
 def predict(opts: Options) -> list[dict[str, Any]]:
+    device = choose_device(opts.device)
+    amp = autocast_dtype(opts.precision, device)
     folder = model_folder(Path(opts.model))
     tokenizer = BertTokenizer.from_pretrained(folder)
-    model = BertForSequenceClassification.from_pretrained(folder, attn_impl=opts.attn_impl)
+    model = BertForSequenceClassification.from_pretrained(folder, attn_impl=opts.attn_impl).to(device)
     labels = Labels.from_config(model.config.problem_type, model.config.id2label)
     examples = read_input(opts)
     max_length = min(opts.max_length, model.config.max_position_embeddings)
     data: Encoded = encode(tokenizer, examples, max_length)
     logits = torch.empty(len(data), model.config.num_labels)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         for indices in sorted_batches(data.lengths, opts.batch_size):
-            logits[indices] = model(**collate(data, indices, tokenizer.pad_token_id)).logits.float()
+            batch = {k: v.to(device) for k, v in collate(data, indices, tokenizer.pad_token_id).items()}
+            logits[indices] = model(**batch).logits.float().cpu()
     if examples.labels is not None:  # gold labels given: score them, listing any the model never saw
         try:
             gold = labels.encode(examples, "prediction")

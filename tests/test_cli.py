@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from minibert import finetune, predict
 from minibert.errors import MinibertError
@@ -55,6 +56,27 @@ def test_predict_from_stdin(run, monkeypatch, capsys) -> None:
     assert predict.main(["--model", str(run["out"]), "--input", "-"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["label"] for r in rows[:2]] == ["pos", "neg"] and len(rows) == 3  # the empty line gets an answer too
+
+
+def test_predict_in_bf16_agrees_with_fp32(run, tmp_path) -> None:
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        output = tmp_path / f"{precision}.jsonl"
+        assert predict.main(["--model", str(run["out"]), "--input", str(run["dev"]), "--output", str(output),
+                             "--precision", precision, "--all-scores"]) == 0
+        scores[precision] = [json.loads(line) for line in output.read_text().splitlines()]
+    fp32, bf16 = scores["fp32"], scores["bf16"]
+    assert [r["label"] for r in bf16] == [r["label"] for r in fp32]
+    diffs = [abs(a["scores"][k] - b["scores"][k]) for a, b in zip(fp32, bf16) for k in a["scores"]]
+    assert 0 < max(diffs) < 1e-2  # bf16 did run (the scores moved), within the numeric contract
+
+
+@pytest.mark.parametrize(("device", "says"), [("tpu", "is not a device"), ("meta", "only cpu and cuda")]
+                         + ([] if torch.cuda.is_available() else [("cuda", "torch sees none here")]))
+def test_predict_refuses_a_device_it_cannot_use(run, capsys, device, says) -> None:
+    assert predict.main(["--model", str(run["out"]), "--input", "-", "--device", device]) == 1
+    line = last_line(capsys)
+    assert line.startswith("error: ") and says in line
 
 
 # --- hardening 12: long texts, huge words, batch of one, partial final batch ------------------------------------
