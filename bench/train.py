@@ -8,7 +8,10 @@ interleaved. Peak memory: the largest amount of live tensor
 storage created during one forward + backward (activations, gradients; parameters and optimizer state, the same in
 both, excluded).
 
-    python bench/train.py [--quick] [--model minilm] [--dtypes fp32,bf16] [--order file|grouped]
+`--profile` adds, per library, where a step's time goes (torch.profiler self time, ms per step, by kind of op):
+what both must do (matmuls, the AdamW step) against what differs.
+
+    python bench/train.py [--quick] [--model minilm] [--dtypes fp32,bf16] [--order file|grouped] [--profile]
 """
 
 from __future__ import annotations
@@ -46,6 +49,30 @@ def make_step(model, tok, groups, labels, dtype: str, ours: bool, device: str = 
     return step
 
 
+# torch.profiler op names -> the kind of work they are (the first matching prefix wins)
+KINDS = [("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+         ("attention", ("aten::_scaled_dot_product", "aten::_softmax", "aten::_softmax_backward")),
+         ("optimizer", ("aten::_fused_adam", "Optimizer.")),
+         ("zero fill", ("aten::fill_", "aten::zero_")),
+         ("dropout", ("aten::bernoulli_", "aten::native_dropout")),
+         ("norm, GELU", ("aten::native_layer_norm", "aten::gelu")),
+         ("copies, casts", ("aten::copy_", "aten::_to_copy", "aten::index", "aten::cat", "aten::embedding"))]
+
+
+def profile_kinds(step, steps: int) -> dict[str, float]:
+    """ms per step of each kind of op (self CPU time), plus the rest and the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    ms = dict.fromkeys([kind for kind, _ in KINDS] + ["other"], 0.0)
+    for event in prof.key_averages():
+        kind = next((k for k, prefixes in KINDS if event.key.startswith(prefixes)), "other")
+        ms[kind] += event.self_cpu_time_total / 1e3 / steps
+    return {**ms, "total": sum(ms.values())}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -57,6 +84,7 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--order", choices=["file", "grouped"], default="file")
+    parser.add_argument("--profile", action="store_true", help="also print where each library's step time goes")
     args = parser.parse_args(argv)
     setup(args.threads)
     reps, steps = (1, 2) if args.quick else (args.reps, args.steps)
@@ -75,7 +103,7 @@ def main(argv=None) -> None:
         order = [i for b in length_grouped_batches(lengths, args.batch, seed=0, epoch=0) for i in b][:n]
     groups = batches([texts[i] for i in order], args.batch)
     labels = [torch.tensor(g) for g in batches([label_of[i] for i in order], args.batch)]
-    rows = []
+    rows, profiles = [], []
     for dtype in args.dtypes.split(","):
         ref, ours = (m.to(args.device) for m in pair(args.model, num_labels=2, train=True))
         fns = {"transformers": make_step(ref, hf_tok, groups, labels, dtype, False, args.device),
@@ -93,9 +121,15 @@ def main(argv=None) -> None:
                          hf_peak_mb=memory["transformers"], mb_peak_mb=memory["minibert"],
                          memory_ratio=memory["minibert"] / memory["transformers"]))
         print(table(rows[-1:], COLUMNS), flush=True)
+        if args.profile:
+            kinds = {k: profile_kinds(fn, steps) for k, fn in fns.items()}
+            profiles.append({"dtype": dtype, **kinds})
+            print(table([{"kind": kind, **{f"{lib} ms/step": kinds[lib][kind] for lib in kinds}}
+                         for kind in kinds["minibert"]], ["kind"] + [f"{lib} ms/step" for lib in kinds]), flush=True)
     print("\nfine-tuning steps, samples/s (median of interleaved repetitions) and peak live tensor memory\n")
     print(table(rows, COLUMNS))
-    print("wrote", write_json(f"train_{args.order}", {"rows": rows, "reps": reps, "steps": steps}))
+    print("wrote", write_json(f"train_{args.order}", {"rows": rows, "profiles": profiles, "reps": reps,
+                                                             "steps": steps}))
 
 
 COLUMNS = ["model", "dtype", "batch", "order", "hf_samples_s", "mb_samples_s", "ratio", "hf_peak_mb", "mb_peak_mb",
