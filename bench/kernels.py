@@ -8,9 +8,9 @@ Besides the kernels of the package this times two other ways to run attention on
 `unpadded-padmax` (scatter the packed tokens into (b, longest, h, d) and run one masked SDPA call) and
 `unpadded-nested` (torch nested jagged tensors through SDPA). And it times the fused q/k/v projection against three
 separate ones. Last, the crossover: from which fraction of padding packing pays in a training step, the number
-behind `attn_impl="auto"`'s rule.
+behind `attn_impl="auto"`'s rule; and, in bf16, from which size of the score matrix `sdpa` beats `math`.
 
-    python bench/kernels.py [--quick] [--only crossover]
+    python bench/kernels.py [--quick] [--only crossover,low-precision]
 """
 
 from __future__ import annotations
@@ -182,6 +182,39 @@ def bench_crossover(dtypes, reps) -> list[dict]:
     return rows
 
 
+def bench_low_precision(reps) -> list[dict]:
+    """The padded kernels in bf16 on CPU: `math` (bf16 matmuls, float32 softmax) against `sdpa`, inference and
+    training (dropout 0.1, forward + backward), for MiniLM's and bert-base's head sizes, a quarter of each batch's
+    sequences a quarter shorter. `scores` = batch x heads x longest², the size of the score matrix `math`
+    materialises: the number behind `attention.AUTO_MATH_MAX_SCORES`."""
+    rows = []
+    heads = 12
+    for dim, batch, lengths in ((32, 32, (16, 32, 64, 128, 256)), (64, 8, (64, 128, 256, 512))):
+        for seq_len in lengths:
+            mask = torch.ones(batch, seq_len, dtype=torch.bool)
+            mask[: batch // 4, seq_len - seq_len // 4:] = False
+            for train in (False, True):
+                g = torch.Generator().manual_seed(0)
+                q, k, v = (torch.randn(batch, heads, seq_len, dim, generator=g, dtype=torch.bfloat16)
+                           .requires_grad_(train) for _ in range(3))
+
+                def call(kernel):
+                    if train:  # noqa: B023
+                        kernel(q, k, v, mask, 0.1, dim**-0.5)[0].float().sum().backward()  # noqa: B023
+                    else:
+                        with torch.no_grad():
+                            kernel(q, k, v, mask, 0.0, dim**-0.5)  # noqa: B023
+                fns = {name: (lambda f=KERNELS[name]: call(f)) for name in ("math", "sdpa")}
+                times = interleaved(fns, reps, warmup=1)
+                for name in fns:
+                    rows.append(dict(part="low-precision", grid=f"{batch}x{heads}x{seq_len}, d {dim}"
+                                     + (", train" if train else ""), dtype="bf16", kernel=name,
+                                     ms=median(times[name]) * 1e3, scores=batch * heads * seq_len * seq_len,
+                                     math_over_sdpa=median(times["math"]) / median(times["sdpa"])))
+                print(table(rows[-2:], COLUMNS + ["scores", "math_over_sdpa"]), flush=True)
+    return rows
+
+
 def minibert_config():
     from common import MINILM
 
@@ -197,7 +230,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--dtypes", default="fp32,bf16")
-    parser.add_argument("--only", default="", help="comma-separated parts: attention, encoder, qkv, crossover")
+    parser.add_argument("--only", default="", help="comma-separated parts: attention, encoder, qkv, crossover, "
+                        "low-precision")
     args = parser.parse_args(argv)
     setup(args.threads)
     reps = 2 if args.quick else args.reps
@@ -206,10 +240,11 @@ def main(argv=None) -> None:
     parts = {"attention": lambda: bench_attention(grids(args.quick), dtypes, reps),
              "encoder": lambda: bench_encoder(grids(args.quick), dtypes, max(2, reps // 2)),
              "qkv": lambda: bench_qkv(reps),
-             "crossover": lambda: bench_crossover(dtypes, max(3, reps // 2))}
+             "crossover": lambda: bench_crossover(dtypes, max(3, reps // 2)),
+             "low-precision": lambda: bench_low_precision(reps)}
     rows = [row for name in (args.only.split(",") if args.only else parts) for row in parts[name]()]
     print(f"\n(ms: median of interleaved repetitions; {time.perf_counter() - start:.0f} s in all)\n")
-    print(table(rows, COLUMNS))
+    print(table(rows, COLUMNS + (["scores", "math_over_sdpa"] if "low-precision" in args.only else [])))
     name = "kernels" + ("_" + args.only.replace(",", "_") if args.only else "")
     print("wrote", write_json(name, {"rows": rows, "reps": reps}))
 

@@ -65,11 +65,12 @@ def math_attention(
     need_probs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The readable reference: softmax(q kᵀ · scale + mask) v. q, k, v: (b, h, t, d); key_mask: (b, s) or None."""
-    scores = torch.einsum("bhtd,bhsd->bhts", q, k) * scale
+    scores = torch.einsum("bhtd,bhsd->bhts", q * scale, k)  # scaling q: a pass over (t, d), not over (t, s)
     if key_mask is not None:
         scores = scores + additive_bias(key_mask, scores.dtype)
-    # softmax in float32 even under bf16 autocast: exp() of bf16 scores loses too much
-    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    # under bf16 autocast torch's softmax still computes exp() and the sum in float32 (bf16 would lose too much)
+    # and rounds only its output: bitwise what converting the scores first gives, without two more passes over them
+    probs = torch.softmax(scores, dim=-1)
     probs = F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
     out = torch.einsum("bhts,bhsd->bhtd", probs, v)
     return zero_fully_masked(out, key_mask), (probs if need_probs else None)
@@ -129,7 +130,8 @@ PACKED_KERNELS: dict[str, PackedKernel] = {
     "unpadded": unpadded_attention,
 }
 # attn_impl -> (the padded kernel, the packed kernel or None). `auto` packs on CPU when the batch holds enough
-# padding, and otherwise runs sdpa; see `BertModel.packing_for`.
+# padding (`BertModel.packing_for`), and otherwise runs sdpa, or math for small calls under bf16 on CPU
+# (`auto_padded_kernel`).
 ATTN_IMPLS: dict[str, tuple[str, str | None]] = {
     "math": ("math", None),
     "sdpa": ("sdpa", None),
@@ -145,6 +147,15 @@ ATTN_IMPLS: dict[str, tuple[str, str | None]] = {
 AUTO_MIN_PADDING_PER_SEQUENCE = 4
 AUTO_MIN_PADDING_PER_SEQUENCE_LOW_PRECISION = 16  # bf16/fp16 autocast, or weights that are not float32
 
+# `auto` under bf16 (or fp16) on CPU runs the padded `math` kernel where it measured faster than torch's CPU SDPA
+# kernel, which gains little from bf16 while `math`'s two products run as bf16 matmuls (bench/kernels.py --only
+# low-precision, 1 and 2 threads, heads of 32 and 64 dimensions). The limits are on the score matrix `math`
+# materialises (batch x heads x queries x keys elements): in inference `math` took 0.37-0.86x sdpa's time up to 3M,
+# and 1.0-1.3x from 12M on, where its passes over the scores outgrow the caches; in training (dropout on) it took
+# 0.44-0.92x at every size measured, up to 25M. In float32 sdpa is as fast or faster everywhere.
+AUTO_MATH_MAX_SCORES = 2**22
+AUTO_MATH_MAX_SCORES_TRAINING = 2**25
+
 AUTO_REASON = (
     "attn_impl='auto': on CPU, a batch with at least "
     f"{AUTO_MIN_PADDING_PER_SEQUENCE} padding positions per sequence ({AUTO_MIN_PADDING_PER_SEQUENCE_LOW_PRECISION} "
@@ -152,8 +163,10 @@ AUTO_REASON = (
     "1.7x 'sdpa' on SST-2 batches of 32 padded to their longest, 5.3x padded to 128, 2.2x on IMDB batches); a batch "
     "with less padding (length-grouped or sorted batches), a call without a mask, on a GPU (not measured yet) or "
     "under torch.compile (packing has data-dependent shapes) runs 'sdpa', since there the per-sequence attention "
-    "calls of 'unpadded' cost more than the padding they remove (bench/kernels.py --only crossover); "
-    "output_attentions=True runs 'math', the only kernel that returns attention probabilities."
+    "calls of 'unpadded' cost more than the padding they remove (bench/kernels.py --only crossover); on CPU "
+    "under bf16, a padded call runs 'math' instead of 'sdpa' while its score matrix is small enough (bf16 matmuls; "
+    "bench/kernels.py --only low-precision, limits in attention.AUTO_MATH_*); output_attentions=True runs 'math', "
+    "the only kernel that returns attention probabilities."
 )
 
 
@@ -177,6 +190,15 @@ def _log_once(message: str) -> None:
     if message not in _logged:
         _logged.add(message)
         logger.info(message)
+
+
+def auto_padded_kernel(q: torch.Tensor, k: torch.Tensor, dropout_p: float) -> Kernel:
+    """`auto`'s kernel for a padded call, from the device, dtype, shapes and dropout alone (see AUTO_MATH_*)."""
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or torch.compiler.is_compiling():
+        return sdpa_attention
+    scores = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
+    limit = AUTO_MATH_MAX_SCORES_TRAINING if dropout_p > 0 else AUTO_MATH_MAX_SCORES
+    return math_attention if scores <= limit else sdpa_attention
 
 
 def get_kernel(name: str) -> Kernel:
@@ -230,7 +252,7 @@ class SelfAttention(nn.Module):
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
         if first_query_only:
             q = q[:, :, :1]
-        kernel = self.kernel
+        kernel = auto_padded_kernel(q, k, dropout_p) if self.attn_impl == "auto" else self.kernel
         if need_probs and kernel is not math_attention:
             _log_once(f"output_attentions=True: attention runs on the 'math' kernel for this call, since "
                       f"{self.attn_impl!r} cannot return probabilities.")

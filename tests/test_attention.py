@@ -236,6 +236,36 @@ def test_auto_packs_only_cpu_eager_calls_with_enough_padding():
     assert minibert.BertModel(BertConfig(**TINY), attn_impl="sdpa").packing_for(four, False, cpu) is None
 
 
+def test_softmax_of_bf16_scores_accumulates_in_float32():
+    """`math_attention` relies on it: the softmax of bf16 scores is the float32 softmax rounded once to bf16."""
+    g = torch.Generator().manual_seed(0)
+    scores = (torch.randn(4, 3, 64, 64, generator=g) * 8).to(torch.bfloat16)
+    assert torch.equal(torch.softmax(scores, dim=-1), torch.softmax(scores.float(), dim=-1).to(torch.bfloat16))
+
+
+def test_auto_runs_math_for_small_bf16_calls_on_cpu(monkeypatch):
+    from minibert import attention
+
+    def kernel(b, t, s, dtype=torch.bfloat16, dropout_p=0.0):
+        q = torch.empty(1, 1, 1, 1, dtype=dtype).expand(b, 1, t, 8)
+        k = torch.empty(1, 1, 1, 1, dtype=dtype).expand(b, 1, s, 8)
+        return "math" if attention.auto_padded_kernel(q, k, dropout_p) is math_attention else "sdpa"
+
+    limit, training_limit = attention.AUTO_MATH_MAX_SCORES, attention.AUTO_MATH_MAX_SCORES_TRAINING
+    assert kernel(1, 1, limit) == "math" and kernel(1, 1, limit + 1) == "sdpa"
+    assert kernel(1, 1, training_limit, dropout_p=0.1) == "math"
+    assert kernel(1, 1, training_limit + 1, dropout_p=0.1) == "sdpa"
+    assert kernel(4, 16, 16, dtype=torch.float32) == "sdpa"
+    # through a whole model: `auto` gives exactly what the kernel it chose gives
+    models = {impl: tiny_pair(impl)[1] for impl in ("math", "sdpa", "auto")}  # the same seeded weights
+    ids, mask, types = batch([8, 7], 8)  # little padding: not packed
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        run = {impl: m(ids, mask, types).last_hidden_state for impl, m in models.items()}
+        assert torch.equal(run["auto"], run["math"]) and not torch.equal(run["auto"], run["sdpa"])
+        monkeypatch.setattr(attention, "AUTO_MATH_MAX_SCORES", 2 * 4 * 8 * 8 - 1)  # one element too many
+        assert torch.equal(models["auto"](ids, mask, types).last_hidden_state, run["sdpa"])
+
+
 @pytest.fixture(scope="module")
 def minilm_models(minilm_dir):
     ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
