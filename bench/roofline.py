@@ -2,8 +2,9 @@
 
 Peak: the best GFLOP/s of torch.matmul over BERT-shaped products (tokens x hidden @ hidden x 4·hidden etc.).
 Forward: bert-base (random weights, the same in both libraries), batch 8 x 128 tokens, no padding, attention mask
-of ones, eval mode; FLOPs counted as 2·m·n·k over every matmul (q/k/v, output, FFN, the two attention products,
-the pooler), so the fraction is "useful matmul work per second / matmul peak".
+of ones, eval mode, under inference_mode; bf16 twice: autocast over float32 weights, and weights stored in bf16.
+FLOPs are counted as 2·m·n·k over every matmul (q/k/v, output, FFN, the two attention products, the pooler), so the
+fraction is "useful matmul work per second / matmul peak".
 
     python bench/roofline.py [--quick]
 """
@@ -11,6 +12,7 @@ the pooler), so the fraction is "useful matmul work per second / matmul peak".
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 from common import amp, interleaved, median, pair, setup, table, write_json
@@ -54,10 +56,13 @@ def main(argv=None) -> None:
     ids[:, 0] = 101
     mask = torch.ones_like(ids)
     rows = []
-    for dtype, torch_dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        peak, where = matmul_peak(torch_dtype, reps * 2, args.device)
-        fns = {"transformers": lambda: ref(input_ids=ids, attention_mask=mask),
-               "minibert": lambda: ours(ids, mask)}
+    peaks = {dtype: matmul_peak(dtype, reps * 2, args.device) for dtype in (torch.float32, torch.bfloat16)}
+    # bf16: autocast over float32 weights (what fine-tuning runs), and weights stored in bf16 (inference only)
+    for dtype, torch_dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("bf16 weights", torch.bfloat16)):
+        peak, where = peaks[torch_dtype]
+        hf, mb = (copy.deepcopy(m).to(torch.bfloat16) for m in (ref, ours)) if dtype == "bf16 weights" else (ref, ours)
+        fns = {"transformers": lambda hf=hf: hf(input_ids=ids, attention_mask=mask),
+               "minibert": lambda mb=mb: mb(ids, mask)}
         with torch.inference_mode(), amp(dtype, args.device):
             times = interleaved(fns, reps, warmup=1)
         for lib, ts in times.items():
