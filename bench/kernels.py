@@ -244,7 +244,7 @@ def main(argv=None) -> None:
              "low-precision": lambda: bench_low_precision(reps)}
     rows = [row for name in (args.only.split(",") if args.only else parts) for row in parts[name]()]
     print(f"\n(ms: median of interleaved repetitions; {time.perf_counter() - start:.0f} s in all)\n")
-    print(table(rows, COLUMNS + (["scores", "math_over_sdpa"] if "low-precision" in args.only else [])))
+    print(table(rows, COLUMNS + (["scores", "math_over_sdpa"] if any("scores" in r for r in rows) else [])))
     name = "kernels" + ("_" + args.only.replace(",", "_") if args.only else "")
     print("wrote", write_json(name, {"rows": rows, "reps": reps}))
 
