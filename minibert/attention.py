@@ -150,9 +150,10 @@ AUTO_MIN_PADDING_PER_SEQUENCE_LOW_PRECISION = 16  # bf16/fp16 autocast, or weigh
 # `auto` under bf16 (or fp16) on CPU runs the padded `math` kernel where it measured faster than torch's CPU SDPA
 # kernel, which gains little from bf16 while `math`'s two products run as bf16 matmuls (bench/kernels.py --only
 # low-precision, 1 and 2 threads, heads of 32 and 64 dimensions). The limits are on the score matrix `math`
-# materialises (batch x heads x queries x keys elements): in inference `math` took 0.37-0.86x sdpa's time up to 3M,
-# and 1.0-1.3x from 12M on, where its passes over the scores outgrow the caches; in training (dropout on) it took
-# 0.44-0.92x at every size measured, up to 25M. In float32 sdpa is as fast or faster everywhere.
+# materialises (batch x heads x queries x keys elements): in inference `math` took 0.37-0.86x sdpa's time up to 3M in
+# every run, while from 6M on, where its passes over the scores outgrow the caches, it varied between runs from 0.44x
+# to 1.75x; in training (dropout on) it took 0.35-1.06x at every size measured, up to 25M. In float32 sdpa is as
+# fast or faster everywhere.
 AUTO_MATH_MAX_SCORES = 2**22
 AUTO_MATH_MAX_SCORES_TRAINING = 2**25
 
