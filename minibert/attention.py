@@ -31,7 +31,7 @@ from torch import nn
 
 from minibert.config import BertConfig
 from minibert.errors import MinibertError
-from minibert.padding import Packing
+from minibert.padding import Packing, repad
 
 logger = logging.getLogger("minibert")
 
@@ -241,18 +241,25 @@ class SelfAttention(nn.Module):
         """x: (b, t, hidden); key_mask: (b, t) bool or None -> (b, t, hidden), probs (b, h, t, t) or None.
 
         With `packing`, x is packed (n, hidden) and so is the result; key_mask is unused and probs are None.
-        With `first_query_only` (padded input only), position 0 alone attends to every key: -> (b, 1, hidden).
+        With `first_query_only`, each sequence's first position alone attends to its keys: -> (b, 1, hidden), from
+        padded or packed x (every sequence non-empty).
         """
         dropout_p = self.dropout_p if self.training else 0.0
         if packing is not None:
             if self.packed_kernel is None:
                 raise MinibertError(f"attn_impl={self.attn_impl!r} has no kernel for packed input; use 'unpadded'.")
             q, k, v = rearrange(self.qkv(x), "n (three h d) -> three n h d", three=3, h=self.num_heads)
-            out = self.packed_kernel(q, k, v, packing, dropout_p, self.scale)
-            return self.out(rearrange(out, "n h d -> n (h d)")), None
-        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
-        if first_query_only:
-            q = q[:, :, :1]
+            if not first_query_only:
+                out = self.packed_kernel(q, k, v, packing, dropout_p, self.scale)
+                return self.out(rearrange(out, "n h d -> n (h d)")), None
+            # one query per sequence: re-pad the keys and values for a single masked call of the padded kernel
+            q = rearrange(q[packing.first_rows], "b h d -> b h 1 d")
+            k, v = (rearrange(repad(x, packing), "b t h d -> b h t d") for x in (k, v))
+            key_mask = packing.mask()
+        else:
+            q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
+            if first_query_only:
+                q = q[:, :, :1]
         kernel = auto_padded_kernel(q, k, dropout_p) if self.attn_impl == "auto" else self.kernel
         if need_probs and kernel is not math_attention:
             _log_once(f"output_attentions=True: attention runs on the 'math' kernel for this call, since "

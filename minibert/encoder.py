@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -52,11 +53,12 @@ class EncoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (b, t, hidden), or packed (n, hidden) with `packing`: LayerNorm and the FFN act per token either way.
 
-        `first_token_only` (padded x): only position 0 is computed, attending to all keys -> (b, 1, hidden).
+        `first_token_only`: only each sequence's first position is computed, attending to all its keys ->
+        (b, 1, hidden), from padded or packed x.
         """
         attended, probs = self.attention(x, key_mask, need_probs, packing, first_token_only)
         if first_token_only:
-            x = x[:, :1]
+            x = x[:, :1] if packing is None else rearrange(x[packing.first_rows], "b hidden -> b 1 hidden")
         x = self.attention_norm(x + self.dropout(attended))
         x = self.ffn_norm(x + self.dropout(self.ffn(x)))
         return x, probs
@@ -80,7 +82,7 @@ class Encoder(nn.Module):
         """x: (b, t, hidden) -> last hidden state, [embeddings, layer 1, ..., layer N] if asked, [probs] if asked.
 
         With `packing`, x and every hidden state are packed (n, hidden); re-padding is the caller's, once.
-        With `first_token_only` (padded x), the last layer computes position 0 alone: -> (b, 1, hidden)."""
+        With `first_token_only`, the last layer computes each sequence's first position alone: -> (b, 1, hidden)."""
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for i, layer in enumerate(self.layers):

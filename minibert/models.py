@@ -174,9 +174,12 @@ class BertModel(BertPreTrainedModel):
         first_token_only = first_token_only and not (output_hidden_states or output_attentions)
         packing = self.packing_for(attention_mask, output_attentions, reference.device)
         if packing is not None:
+            # the first packed token of each sequence is its position 0 only if every row has a real token there;
+            # otherwise (an all-padding or a left-padded row) the whole last layer runs and position 0 is kept
+            first_packed = first_token_only and bool(attention_mask[:, 0].all())
             x, hidden_states = self._forward_packed(packing, input_ids, token_type_ids, position_ids, inputs_embeds,
-                                                    output_hidden_states)
-            x = x[:, :1] if first_token_only else x
+                                                    output_hidden_states, first_packed)
+            x = x[:, :1] if first_token_only and not first_packed else x
             attentions = None
         else:
             x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
@@ -219,8 +222,10 @@ class BertModel(BertPreTrainedModel):
         position_ids: torch.Tensor | None,
         inputs_embeds: torch.Tensor | None,
         output_hidden_states: bool,
+        first_token_only: bool,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """Unpad once, run embeddings and encoder on the n real tokens, re-pad once -> (b, t, hidden)."""
+        """Unpad once, run embeddings and encoder on the n real tokens, re-pad once -> (b, t, hidden); with
+        `first_token_only` the last layer computes each sequence's first token alone -> (b, 1, hidden)."""
         reference = input_ids if input_ids is not None else inputs_embeds
         if position_ids is None:  # positions are columns of the padded batch, as in the padded path
             position_ids = torch.arange(packing.seq_len, device=reference.device)
@@ -233,10 +238,10 @@ class BertModel(BertPreTrainedModel):
             return unpad(x, packing)
 
         x = self.embeddings(packed(input_ids), packed(token_type_ids), packed(position_ids), packed(inputs_embeds))
-        x, hidden_states, _ = self.encoder(x, None, output_hidden_states, False, packing)
+        x, hidden_states, _ = self.encoder(x, None, output_hidden_states, False, packing, first_token_only)
         if hidden_states is not None:
             hidden_states = [repad(h, packing) for h in hidden_states]
-        return repad(x, packing), hidden_states
+        return (x if first_token_only else repad(x, packing)), hidden_states
 
 
 def _classifier_dropout(config: BertConfig) -> nn.Dropout:

@@ -31,6 +31,16 @@ class Packing(NamedTuple):
         return len(self.indices)
 
     @property
+    def first_rows(self) -> torch.Tensor:
+        """(b,) long: the packed row of each sequence's first real token (meaningless for an empty sequence)."""
+        return self.cu_seqlens[:-1].long()
+
+    def mask(self) -> torch.Tensor:
+        """(b, t) bool: the padded batch's mask, True at real tokens."""
+        flat = torch.zeros(self.batch * self.seq_len, dtype=torch.bool, device=self.indices.device)
+        return flat.index_fill(0, self.indices, True).view(self.batch, self.seq_len)
+
+    @property
     def padding_per_sequence(self) -> float:
         """Padding positions of the padded (b, t) batch per sequence (0 for an empty batch)."""
         return (self.batch * self.seq_len - self.total) / self.batch if self.batch else 0.0

@@ -211,14 +211,25 @@ def test_gradients_of_a_training_step_match(tmp_path, attn_impl, lengths):
 
 
 @pytest.mark.parametrize("attn_impl", KERNELS)
-def test_first_token_only_is_the_first_position_of_the_full_forward(attn_impl):
+def test_first_token_only_is_the_first_position_of_the_full_forward(attn_impl, monkeypatch):
     """The pooled heads run the last layer for [CLS] alone: the same values and the same gradients as computing
-    every position and keeping position 0."""
+    every position and keeping position 0. Packed batches re-pad only the last layer's keys and values for it; one
+    with an all-padding row runs the whole last layer instead."""
+    from minibert.padding import Packing
+
+    packed_first = []
+    real_mask = Packing.mask
+    monkeypatch.setattr(Packing, "mask", lambda self: packed_first.append(self.seqlens) or real_mask(self))
     torch.manual_seed(0)
     config = minibert.BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = minibert.BertModel(config, attn_impl=attn_impl).train()
-    for lengths in ([12, 5, 2], [9, 9, 8], [1]):
-        ids, mask, types = padded_batch(TINY["vocab_size"], lengths)
+    for lengths in ([12, 5, 2], [9, 9, 8], [1], [10, 0, 3], "left-padded"):
+        if lengths == "left-padded":  # position 0 is padding in row 1: not its first real token
+            ids, mask, types = padded_batch(TINY["vocab_size"], [12, 5, 2])
+            mask = mask.flip(1).contiguous()
+            lengths = [12, 5, 2]
+        else:
+            ids, mask, types = padded_batch(TINY["vocab_size"], lengths)
         results = []
         for first_token_only in (False, True):
             model.zero_grad()
@@ -231,6 +242,8 @@ def test_first_token_only_is_the_first_position_of_the_full_forward(attn_impl):
         torch.testing.assert_close(first.pooler_output, full.pooler_output, atol=1e-6, rtol=0)
         for name, grad in full_grads.items():
             torch.testing.assert_close(first_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    expected = {"unpadded": {(12, 5, 2), (9, 9, 8), (1,)}, "auto": {(12, 5, 2)}}.get(attn_impl, set())
+    assert set(packed_first) == expected  # which batches took the packed [CLS]-only path
     hidden = model(ids, mask, types, output_hidden_states=True, first_token_only=True)
     assert hidden.last_hidden_state.shape[1] == ids.shape[1]  # asked-for hidden states switch it off
 

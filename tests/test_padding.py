@@ -16,6 +16,8 @@ def test_right_padded_batch():
     assert p.seqlens == (3, 2)
     assert (p.max_seqlen, p.batch, p.seq_len, p.total) == (3, 2, 4, 5)
     assert p.padding_per_sequence == 3 / 2
+    assert p.first_rows.tolist() == [0, 3]
+    assert p.mask().tolist() == [[True, True, True, False], [True, True, False, False]]
 
 
 def test_all_padding_row_and_holes():
@@ -26,6 +28,7 @@ def test_all_padding_row_and_holes():
     assert p.cu_seqlens.tolist() == [0, 1, 1, 3]
     assert p.seqlens == (1, 0, 2)
     assert p.max_seqlen == 2
+    assert p.mask().tolist() == [[True, False, False], [False, False, False], [False, True, True]]
 
 
 def test_no_token_at_all():
