@@ -130,6 +130,9 @@ def choose_device(name: str) -> torch.device:
         raise MinibertError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MinibertError(f"--device {name} asks for a GPU, but torch sees none here; use --device cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise MinibertError(f"--device {name}: torch sees only {torch.cuda.device_count()} GPU(s) here; use cuda:0 "
+                            "or another index below that.")
     if device.type not in ("cpu", "cuda"):
         raise MinibertError(f"--device {name}: only cpu and cuda are supported.")
     return device

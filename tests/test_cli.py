@@ -72,7 +72,8 @@ def test_predict_in_bf16_agrees_with_fp32(run, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("device", "says"), [("tpu", "is not a device"), ("meta", "only cpu and cuda")]
-                         + ([] if torch.cuda.is_available() else [("cuda", "torch sees none here")]))
+                         + ([("cuda:99", "GPU(s) here")] if torch.cuda.is_available()
+                            else [("cuda", "torch sees none here")]))
 def test_predict_refuses_a_device_it_cannot_use(run, capsys, device, says) -> None:
     assert predict.main(["--model", str(run["out"]), "--input", "-", "--device", device]) == 1
     line = last_line(capsys)
