@@ -1,17 +1,17 @@
 """Multi-head self-attention: the projections (`SelfAttention`) apart from the kernels that mix the heads.
 
-A kernel is a plain function with one signature,
+A kernel is a plain function with one signature, the way transformers passes `cu_seq_lens` to its kernels:
 
-    kernel(q, k, v, key_mask, dropout_p, scale, need_probs) -> (out, probs or None)
+    kernel(q, k, v, key_mask, dropout_p, scale, need_probs=False, packing=None) -> (out, probs or None)
 
-kept in `KERNELS` under its name; `attn_impl="..."` picks one, and an unknown name is an error that lists them.
-Kernels on packed input (padding removed once at the encoder's entrance, see `padding.py`) have their own one
-signature,
+padded kernels take q, k, v (b, h, t, d) and a key mask (b, s); the packed one takes q, k, v (n, h, d), the real
+tokens of the whole batch row after row (padding removed once at the encoder's entrance, see `padding.py`), and the
+`Packing` that says where each sequence starts. They live in `KERNELS` under their names; an unknown name is an error
+that lists them.
 
-    packed_kernel(q, k, v, packing, dropout_p, scale) -> out          q, k, v, out: (n, h, d)
-
-kept in `PACKED_KERNELS`. A model built with a packed kernel also holds a padded one for the calls that cannot be
-packed (no attention_mask, attention probabilities asked for, or under torch.compile); `ATTN_IMPLS` says which.
+Which kernel runs is decided once per forward by `plan_attention`, from the model's `attn_impl` and what the call is
+(device, compute dtype, mask, training, compiling, probabilities asked for). `auto`'s rule and the measurements
+behind its thresholds are in bench/README.md ("How `auto` chooses").
 
 Axis letters in the einops patterns:
     b  batch            h  heads            d  head dimension
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from torch import nn
 
 from minibert.config import BertConfig
 from minibert.errors import MinibertError
-from minibert.padding import Packing, repad
+from minibert.padding import Packing, packing_from_mask, repad
 
 logger = logging.getLogger("minibert")
 
@@ -55,6 +56,11 @@ def zero_fully_masked(out: torch.Tensor, key_mask: torch.Tensor | None) -> torch
     return out * rearrange(has_key, "b -> b 1 1 1")
 
 
+def _padded_only(name: str, packing: Packing | None) -> None:
+    if packing is not None:
+        raise MinibertError(f"the {name!r} kernel takes padded input; packed input runs the 'unpadded' kernel.")
+
+
 def math_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -63,8 +69,10 @@ def math_attention(
     dropout_p: float,
     scale: float,
     need_probs: bool = False,
+    packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The readable reference: softmax(q kᵀ · scale + mask) v. q, k, v: (b, h, t, d); key_mask: (b, s) or None."""
+    _padded_only("math", packing)
     scores = torch.einsum("bhtd,bhsd->bhts", q * scale, k)  # scaling q: a pass over (t, d), not over (t, s)
     if key_mask is not None:
         scores = scores + additive_bias(key_mask, scores.dtype)
@@ -84,8 +92,10 @@ def sdpa_attention(
     dropout_p: float,
     scale: float,
     need_probs: bool = False,
+    packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """torch's fused scaled_dot_product_attention (flash / memory-efficient / math, as the build allows)."""
+    _padded_only("sdpa", packing)
     if need_probs:
         raise MinibertError("the sdpa kernel cannot return attention probabilities; use attn_impl='math'.")
     bias = None if key_mask is None else additive_bias(key_mask, q.dtype)
@@ -94,8 +104,15 @@ def sdpa_attention(
 
 
 def unpadded_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, dropout_p: float, scale: float
-) -> torch.Tensor:
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    dropout_p: float,
+    scale: float,
+    need_probs: bool = False,
+    packing: Packing | None = None,
+) -> tuple[torch.Tensor, None]:
     """Attention per sequence on packed tokens: q, k, v (n, h, d) -> (n, h, d); no padded position is computed.
 
     Each sequence is one unmasked SDPA call on its own rows; sequences of equal length are batched into one call
@@ -103,11 +120,16 @@ def unpadded_attention(
     to its longest sequence, and against nested (jagged) tensors: on CPU the per-sequence calls win (bench/README).
     A sequence of length 0 (an all-padding row) has no rows here, so it contributes nothing and cannot be NaN.
     """
+    if packing is None:
+        raise MinibertError("the 'unpadded' kernel needs the batch's packing (padding removed at the encoder's "
+                            "entrance); padded input runs 'math' or 'sdpa'.")
+    if need_probs:
+        raise MinibertError("the unpadded kernel cannot return attention probabilities; use attn_impl='math'.")
     if len(set(packing.seqlens) - {0}) == 1:  # every non-empty sequence has the same length: one batched call
         length = packing.max_seqlen
         q, k, v = (rearrange(x, "(b t) h d -> b h t d", t=length) for x in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
-        return rearrange(out, "b h t d -> (b t) h d")
+        return rearrange(out, "b h t d -> (b t) h d"), None
     outs = []
     for qi, ki, vi in zip(q.split(packing.seqlens), k.split(packing.seqlens), v.split(packing.seqlens)):
         if qi.shape[0] == 0:
@@ -117,71 +139,95 @@ def unpadded_attention(
         qi, ki, vi = (rearrange(x, "t h d -> 1 h t d") for x in (qi, ki, vi))
         out = F.scaled_dot_product_attention(qi, ki, vi, dropout_p=dropout_p, scale=scale)
         outs.append(rearrange(out, "1 h t d -> t h d"))
-    return torch.cat(outs) if outs else q.new_zeros(q.shape)
+    return (torch.cat(outs) if outs else q.new_zeros(q.shape)), None
 
-
-PackedKernel = Callable[..., torch.Tensor]
 
 KERNELS: dict[str, Kernel] = {
     "math": math_attention,
     "sdpa": sdpa_attention,
-}
-PACKED_KERNELS: dict[str, PackedKernel] = {
     "unpadded": unpadded_attention,
 }
-# attn_impl -> (the padded kernel, the packed kernel or None). `auto` packs on CPU when the batch holds enough
-# padding (`BertModel.packing_for`), and otherwise runs sdpa, or math for small calls under bf16 on CPU
-# (`auto_padded_kernel`).
-ATTN_IMPLS: dict[str, tuple[str, str | None]] = {
-    "math": ("math", None),
-    "sdpa": ("sdpa", None),
-    "unpadded": ("sdpa", "unpadded"),
-    "auto": ("sdpa", "unpadded"),
-}
+ATTN_IMPLS = ("auto", *KERNELS)
 
-# `auto` packs a CPU batch holding at least this many padding positions per sequence. Packing must pay for the
-# per-sequence attention calls (forward and backward, every layer), a cost fixed per sequence, with the padding it
-# removes, whose cost per position is ~2.5x lower in bf16 than in float32. Measured on MiniLM, training steps on
-# batches of 32 (bench/kernels.py --only crossover); a wider model spends more per position, so for it these are
-# on the safe side.
+# `auto`'s thresholds; bench/README.md ("How `auto` chooses") has the measurements behind each number.
+# Pack a CPU batch from this many padding positions per sequence (float32; under bf16/fp16 a padded position costs
+# less, so packing pays later).
 AUTO_MIN_PADDING_PER_SEQUENCE = 4
-AUTO_MIN_PADDING_PER_SEQUENCE_LOW_PRECISION = 16  # bf16/fp16 autocast, or weights that are not float32
-
-# `auto` under bf16 (or fp16) on CPU runs the padded `math` kernel where it measured faster than torch's CPU SDPA
-# kernel, which gains little from bf16 while `math`'s two products run as bf16 matmuls (bench/kernels.py --only
-# low-precision, 1 and 2 threads, heads of 32 and 64 dimensions). The limits are on the score matrix `math`
-# materialises (batch x heads x queries x keys elements): in inference `math` took 0.37-0.86x sdpa's time up to 3M in
-# every run, while from 6M on, where its passes over the scores outgrow the caches, it varied between runs from 0.44x
-# to 1.75x; in training (dropout on) it took 0.35-1.06x at every size measured, up to 25M. In float32 sdpa is as
-# fast or faster everywhere.
+AUTO_MIN_PADDING_PER_SEQUENCE_LOW_PRECISION = 16
+# Under bf16/fp16 on CPU, run padded calls on `math` (bf16 matmuls) rather than torch's CPU SDPA kernel while the
+# score matrix (batch x heads x queries x keys elements) is at most this large.
 AUTO_MATH_MAX_SCORES = 2**22
 AUTO_MATH_MAX_SCORES_TRAINING = 2**25
-
-AUTO_REASON = (
-    "attn_impl='auto': on CPU, a batch with at least "
-    f"{AUTO_MIN_PADDING_PER_SEQUENCE} padding positions per sequence ({AUTO_MIN_PADDING_PER_SEQUENCE_LOW_PRECISION} "
-    "under bf16) runs 'unpadded' (padding removed once at the encoder's entrance; bench/README.md, MiniLM on CPU: "
-    "1.7x 'sdpa' on SST-2 batches of 32 padded to their longest, 5.3x padded to 128, 2.2x on IMDB batches); a batch "
-    "with less padding (length-grouped or sorted batches), a call without a mask, on a GPU (not measured yet) or "
-    "under torch.compile (packing has data-dependent shapes) runs 'sdpa', since there the per-sequence attention "
-    "calls of 'unpadded' cost more than the padding they remove (bench/kernels.py --only crossover); on CPU "
-    "under bf16, a padded call runs 'math' instead of 'sdpa' while its score matrix is small enough (bf16 matmuls; "
-    "bench/kernels.py --only low-precision, limits in attention.AUTO_MATH_*); output_attentions=True runs 'math', "
-    "the only kernel that returns attention probabilities."
-)
+AUTO_NOTE = ("attn_impl='auto': the attention kernel is chosen per batch from the device, precision and padding "
+             "(minibert.attention.plan_attention; measurements in bench/README.md).")
 
 
-def resolve_attn_impl(name: str) -> str:
-    """Check `name` against the kernels (an unknown one is an error that lists them); `auto` logs its rule once.
+class AttentionPlan(NamedTuple):
+    """How every layer of one forward pass runs its attention."""
 
-    `auto` stays `auto`: which kernel runs is decided per call from the device and whether there is a mask
-    (never from tensor values), by `BertModel.forward`.
-    """
+    kernel: str  # the kernel of the full-length calls: "unpadded" exactly when `packing` is set
+    first_token_kernel: str  # the padded kernel of a [CLS]-only last layer (one query per sequence)
+    packing: Packing | None = None
+
+
+def check_attn_impl(name: str) -> str:
+    """`name` if it is a kernel or `auto` (which says once where its rule is written); otherwise an error that
+    lists them."""
     if name not in ATTN_IMPLS:
         raise MinibertError(f"unknown attn_impl {name!r}; choose one of {', '.join(sorted(ATTN_IMPLS))}.")
     if name == "auto":
-        _log_once(AUTO_REASON)
+        _log_once(AUTO_NOTE)
     return name
+
+
+def plan_attention(
+    attn_impl: str,
+    attention_mask: torch.Tensor | None,
+    *,
+    shape: tuple[int, int],
+    device: torch.device,
+    dtype: torch.dtype,
+    num_heads: int,
+    training: bool,
+    need_probs: bool,
+    compiling: bool,
+) -> AttentionPlan:
+    """The kernels (and the packing, if any) of one forward pass over a (batch, seq_len) `shape` of tokens;
+    `dtype` is what the matmuls compute in.
+
+    math, sdpa: that kernel. unpadded: packed whenever there is a mask (compiled graphs and mask-less calls run
+    padded sdpa: packing has data-dependent shapes, and nothing to remove). auto, on CPU and eager: packed when the
+    batch holds enough padding to pay for the per-sequence calls; padded calls under bf16/fp16 run `math` while the
+    score matrix is small enough, else `sdpa`; on GPUs padded `sdpa` (not measured there yet). Attention
+    probabilities only come from `math`, which then runs whatever was asked. Counting the padding is the one host
+    sync that packing needs anyway.
+    """
+    if need_probs:
+        if attn_impl != "math":
+            _log_once(f"output_attentions=True: attention runs on the 'math' kernel for this call, since "
+                      f"{attn_impl!r} cannot return probabilities.")
+        return AttentionPlan("math", "math")
+    if attn_impl in ("math", "sdpa"):
+        return AttentionPlan(attn_impl, attn_impl)
+    cpu, low_precision = device.type == "cpu", dtype in (torch.bfloat16, torch.float16)
+    packable = attention_mask is not None and not compiling and (attn_impl == "unpadded" or cpu)
+    if attn_impl == "unpadded":
+        return AttentionPlan("unpadded", "sdpa", packing_from_mask(attention_mask)) if packable \
+            else AttentionPlan("sdpa", "sdpa")
+
+    def padded_kernel(queries: int) -> str:  # auto's kernel for a padded call with this many queries per sequence
+        if not cpu or not low_precision or compiling:
+            return "sdpa"
+        batch, keys = shape
+        limit = AUTO_MATH_MAX_SCORES_TRAINING if training else AUTO_MATH_MAX_SCORES
+        return "math" if batch * num_heads * queries * keys <= limit else "sdpa"
+
+    if packable:
+        packing = packing_from_mask(attention_mask)
+        enough = AUTO_MIN_PADDING_PER_SEQUENCE_LOW_PRECISION if low_precision else AUTO_MIN_PADDING_PER_SEQUENCE
+        if packing.padding_per_sequence >= enough:
+            return AttentionPlan("unpadded", padded_kernel(1), packing)
+    return AttentionPlan(padded_kernel(shape[1]), padded_kernel(1))
 
 
 _logged: set[str] = set()
@@ -193,24 +239,6 @@ def _log_once(message: str) -> None:
         logger.info(message)
 
 
-def auto_padded_kernel(q: torch.Tensor, k: torch.Tensor, dropout_p: float) -> Kernel:
-    """`auto`'s kernel for a padded call, from the device, dtype, shapes and dropout alone (see AUTO_MATH_*)."""
-    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or torch.compiler.is_compiling():
-        return sdpa_attention
-    scores = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
-    limit = AUTO_MATH_MAX_SCORES_TRAINING if dropout_p > 0 else AUTO_MATH_MAX_SCORES
-    return math_attention if scores <= limit else sdpa_attention
-
-
-def get_kernel(name: str) -> Kernel:
-    """The padded kernel called `name` (math, sdpa)."""
-    try:
-        return KERNELS[name]
-    except KeyError:
-        raise MinibertError(f"unknown attention kernel {name!r}; choose one of {', '.join(sorted(KERNELS))}.") \
-            from None
-
-
 class SelfAttention(nn.Module):
     """Fused q/k/v projection, head split, kernel, head merge, output projection.
 
@@ -218,52 +246,43 @@ class SelfAttention(nn.Module):
     HF's separate query/key/value tensors.
     """
 
-    def __init__(self, config: BertConfig, attn_impl: str = "sdpa") -> None:
+    def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.scale = config.head_dim**-0.5
         self.dropout_p = config.attention_probs_dropout_prob
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
-        self.attn_impl = resolve_attn_impl(attn_impl)
-        padded, packed = ATTN_IMPLS[self.attn_impl]
-        self.kernel = get_kernel(padded)
-        self.packed_kernel = PACKED_KERNELS[packed] if packed is not None else None
 
     def forward(
         self,
         x: torch.Tensor,
         key_mask: torch.Tensor | None,
+        plan: AttentionPlan,
         need_probs: bool = False,
-        packing: Packing | None = None,
-        first_query_only: bool = False,
+        first_token_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (b, t, hidden); key_mask: (b, t) bool or None -> (b, t, hidden), probs (b, h, t, t) or None.
 
-        With `packing`, x is packed (n, hidden) and so is the result; key_mask is unused and probs are None.
-        With `first_query_only`, each sequence's first position alone attends to its keys: -> (b, 1, hidden), from
+        With `plan.packing`, x is packed (n, hidden) and so is the result; key_mask is unused and probs are None.
+        With `first_token_only`, each sequence's first position alone attends to its keys: -> (b, 1, hidden), from
         padded or packed x (every sequence non-empty).
         """
         dropout_p = self.dropout_p if self.training else 0.0
+        packing = plan.packing
         if packing is not None:
-            if self.packed_kernel is None:
-                raise MinibertError(f"attn_impl={self.attn_impl!r} has no kernel for packed input; use 'unpadded'.")
             q, k, v = rearrange(self.qkv(x), "n (three h d) -> three n h d", three=3, h=self.num_heads)
-            if not first_query_only:
-                out = self.packed_kernel(q, k, v, packing, dropout_p, self.scale)
+            if not first_token_only:
+                out, _ = KERNELS[plan.kernel](q, k, v, None, dropout_p, self.scale, packing=packing)
                 return self.out(rearrange(out, "n h d -> n (h d)")), None
-            # one query per sequence: re-pad the keys and values for a single masked call of the padded kernel
+            # one query per sequence: re-pad the keys and values for a single masked call of a padded kernel
             q = rearrange(q[packing.first_rows], "b h d -> b h 1 d")
             k, v = (rearrange(repad(x, packing), "b t h d -> b h t d") for x in (k, v))
             key_mask = packing.mask()
         else:
             q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
-            if first_query_only:
+            if first_token_only:
                 q = q[:, :, :1]
-        kernel = auto_padded_kernel(q, k, dropout_p) if self.attn_impl == "auto" else self.kernel
-        if need_probs and kernel is not math_attention:
-            _log_once(f"output_attentions=True: attention runs on the 'math' kernel for this call, since "
-                      f"{self.attn_impl!r} cannot return probabilities.")
-            kernel = math_attention
+        kernel = KERNELS[plan.first_token_kernel if first_token_only else plan.kernel]
         out, probs = kernel(q, k, v, key_mask, dropout_p, self.scale, need_probs)
         return self.out(rearrange(out, "b h t d -> b t (h d)")), probs

@@ -7,9 +7,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from minibert.attention import SelfAttention
+from minibert.attention import AttentionPlan, SelfAttention
 from minibert.config import BertConfig
-from minibert.padding import Packing
 
 
 def activation(name: str) -> nn.Module:
@@ -35,9 +34,9 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, config: BertConfig, attn_impl: str) -> None:
+    def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.attention = SelfAttention(config, attn_impl)
+        self.attention = SelfAttention(config)
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -47,51 +46,53 @@ class EncoderLayer(nn.Module):
         self,
         x: torch.Tensor,
         key_mask: torch.Tensor | None,
+        plan: AttentionPlan,
         need_probs: bool = False,
-        packing: Packing | None = None,
         first_token_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (b, t, hidden), or packed (n, hidden) with `packing`: LayerNorm and the FFN act per token either way.
+        """x (b, t, hidden), or packed (n, hidden) with `plan.packing`: LayerNorm and the FFN act per token either
+        way.
 
         `first_token_only`: only each sequence's first position is computed, attending to all its keys ->
         (b, 1, hidden), from padded or packed x.
         """
-        attended, probs = self.attention(x, key_mask, need_probs, packing, first_token_only)
+        attended, probs = self.attention(x, key_mask, plan, need_probs, first_token_only)
         if first_token_only:
-            x = x[:, :1] if packing is None else rearrange(x[packing.first_rows], "b hidden -> b 1 hidden")
+            x = x[:, :1] if plan.packing is None else rearrange(x[plan.packing.first_rows], "b hidden -> b 1 hidden")
         x = self.attention_norm(x + self.dropout(attended))
         x = self.ffn_norm(x + self.dropout(self.ffn(x)))
         return x, probs
 
 
 class Encoder(nn.Module):
-    def __init__(self, config: BertConfig, attn_impl: str) -> None:
+    def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.layers = nn.ModuleList([EncoderLayer(config, attn_impl) for _ in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList([EncoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
 
     def forward(
         self,
         x: torch.Tensor,
         key_mask: torch.Tensor | None,
+        plan: AttentionPlan,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
-        packing: Packing | None = None,
         first_token_only: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None]:
         """x: (b, t, hidden) -> last hidden state, [embeddings, layer 1, ..., layer N] if asked, [probs] if asked.
 
-        With `packing`, x and every hidden state are packed (n, hidden); re-padding is the caller's, once.
+        With `plan.packing`, x and every hidden state are packed (n, hidden); re-padding is the caller's, once.
         With `first_token_only`, the last layer computes each sequence's first position alone: -> (b, 1, hidden)."""
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for i, layer in enumerate(self.layers):
-            first = first_token_only and i == len(self.layers) - 1
+            layer_first_token_only = first_token_only and i == len(self.layers) - 1
+            args = (x, key_mask, plan, output_attentions, layer_first_token_only)
             if self.gradient_checkpointing and self.training:
                 # recompute the layer's activations in backward instead of storing them
-                x, probs = checkpoint(layer, x, key_mask, output_attentions, packing, first, use_reentrant=False)
+                x, probs = checkpoint(layer, *args, use_reentrant=False)
             else:
-                x, probs = layer(x, key_mask, output_attentions, packing, first)
+                x, probs = layer(*args)
             if hidden_states is not None:
                 hidden_states.append(x)
             if attentions is not None:

@@ -18,17 +18,13 @@ from einops import rearrange
 from torch import nn
 
 from minibert import weights
-from minibert.attention import (
-    AUTO_MIN_PADDING_PER_SEQUENCE,
-    AUTO_MIN_PADDING_PER_SEQUENCE_LOW_PRECISION,
-    resolve_attn_impl,
-)
+from minibert.attention import AttentionPlan, check_attn_impl, plan_attention
 from minibert.config import BertConfig
 from minibert.embeddings import BertEmbeddings
 from minibert.encoder import Encoder, activation
 from minibert.errors import MinibertError
 from minibert.outputs import BaseModelOutput, ModelOutput, PreTrainingOutput, QuestionAnsweringOutput
-from minibert.padding import Packing, packing_from_mask, repad, unpad
+from minibert.padding import repad, unpad
 
 logger = logging.getLogger("minibert")
 
@@ -139,9 +135,9 @@ class Pooler(nn.Module):
 class BertModel(BertPreTrainedModel):
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True, attn_impl: str = "auto") -> None:
         super().__init__(config)
-        self.attn_impl = resolve_attn_impl(attn_impl)
+        self.attn_impl = check_attn_impl(attn_impl)
         self.embeddings = BertEmbeddings(config)
-        self.encoder = Encoder(config, self.attn_impl)
+        self.encoder = Encoder(config)
         self.pooler = Pooler(config) if add_pooling_layer else None
         self.init_weights()
 
@@ -172,19 +168,19 @@ class BertModel(BertPreTrainedModel):
             )
         reference = input_ids if input_ids is not None else inputs_embeds
         first_token_only = first_token_only and not (output_hidden_states or output_attentions)
-        packing = self.packing_for(attention_mask, output_attentions, reference.device)
-        if packing is not None:
+        plan = self.attention_plan(attention_mask, reference, output_attentions)
+        if plan.packing is not None:
             # the first packed token of each sequence is its position 0 only if every row has a real token there;
             # otherwise (an all-padding or a left-padded row) the whole last layer runs and position 0 is kept
-            first_packed = first_token_only and bool(attention_mask[:, 0].all())
-            x, hidden_states = self._forward_packed(packing, input_ids, token_type_ids, position_ids, inputs_embeds,
-                                                    output_hidden_states, first_packed)
-            x = x[:, :1] if first_token_only and not first_packed else x
+            packed_first_token_only = first_token_only and bool(attention_mask[:, 0].all())
+            x, hidden_states = self._forward_packed(plan, input_ids, token_type_ids, position_ids, inputs_embeds,
+                                                    output_hidden_states, packed_first_token_only)
+            x = x[:, :1] if first_token_only and not packed_first_token_only else x
             attentions = None
         else:
             x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
             key_mask = None if attention_mask is None else attention_mask.bool()
-            x, hidden_states, attentions = self.encoder(x, key_mask, output_hidden_states, output_attentions,
+            x, hidden_states, attentions = self.encoder(x, key_mask, plan, output_hidden_states, output_attentions,
                                                         first_token_only=first_token_only)
         return BaseModelOutput(
             last_hidden_state=x,
@@ -193,30 +189,19 @@ class BertModel(BertPreTrainedModel):
             attentions=tuple(attentions) if attentions is not None else None,
         )
 
-    def packing_for(self, attention_mask: torch.Tensor | None, output_attentions: bool,
-                    device: torch.device) -> Packing | None:
-        """The `Packing` this call runs on, or None to run padded (see `attention.AUTO_REASON`).
-
-        Decided from the kernel name, the device, whether there is a mask and, for `auto`, the padding per
-        sequence and the precision; counting the padding is the one host sync that packing needs anyway.
-        """
-        if self.attn_impl not in ("auto", "unpadded") or attention_mask is None or output_attentions:
-            return None
-        if torch.compiler.is_compiling():  # packing has data-dependent shapes: compiled graphs run padded sdpa
-            return None
-        if self.attn_impl == "auto" and device.type != "cpu":
-            return None
-        packing = packing_from_mask(attention_mask)
-        if self.attn_impl == "auto":
-            low_precision = torch.is_autocast_enabled(device.type) or self.embeddings.word.weight.dtype != torch.float32
-            enough = AUTO_MIN_PADDING_PER_SEQUENCE_LOW_PRECISION if low_precision else AUTO_MIN_PADDING_PER_SEQUENCE
-            if packing.padding_per_sequence < enough:
-                return None
-        return packing
+    def attention_plan(self, attention_mask: torch.Tensor | None, reference: torch.Tensor,
+                       output_attentions: bool) -> AttentionPlan:
+        """This call's kernels and packing (`attention.plan_attention`), from what the call is."""
+        device = reference.device
+        autocast = torch.is_autocast_enabled(device.type)
+        dtype = torch.get_autocast_dtype(device.type) if autocast else self.embeddings.word.weight.dtype
+        return plan_attention(self.attn_impl, attention_mask, shape=tuple(reference.shape[:2]), device=device,
+                              dtype=dtype, num_heads=self.config.num_attention_heads, training=self.training,
+                              need_probs=output_attentions, compiling=torch.compiler.is_compiling())
 
     def _forward_packed(
         self,
-        packing: Packing,
+        plan: AttentionPlan,
         input_ids: torch.Tensor | None,
         token_type_ids: torch.Tensor | None,
         position_ids: torch.Tensor | None,
@@ -227,6 +212,7 @@ class BertModel(BertPreTrainedModel):
         """Unpad once, run embeddings and encoder on the n real tokens, re-pad once -> (b, t, hidden); with
         `first_token_only` the last layer computes each sequence's first token alone -> (b, 1, hidden)."""
         reference = input_ids if input_ids is not None else inputs_embeds
+        packing = plan.packing
         if position_ids is None:  # positions are columns of the padded batch, as in the padded path
             position_ids = torch.arange(packing.seq_len, device=reference.device)
 
@@ -238,7 +224,7 @@ class BertModel(BertPreTrainedModel):
             return unpad(x, packing)
 
         x = self.embeddings(packed(input_ids), packed(token_type_ids), packed(position_ids), packed(inputs_embeds))
-        x, hidden_states, _ = self.encoder(x, None, output_hidden_states, False, packing, first_token_only)
+        x, hidden_states, _ = self.encoder(x, None, plan, output_hidden_states, False, first_token_only)
         if hidden_states is not None:
             hidden_states = [repad(h, packing) for h in hidden_states]
         return (x if first_token_only else repad(x, packing)), hidden_states
@@ -288,8 +274,10 @@ class BertForSequenceClassification(BertPreTrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> ModelOutput:
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        output_hidden_states, output_attentions, first_token_only=True)
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids, inputs_embeds=inputs_embeds,
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                        first_token_only=True)
         logits = self.classifier(self.dropout(out.pooler_output))  # (b, num_labels)
         loss = None
         if labels is not None:
@@ -327,8 +315,9 @@ class BertForTokenClassification(BertPreTrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> ModelOutput:
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        output_hidden_states, output_attentions)
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids, inputs_embeds=inputs_embeds,
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (b, t, num_labels)
         loss = None
         if labels is not None:
@@ -357,8 +346,9 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> QuestionAnsweringOutput:
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        output_hidden_states, output_attentions)
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids, inputs_embeds=inputs_embeds,
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         logits = self.qa_outputs(out.last_hidden_state)  # (b, t, 2)
         start_logits, end_logits = (x.squeeze(-1).contiguous() for x in logits.split(1, dim=-1))
         loss = None
@@ -399,8 +389,10 @@ class BertForMultipleChoice(BertPreTrainedModel):
         def flat(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else rearrange(x, "b c t ... -> (b c) t ...")
 
-        out = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                        flat(inputs_embeds), output_hidden_states, output_attentions, first_token_only=True)
+        out = self.bert(input_ids=flat(input_ids), attention_mask=flat(attention_mask),
+                        token_type_ids=flat(token_type_ids), position_ids=flat(position_ids),
+                        inputs_embeds=flat(inputs_embeds), output_hidden_states=output_hidden_states,
+                        output_attentions=output_attentions, first_token_only=True)
         logits = self.classifier(self.dropout(out.pooler_output))  # ((b c), 1)
         logits = rearrange(logits, "(b c) 1 -> b c", c=num_choices)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
@@ -427,8 +419,10 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> ModelOutput:
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        output_hidden_states, output_attentions, first_token_only=True)
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids, inputs_embeds=inputs_embeds,
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                        first_token_only=True)
         logits = self.nsp(out.pooler_output)
         loss = F.cross_entropy(logits.view(-1, 2), labels.view(-1)) if labels is not None else None
         return ModelOutput(loss, logits, out.hidden_states, out.attentions)
@@ -472,8 +466,9 @@ class BertForMaskedLM(BertPreTrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> ModelOutput:
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        output_hidden_states, output_attentions)
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids, inputs_embeds=inputs_embeds,
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         logits = self.mlm(out.last_hidden_state, self.bert.embeddings.word.weight)  # (b, t, vocab)
         loss = None
         if labels is not None:
@@ -504,8 +499,9 @@ class BertForPreTraining(BertPreTrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> PreTrainingOutput:
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        output_hidden_states, output_attentions)
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids, inputs_embeds=inputs_embeds,
+                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         prediction_logits = self.mlm(out.last_hidden_state, self.bert.embeddings.word.weight)
         nsp_logits = self.nsp(out.pooler_output)
         loss = None

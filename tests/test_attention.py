@@ -13,7 +13,7 @@ import transformers
 from einops import rearrange
 
 import minibert
-from minibert.attention import KERNELS, PACKED_KERNELS, math_attention
+from minibert.attention import KERNELS, math_attention, plan_attention
 from minibert.config import BertConfig
 from minibert.errors import MinibertError
 from minibert.padding import packing_from_mask, repad, unpad
@@ -35,11 +35,11 @@ def lengths_mask(lengths: list[int], seq_len: int) -> torch.Tensor:
 def run_kernel(name: str, q, k, v, mask):
     """Any kernel on padded (b, h, t, d) inputs -> (b, h, t, d); a packed kernel packs and re-pads around itself."""
     scale = q.shape[-1] ** -0.5
-    if name in KERNELS:
+    if name != "unpadded":
         return KERNELS[name](q, k, v, mask, 0.0, scale)[0]
     p = packing_from_mask(mask)
     packed = [unpad(rearrange(x, "b h t d -> b t h d"), p) for x in (q, k, v)]
-    out = PACKED_KERNELS[name](*packed, p, 0.0, scale)
+    out, _ = KERNELS[name](*packed, None, 0.0, scale, packing=p)
     return rearrange(repad(out, p), "b t h d -> b h t d")
 
 
@@ -65,7 +65,10 @@ def test_kernel_matches_math(name, case):
     got = run_kernel(name, q, k, v, mask)
     keep = rearrange(mask, "b t -> b 1 t 1").expand_as(ref)
     assert torch.isfinite(got).all()
-    assert (got - ref)[keep].abs().max().item() <= ATOL if keep.any() else True
+    if case == "no_token_at_all":
+        assert not keep.any()  # nothing real to compare: the exact zeros below are this case's check
+    else:
+        assert (got - ref)[keep].abs().max().item() <= ATOL
     empty = torch.tensor([n == 0 for n in lengths])
     assert not got[empty].any() and not ref[empty].any()  # all-padding rows: exact zeros on every kernel
 
@@ -198,42 +201,82 @@ def test_bf16_autocast_close_to_float32(impl):
 
 
 def test_output_attentions_routes_to_math_with_a_log(caplog):
+    from minibert import attention
+
     ref, ours = tiny_pair("unpadded")
     ids, mask, types = batch([5, 3], 6)
+    attention._logged.clear()
     with caplog.at_level(logging.INFO, logger="minibert"):
         got = ours(ids, mask, types, output_attentions=True)
     want = ref(ids, mask, types, output_attentions=True)
-    assert all(torch.allclose(a, b, atol=ATOL) for a, b in zip(got.attentions, want.attentions))
+    assert [r.message for r in caplog.records] == [
+        "output_attentions=True: attention runs on the 'math' kernel for this call, since 'unpadded' cannot return "
+        "probabilities."]
+    assert len(got.attentions) == TINY["num_hidden_layers"]
+    for a, b in zip(got.attentions, want.attentions):
+        assert a.shape == (2, TINY["num_attention_heads"], 6, 6)
+        assert (a - b).abs().max().item() <= ATOL
 
 
-def test_auto_logs_its_rule_and_unknown_names_are_listed(caplog):
+def test_auto_says_once_where_its_rule_is_and_unknown_names_are_listed(caplog):
     from minibert import attention
 
-    attention._logged.discard(attention.AUTO_REASON)
+    attention._logged.clear()
     with caplog.at_level(logging.INFO, logger="minibert"):
         minibert.BertModel(BertConfig(**TINY))
         minibert.BertModel(BertConfig(**TINY))
-    assert sum("attn_impl='auto'" in r.message for r in caplog.records) == 1
+    assert [r.message for r in caplog.records] == [attention.AUTO_NOTE]
     with pytest.raises(MinibertError, match="auto, math, sdpa, unpadded"):
         minibert.BertModel(BertConfig(**TINY), attn_impl="flash")
 
 
-def test_auto_packs_only_cpu_eager_calls_with_enough_padding():
-    model = minibert.BertModel(BertConfig(**TINY))
-    cpu = torch.device("cpu")
+def plan(impl: str, mask: torch.Tensor | None, shape: tuple[int, int] | None = None, device: str = "cpu",
+         dtype: torch.dtype = torch.float32, training: bool = False, need_probs: bool = False,
+         compiling: bool = False, heads: int = 1):
+    shape = shape or tuple(mask.shape)
+    return plan_attention(impl, mask, shape=shape, device=torch.device(device), dtype=dtype, num_heads=heads,
+                          training=training, need_probs=need_probs, compiling=compiling)
+
+
+def test_plan_packs_only_cpu_eager_calls_with_enough_padding():
     four = lengths_mask([10, 2], 10)  # 8 padding positions over 2 sequences: exactly AUTO_MIN_PADDING_PER_SEQUENCE
-    assert model.packing_for(four, False, cpu).seqlens == (10, 2)
+    got = plan("auto", four)
+    assert (got.kernel, got.packing.seqlens, got.packing.cu_seqlens.tolist()) == ("unpadded", (10, 2), [0, 10, 12])
     little = lengths_mask([10, 5], 10)
-    assert model.packing_for(little, False, cpu) is None  # too little padding: padded sdpa
-    assert minibert.BertModel(BertConfig(**TINY), attn_impl="unpadded").packing_for(little, False, cpu) is not None
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # a padded position costs less in bf16: packing pays later
-        assert model.packing_for(four, False, cpu) is None
-        assert model.packing_for(lengths_mask([40, 8], 40), False, cpu) is not None  # 16 per sequence
-    assert model.to(torch.bfloat16).packing_for(four, False, cpu) is None
-    assert model.packing_for(None, False, cpu) is None
-    assert model.packing_for(four, True, cpu) is None
-    assert model.packing_for(four, False, torch.device("cuda")) is None
-    assert minibert.BertModel(BertConfig(**TINY), attn_impl="sdpa").packing_for(four, False, cpu) is None
+    assert plan("auto", little) == ("sdpa", "sdpa", None)  # too little padding: padded sdpa
+    assert plan("unpadded", little).kernel == "unpadded"
+    bf16 = torch.bfloat16  # a padded position costs less in bf16: packing pays later
+    assert plan("auto", four, dtype=bf16).packing is None
+    assert plan("auto", lengths_mask([40, 8], 40), dtype=bf16).kernel == "unpadded"  # 16 per sequence
+    assert plan("auto", None, shape=(2, 10)) == ("sdpa", "sdpa", None)
+    assert plan("auto", four, need_probs=True) == ("math", "math", None)
+    assert plan("auto", four, device="cuda") == ("sdpa", "sdpa", None)
+    assert plan("auto", four, compiling=True) == ("sdpa", "sdpa", None)
+    assert plan("unpadded", four, compiling=True) == ("sdpa", "sdpa", None)
+    assert plan("unpadded", four, device="cuda").kernel == "unpadded"  # asked for by name: packed on any device
+    assert plan("sdpa", four) == ("sdpa", "sdpa", None)
+    assert plan("math", four) == ("math", "math", None)
+
+
+def test_auto_model_forward_runs_the_plan(monkeypatch):
+    """BertModel asks for the plan once per forward, with the call's dtype, training flag and shape."""
+    from minibert import models
+
+    calls = []
+    real = models.plan_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "plan_attention", spy)
+    model = minibert.BertModel(BertConfig(**TINY)).eval()
+    ids, mask, types = batch([10, 2, 3], 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(ids, mask, types)
+    model.train()(ids, mask, types)
+    assert [(c["dtype"], c["training"], c["shape"]) for c in calls] == [
+        (torch.bfloat16, False, (3, 10)), (torch.float32, True, (3, 10))]
 
 
 def test_softmax_of_bf16_scores_accumulates_in_float32():
@@ -246,15 +289,15 @@ def test_softmax_of_bf16_scores_accumulates_in_float32():
 def test_auto_runs_math_for_small_bf16_calls_on_cpu(monkeypatch):
     from minibert import attention
 
-    def kernel(b, t, s, dtype=torch.bfloat16, dropout_p=0.0):
-        q = torch.empty(1, 1, 1, 1, dtype=dtype).expand(b, 1, t, 8)
-        k = torch.empty(1, 1, 1, 1, dtype=dtype).expand(b, 1, s, 8)
-        return "math" if attention.auto_padded_kernel(q, k, dropout_p) is math_attention else "sdpa"
+    def kernel(b, t, s, dtype=torch.bfloat16, training=False):
+        return plan("auto", None, shape=(b, s), dtype=dtype, training=training).kernel if t == s else \
+            plan("auto", None, shape=(b, s), dtype=dtype, training=training).first_token_kernel
 
     limit, training_limit = attention.AUTO_MATH_MAX_SCORES, attention.AUTO_MATH_MAX_SCORES_TRAINING
     assert kernel(1, 1, limit) == "math" and kernel(1, 1, limit + 1) == "sdpa"
-    assert kernel(1, 1, training_limit, dropout_p=0.1) == "math"
-    assert kernel(1, 1, training_limit + 1, dropout_p=0.1) == "sdpa"
+    assert kernel(1, 1, training_limit, training=True) == "math"
+    assert kernel(1, 1, training_limit + 1, training=True) == "sdpa"
+    assert kernel(64, 64, 64) == "math" and kernel(1024, 1024, 1024) == "sdpa"  # 2^18 and 2^30 score elements
     assert kernel(4, 16, 16, dtype=torch.float32) == "sdpa"
     # through a whole model: `auto` gives exactly what the kernel it chose gives
     models = {impl: tiny_pair(impl)[1] for impl in ("math", "sdpa", "auto")}  # the same seeded weights
@@ -262,7 +305,8 @@ def test_auto_runs_math_for_small_bf16_calls_on_cpu(monkeypatch):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         run = {impl: m(ids, mask, types).last_hidden_state for impl, m in models.items()}
         assert torch.equal(run["auto"], run["math"]) and not torch.equal(run["auto"], run["sdpa"])
-        monkeypatch.setattr(attention, "AUTO_MATH_MAX_SCORES", 2 * 4 * 8 * 8 - 1)  # one element too many
+        heads = TINY["num_attention_heads"]
+        monkeypatch.setattr(attention, "AUTO_MATH_MAX_SCORES", 2 * heads * 8 * 8 - 1)  # one element too many
         assert torch.equal(models["auto"](ids, mask, types).last_hidden_state, run["sdpa"])
 
 
