@@ -24,7 +24,7 @@ from common import imdb, interleaved, median, peak_mb, setup, sst2, table, token
 from einops import rearrange
 
 import minibert
-from minibert.attention import KERNELS, PACKED_KERNELS
+from minibert.attention import KERNELS
 from minibert.config import BertConfig
 from minibert.padding import Packing, packing_from_mask, repad, unpad
 
@@ -50,7 +50,11 @@ def nested_attention(q, k, v, packing: Packing, dropout_p: float, scale: float) 
     return out.transpose(1, 2).values()
 
 
-VARIANTS = {"unpadded": PACKED_KERNELS["unpadded"], "unpadded-padmax": padmax_attention,
+def unpadded(q, k, v, packing: Packing, dropout_p: float, scale: float) -> torch.Tensor:
+    return KERNELS["unpadded"](q, k, v, None, dropout_p, scale, packing=packing)[0]
+
+
+VARIANTS = {"unpadded": unpadded, "unpadded-padmax": padmax_attention,
             "unpadded-nested": nested_attention}
 
 
