@@ -21,7 +21,7 @@ import argparse
 import torch
 from common import amp, batches, interleaved, median, pair, peak_mb, setup, sst2, table, tokenizers, write_json
 
-from minibert.data import length_grouped_batches
+from minibert.batches import length_grouped_batches
 
 
 def make_step(model, tok, groups, labels, dtype: str, ours: bool, device: str = "cpu"):

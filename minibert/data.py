@@ -1,4 +1,6 @@
-"""From files to batches: reading CSV/TSV/JSONL/parquet (or a Hub dataset), labels to ids, length-grouped batches.
+"""From files to examples: reading CSV/TSV/JSONL/parquet (or a Hub dataset) into texts, text pairs and raw labels.
+
+Labels become ids in `labels.py`; examples become token ids and batches in `batches.py`.
 
 Every row read keeps the line it came from, so any complaint about the data names the file and the line. Nothing is
 dropped quietly: blank lines are the only rows skipped, and their count is reported.
@@ -11,15 +13,12 @@ import gzip
 import io
 import json
 import logging
-import math
 import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from minibert.errors import MinibertError
 
@@ -29,7 +28,6 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".
 TEXT_NAMES = ("text", "sentence", "sentence1", "question1", "premise", "question", "review", "content", "document")
 PAIR_NAMES = {"sentence1": "sentence2", "question1": "question2", "premise": "hypothesis", "question": "sentence"}
 LABEL_NAMES = ("label", "labels", "sentiment", "class", "target", "score")
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
 # --- reading files -----------------------------------------------------------------------------------------------
@@ -273,205 +271,6 @@ def read_examples(path: str | Path, text: str | None = None, pair: str | None = 
         logger.warning("skipped %d blank line(s) in %s.", table.blank_lines, path)
     columns = choose_columns(table, text, pair, label, need_label)
     return examples_from(table, columns), columns
-
-
-# --- labels ------------------------------------------------------------------------------------------------------
-
-
-def _number(value: Any) -> float | int | None:
-    """An int or finite float if `value` reads as one (from a CSV string or JSON), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        for kind in (int, float):
-            try:
-                number = kind(value.strip())
-            except ValueError:
-                continue
-            return number if math.isfinite(number) else None
-    return None
-
-
-def _name(value: Any) -> str:
-    number = _number(value)
-    if isinstance(number, int) or (isinstance(number, float) and number.is_integer()):
-        return str(int(number))
-    return str(value).strip()
-
-
-def _name_order(name: str) -> tuple:
-    number = _number(name)
-    return (0, number, "") if number is not None else (1, 0, name)  # 0..10 in numeric order, then names
-
-
-def _as_list(value: Any) -> list | None:
-    if isinstance(value, list):
-        return value
-    if isinstance(value, str) and value.strip().startswith("["):
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            return None
-        return parsed if isinstance(parsed, list) else None
-    return None
-
-
-@dataclass
-class Labels:
-    """How raw labels become tensors: the problem type and, for classification, the names of the ids."""
-
-    problem_type: str
-    names: list[str]
-
-    @property
-    def num_labels(self) -> int:
-        return 1 if self.problem_type == "regression" else len(self.names)
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.names)) if self.names else {0: "LABEL_0"}
-
-    @classmethod
-    def from_training(cls, labels: list[Any], problem_type: str | None = None) -> Labels:
-        """Decide the problem type from the training labels (unless given) and name the classes in a stable order."""
-        lists = [_as_list(v) for v in labels]
-        if problem_type is None:
-            if all(v is not None for v in lists):
-                problem_type = "multi_label_classification"
-            else:
-                numbers = [_number(v) for v in labels]
-                floats = all(n is not None for n in numbers) and any(
-                    isinstance(n, float) and not n.is_integer() for n in numbers)
-                problem_type = "regression" if floats else "single_label_classification"
-        if problem_type == "regression":
-            return cls(problem_type, [])
-        if problem_type == "multi_label_classification":
-            names = {_name(item) for items in lists for item in items or []}
-        else:
-            names = {_name(v) for v in labels}
-            if len(names) == 1:
-                logger.warning("the training data has a single class (%s): the model can only learn to predict it.",
-                               next(iter(names)))
-        return cls(problem_type, sorted(names, key=_name_order))
-
-    @classmethod
-    def from_config(cls, problem_type: str | None, id2label: dict[int, str]) -> Labels:
-        names = [id2label[i] for i in sorted(id2label)]
-        return cls(problem_type or ("regression" if len(names) == 1 else "single_label_classification"), names)
-
-    def encode(self, examples: Examples, what: str) -> torch.Tensor:
-        """Labels as a tensor (long ids, multi-hot floats or float targets); labels unknown to training are listed."""
-        assert examples.labels is not None
-        if self.problem_type == "regression":
-            targets = []
-            for value, (path, line) in zip(examples.labels, examples.sources):
-                number = _number(value)
-                if number is None:
-                    raise MinibertError(f"line {line} of {path} has label {value!r}, not a number; regression needs "
-                                        "numeric labels.")
-                targets.append(float(number))
-            return torch.tensor(targets, dtype=torch.float32)
-        label2id = {name: i for i, name in enumerate(self.names)}
-        unseen: dict[str, int] = {}
-        if self.problem_type == "multi_label_classification":
-            out = torch.zeros(len(examples), len(self.names))
-            for row, (value, (_, line)) in enumerate(zip(examples.labels, examples.sources)):
-                items = _as_list(value)
-                if items is None:
-                    raise MinibertError(f"line {line} of {examples.sources[row][0]} has label {value!r}, not a list; "
-                                        "multi-label data needs a list of labels in every row.")
-                for item in items:
-                    if _name(item) in label2id:
-                        out[row, label2id[_name(item)]] = 1.0
-                    else:
-                        unseen.setdefault(_name(item), line)
-        else:
-            ids = []
-            for value, (_, line) in zip(examples.labels, examples.sources):
-                ids.append(label2id.get(_name(value), -1))
-                if ids[-1] < 0:
-                    unseen.setdefault(_name(value), line)
-            out = torch.tensor(ids, dtype=torch.long)
-        if unseen:
-            listed = ", ".join(f"{name!r} (line {line})" for name, line in list(unseen.items())[:5])
-            raise MinibertError(f"the {what} data in {examples.sources[0][0]} has labels never seen in training: "
-                                f"{listed}; the model knows only {', '.join(self.names)}.")
-        return out
-
-
-# --- tokens and batches ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Encoded:
-    """Token ids without padding, one list per example, and the label tensor (None for prediction)."""
-
-    input_ids: list[list[int]]
-    token_type_ids: list[list[int]]
-    labels: torch.Tensor | None
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(ids) for ids in self.input_ids]
-
-
-def encode(tokenizer: Any, examples: Examples, max_length: int, labels: torch.Tensor | None = None,
-           num_workers: int = 1) -> Encoded:
-    """Tokenize every example once, truncated to `max_length`; padding waits for the batch."""
-    enc = tokenizer.encode_batch(examples.texts, examples.pairs, max_length=max_length, truncation=True,
-                                 num_workers=num_workers)
-    return Encoded(list(enc["input_ids"]), list(enc["token_type_ids"]), labels)
-
-
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, rank: int = 0,
-                           world_size: int = 1) -> list[list[int]]:
-    """This rank's batches for one epoch: similar lengths batched together (little padding), in a random order.
-
-    Indices are shuffled, cut into groups of 50 batches, each group sorted by length and cut into batches, and the
-    batches shuffled again, all from (seed, epoch) alone, so that a resumed run sees the same order. Every rank
-    computes the same list and takes every `world_size`-th batch; the list is first made a multiple of
-    `world_size` by repeating its first batches, so no rank waits for a step the others never take.
-    """
-    rng = random.Random(f"{seed}/{epoch}")
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    group = batch_size * 50
-    batches = []
-    for start in range(0, len(order), group):
-        chunk = sorted(order[start:start + group], key=lambda i: -lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    batches += batches[: (-len(batches)) % world_size]
-    return batches[rank::world_size]
-
-
-def sorted_batches(lengths: Sequence[int], batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
-    """Evaluation/prediction batches: sorted by length (least padding), each example exactly once over all ranks."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    return batches[rank::world_size]
-
-
-def collate(data: Encoded, indices: Sequence[int], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest example (dynamic padding); the mask marks the real tokens."""
-    width = max(len(data.input_ids[i]) for i in indices)
-    input_ids = torch.full((len(indices), width), pad_token_id, dtype=torch.long)
-    token_type_ids = torch.zeros((len(indices), width), dtype=torch.long)
-    attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
-    for row, i in enumerate(indices):
-        n = len(data.input_ids[i])
-        input_ids[row, :n] = torch.tensor(data.input_ids[i])
-        token_type_ids[row, :n] = torch.tensor(data.token_type_ids[i])
-        attention_mask[row, :n] = 1
-    batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
-    if data.labels is not None:
-        batch["labels"] = data.labels[list(indices)]
-    return batch
 
 
 # --- Hub datasets ------------------------------------------------------------------------------------------------

@@ -1,9 +1,14 @@
 """`python -m minibert.finetune`: fine-tune a BERT checkpoint for text classification or regression.
 
     python -m minibert.finetune --model FOLDER --train-file train.csv --validation-file dev.csv
+    python -m minibert.finetune --resume weights/RUN            # continue a run, with the flags it started with
     torchrun --nproc_per_node=2 -m minibert.finetune ...          # DDP: gloo on CPU, nccl on GPUs
 
-This file parses flags and wires data, model and loop together; the work is in data.py and train.py.
+Exit status: 0 when the run finished; 1 for a mistake in the flags, files or data (one sentence on stderr);
+2 for a flag argparse cannot read; 130 (Ctrl-C) or 143 (SIGTERM) when the run was interrupted after saving a
+checkpoint that --resume continues.
+
+This file parses flags and wires data, model and loop together; the work is in data.py, batches.py and train.py.
 """
 
 from __future__ import annotations
@@ -15,107 +20,98 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from minibert import checkpoint
+from minibert import run_folder
 from minibert.attention import ATTN_IMPLS
-from minibert.cli import options_parser
-from minibert.data import Encoded, Examples, Labels, encode, hub_dataset_files, read_examples, read_hub_split, split_off
+from minibert.batches import Encoded, encode
+from minibert.cli import int_list, option, options_parser
+from minibert.command import exit_status, fit_max_length, load_options, run_command, save_options
+from minibert.data import Examples, hub_dataset_files, read_examples, read_hub_split, split_off
+from minibert.devices import PRECISIONS, Dist, setup_distributed
 from minibert.errors import MinibertError
+from minibert.labels import PROBLEM_TYPES, Labels
+from minibert.metrics import best_key, evaluate_classifier
 from minibert.models import BertForSequenceClassification
+from minibert.plot import plot_metrics
 from minibert.tokenizer import BertTokenizer
-from minibert.train import Dist, Summary, TrainOptions, evaluate, plot_metrics, setup_distributed, train
+from minibert.train import Summary, TrainOptions, train
 
 logger = logging.getLogger("minibert")
 
 
 @dataclass
 class Options:
-    model: str = "bert-base-uncased"
-    train_file: str | None = None
-    validation_file: str | None = None
-    test_file: str | None = None
-    dataset: str = "stanfordnlp/imdb"
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    validation_split: float = 0.1
-    quoted_tsv: bool = False
-    problem_type: str = "auto"
-    max_length: int = 128
-    batch_size: int = 32
-    grad_accum: int = 1
-    epochs: int = 3
-    max_steps: int = 0
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    precision: str = "auto"
-    attn_impl: str = "auto"
-    seed: int = 42
-    seeds: str | None = None
-    max_train_samples: int = 0
-    max_eval_samples: int = 0
-    eval_every: int = 0
-    save_every: int = 0
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    output_dir: str | None = None
-    resume: str | None = None
-    allow_resume_mismatch: bool = False
-    num_workers: int = 1
-    no_progress: bool = False
-    debug: bool = False
+    model: str = option("bert-base-uncased", "Hub id or local folder of the BERT checkpoint to start from")
+    train_file: str | None = option(None, "training data: .csv, .tsv, .jsonl or .parquet (.gz accepted for the text "
+                                          "formats)")
+    validation_file: str | None = option(None, "validation data (same formats); without it --validation-split "
+                                               "holds out part of train")
+    test_file: str | None = option(None, "test data, evaluated once with the best model at the end")
+    dataset: str = option("stanfordnlp/imdb", "Hub dataset id whose parquet files are read when no --train-file "
+                                              "is given")
+    text_column: str | None = option(None, "text column (default: detected among text, sentence, review, ...)")
+    text_pair_column: str | None = option(None, "second text column for sentence pairs (default: sentence2 etc. "
+                                                "when the text is sentence1)")
+    label_column: str | None = option(None, "label column (default: detected among label, labels, sentiment, ...)")
+    validation_split: float = option(0.1, "fraction of the training rows held out for validation when there is "
+                                          "no validation data", at_least=0.0)
+    quoted_tsv: bool = option(False, "process quotes in TSV files (off by default: SST-2-style texts contain bare "
+                                     "quotes)")
+    problem_type: str = option("auto", "auto (from the labels: ints/strings, lists, floats), or force one",
+                               choices=("auto", *PROBLEM_TYPES))
+    max_length: int = option(128, "tokens per example, specials included (longer texts are truncated; at most "
+                                  "the model's max_position_embeddings)", at_least=2)
+    batch_size: int = option(32, "examples per batch and per process", at_least=1)
+    grad_accum: int = option(1, "batches accumulated per optimizer step", at_least=1)
+    epochs: int = option(3, "passes over the training data", at_least=1)
+    max_steps: int = option(0, "stop after this many optimizer steps (0: run all --epochs)", at_least=0)
+    lr: float = option(2e-5, "peak learning rate of AdamW", above=0.0)
+    weight_decay: float = option(0.01, "AdamW weight decay (never applied to biases and LayerNorm)", at_least=0.0)
+    warmup_ratio: float = option(0.1, "fraction of the steps spent warming the learning rate up from 0",
+                                 at_least=0.0)
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)", at_least=0.0)
+    precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, "
+                                    "else fp32)", choices=PRECISIONS)
+    attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
+    seed: int = option(42, "random seed (data order, dropout, head initialisation)")
+    seeds: list[int] | None = option(None, "comma-separated seeds: repeat the run for each and report mean ± std",
+                                     parse=int_list)
+    max_train_samples: int = option(0, "use only the first N training rows (0: all)", at_least=0)
+    max_eval_samples: int = option(0, "use only the first N validation/test rows (0: all)", at_least=0)
+    eval_every: int = option(0, "also evaluate (and checkpoint) every N steps (0: once per epoch)", at_least=0)
+    save_every: int = option(0, "also checkpoint every N steps (0: at evaluations only)", at_least=0)
+    keep_checkpoints: int = option(2, "complete checkpoints kept in the run folder (0: all)", at_least=0)
+    log_every: int = option(10, "write the training loss to metrics.jsonl every N steps", at_least=1)
+    output_dir: str | None = option(None, "run folder (default: weights/<model>-<data>-<time>)")
+    overwrite: bool = option(False, "replace the earlier run in a non-empty --output-dir")
+    resume: str | None = option(None, "continue a run: its run folder (the flags it started with are reused), a "
+                                      "checkpoint folder, or auto (the newest in --output-dir)")
+    allow_resume_mismatch: bool = option(False, "resume even if data, batch size or world size differ (the result "
+                                                "is then not exact)")
+    num_workers: int = option(1, "processes used to tokenize", at_least=1)
+    no_progress: bool = option(False, "no progress bar")
+    debug: bool = option(False, "show the full traceback of errors")
 
 
-HELP = {
-    "model": "Hub id or local folder of the BERT checkpoint to start from",
-    "train_file": "training data: .csv, .tsv, .jsonl or .parquet (.gz accepted for the text formats)",
-    "validation_file": "validation data (same formats); without it --validation-split holds out part of train",
-    "test_file": "test data, evaluated once with the best model at the end",
-    "dataset": "Hub dataset id whose parquet files are read when no --train-file is given",
-    "text_column": "text column (default: detected among text, sentence, review, content, ...)",
-    "text_pair_column": "second text column for sentence pairs (default: sentence2 etc. when the text is sentence1)",
-    "label_column": "label column (default: detected among label, labels, sentiment, class, ...)",
-    "validation_split": "fraction of the training rows held out for validation when there is no validation data",
-    "quoted_tsv": "process quotes in TSV files (off by default: SST-2-style texts contain bare quotes)",
-    "problem_type": "auto (from the labels: ints/strings, lists, floats), or force one",
-    "max_length": "tokens per example (longer texts are truncated)",
-    "batch_size": "examples per batch and per process",
-    "grad_accum": "batches accumulated per optimizer step",
-    "epochs": "passes over the training data",
-    "max_steps": "stop after this many optimizer steps (0: run all --epochs)",
-    "lr": "peak learning rate of AdamW",
-    "weight_decay": "AdamW weight decay (never applied to biases and LayerNorm)",
-    "warmup_ratio": "fraction of the steps spent warming the learning rate up from 0",
-    "max_grad_norm": "clip the gradient norm to this (0: no clipping)",
-    "precision": "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, else fp32)",
-    "attn_impl": "attention kernel: auto, math, sdpa or unpadded",
-    "seed": "random seed (data order, dropout, head initialisation)",
-    "seeds": "comma-separated seeds: repeat the run for each and report mean ± std",
-    "max_train_samples": "use only the first N training rows (0: all)",
-    "max_eval_samples": "use only the first N validation/test rows (0: all)",
-    "eval_every": "also evaluate (and checkpoint) every N steps (0: once per epoch)",
-    "save_every": "also checkpoint every N steps (0: at evaluations only)",
-    "keep_checkpoints": "complete checkpoints kept in the run folder",
-    "log_every": "write the training loss to metrics.jsonl every N steps",
-    "output_dir": "run folder (default: weights/<model>-<data>-<time>)",
-    "resume": "continue a run: a run folder, a checkpoint folder, or auto (newest in --output-dir)",
-    "allow_resume_mismatch": "resume even if data, batch size or world size differ (the result is then not exact)",
-    "num_workers": "processes used to tokenize",
-    "no_progress": "no progress bar",
-    "debug": "show the full traceback of errors",
-}
-CHOICES = {"precision": ("auto", "bf16", "fp32"), "attn_impl": sorted(ATTN_IMPLS),
-           "problem_type": ("auto", "single_label_classification", "multi_label_classification", "regression")}
+# What --resume RUN may change (see command.load_options): flags that do not change which run this is, and flags
+# the optimizer and schedule were built from (a new --lr would be ignored by the restored optimizer, a new
+# --max-steps would make the learning rate jump). Any other flag (data, batches) needs --allow-resume-mismatch.
+RESUME_MAY_CHANGE = {"test_file", "max_grad_norm", "precision", "attn_impl", "eval_every", "save_every",
+                     "keep_checkpoints", "log_every", "num_workers", "no_progress", "debug", "allow_resume_mismatch"}
+RESUME_SCHEDULE = {"model", "lr", "weight_decay", "warmup_ratio", "epochs", "max_steps", "seed", "seeds"}
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    parser = options_parser(Options, "python -m minibert.finetune", __doc__, HELP, CHOICES)
-    return Options(**vars(parser.parse_args(argv)))
+    """The options of this run; with --resume RUN, the flags the run started with, then the ones given again."""
+    parser = options_parser(Options, "python -m minibert.finetune", __doc__)
+    opts = Options(**vars(parser.parse_args(argv)))
+    if opts.resume and opts.resume != "auto":
+        opts = load_options(Options, opts, parser, argv, RESUME_MAY_CHANGE, RESUME_SCHEDULE)
+    return opts
 
 
 # --- data --------------------------------------------------------------------------------------------------------
@@ -173,27 +169,38 @@ def fingerprint(train: Examples, labels: Labels, opts: Options) -> dict[str, obj
 def run_dir_for(opts: Options, data_name: str) -> Path:
     if opts.output_dir:
         return Path(opts.output_dir)
-    if opts.resume and opts.resume != "auto":
-        resume = Path(opts.resume)
-        return resume.parent if (resume / checkpoint.STATE_FILE).is_file() else resume
     model = Path(opts.model).name or "model"
     return Path("weights") / f"{model}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_paths(opts: Options) -> None:
+    """What can be checked before any data is read or model loaded: files to read, the folder to write."""
+    for flag, path in (("--train-file", opts.train_file), ("--validation-file", opts.validation_file),
+                       ("--test-file", opts.test_file)):
+        if path is not None:
+            run_folder.check_readable_file(Path(path), flag)
+    if opts.output_dir:
+        run_folder.check_writable_folder(Path(opts.output_dir), "--output-dir")
+    if opts.resume == "auto" and not opts.output_dir:
+        raise MinibertError("--resume auto needs --output-dir, the run folder to look for checkpoints in.")
+
+
 def finetune(opts: Options, d: Dist) -> Summary:
+    check_paths(opts)
+    resume = None
+    if opts.resume:
+        resume = run_folder.find_checkpoint(Path(opts.output_dir) if opts.resume == "auto" else Path(opts.resume))
+    source = str(resume) if resume else opts.model
     train_ex, val_ex, test_ex, data_name = load_splits(opts, d.main)
+    opts = replace(opts, max_length=fit_max_length(source, opts.max_length, d.main))
     problem_type = None if opts.problem_type == "auto" else opts.problem_type
     labels = Labels.from_training(train_ex.labels, problem_type)
     train_y = labels.encode(train_ex, "training")
     val_y = labels.encode(val_ex, "validation") if val_ex else None
     test_y = labels.encode(test_ex, "test") if test_ex else None
-    run_dir = run_dir_for(opts, data_name)
-    resume = None
-    if opts.resume:
-        if opts.resume == "auto" and not opts.output_dir:
-            raise MinibertError("--resume auto needs --output-dir, the run folder to look for checkpoints in.")
-        resume = checkpoint.find_checkpoint(run_dir if opts.resume == "auto" else Path(opts.resume))
-    source = str(resume) if resume else opts.model
+    run_dir = resume.parent if resume else run_dir_for(opts, data_name)
+    if not resume and d.main:
+        run_folder.prepare_new_run(run_dir, opts.overwrite)
     tokenizer = BertTokenizer.from_pretrained(source)
     if resume:
         model = BertForSequenceClassification.from_pretrained(resume, attn_impl=opts.attn_impl)
@@ -203,96 +210,109 @@ def finetune(opts: Options, d: Dist) -> Summary:
             opts.model, num_labels=labels.num_labels, id2label=labels.id2label,
             label2id={v: k for k, v in labels.id2label.items()}, problem_type=labels.problem_type,
             attn_impl=opts.attn_impl, ignore_mismatched_sizes=True)
+    check_vocabulary(tokenizer, model, source)
     if d.main:
         print(f"{labels.problem_type}: {labels.num_labels} label(s) {', '.join(labels.names)}; "
               f"{len(train_ex)} training rows, {len(val_ex) if val_ex else 0} validation rows.", file=sys.stderr)
 
-    def tokens(examples: Examples, y: torch.Tensor) -> Encoded:
-        return encode(tokenizer, examples, opts.max_length, y, opts.num_workers)
+    def tokens(examples: Examples, y: torch.Tensor, what: str) -> Encoded:
+        return encode(tokenizer, examples, opts.max_length, y, opts.num_workers, not opts.no_progress, what)
 
-    train_data = tokens(train_ex, train_y)
-    val_data = tokens(val_ex, val_y) if val_ex else None
+    train_data = tokens(train_ex, train_y, "tokenizing training data")
+    evaluate = None
+    if val_ex:
+        evaluate = partial(evaluate_classifier, data=tokens(val_ex, val_y, "tokenizing validation data"),
+                           batch_size=opts.batch_size, problem_type=labels.problem_type)
 
     def save_model(folder: Path) -> None:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
+    metric, sign = best_key(labels.problem_type)
     train_opts = TrainOptions(
         output_dir=run_dir, epochs=opts.epochs, max_steps=opts.max_steps, batch_size=opts.batch_size,
         grad_accum=opts.grad_accum, lr=opts.lr, weight_decay=opts.weight_decay, warmup_ratio=opts.warmup_ratio,
         max_grad_norm=opts.max_grad_norm, precision=opts.precision, seed=opts.seed, eval_every=opts.eval_every,
         save_every=opts.save_every, keep_checkpoints=opts.keep_checkpoints, log_every=opts.log_every,
-        pad_token_id=tokenizer.pad_token_id, problem_type=labels.problem_type, resume=resume,
+        best_metric=metric, greater_is_better=sign > 0, resume=resume,
         allow_resume_mismatch=opts.allow_resume_mismatch, fingerprint=fingerprint(train_ex, labels, opts))
-    summary = train(model, train_data, val_data, train_opts, save_model, d, progress=not opts.no_progress)
+    if not resume and d.main:
+        save_options(run_dir, opts)  # what --resume RUN alone continues with
+    summary = train(model, train_data, evaluate, train_opts, save_model, d, progress=not opts.no_progress)
     if summary.interrupted:
         if d.main:
-            print(f"interrupted at step {summary.steps}; continue with: --resume {run_dir}", file=sys.stderr)
+            print(f"interrupted by {summary.stop_signal} at step {summary.steps}, checkpoint saved; continue with: "
+                  f"python -m minibert.finetune --resume {run_dir}", file=sys.stderr)
         return summary
     if test_ex is not None and summary.best_dir is not None:
         best = BertForSequenceClassification.from_pretrained(summary.best_dir, attn_impl=opts.attn_impl).to(d.device)
-        test = evaluate(best, tokens(test_ex, test_y), opts.batch_size, train_opts, d, None)
+        amp = torch.bfloat16 if summary.precision == "bf16 autocast" else None
+        test = evaluate_classifier(best, d, amp, data=tokens(test_ex, test_y, "tokenizing test data"),
+                                   batch_size=opts.batch_size, problem_type=labels.problem_type)
         if d.main:
-            print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if not isinstance(v, bool)),
-                  file=sys.stderr)
+            print(f"test ({summary.precision}, as validation): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if not isinstance(v, bool)), file=sys.stderr)
     if d.main:
-        plot = plot_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else None
+        plot = plot_metrics(run_dir) if (run_dir / run_folder.METRICS_FILE).is_file() else None
         best = ", ".join(f"{k} {v:.4f}" for k, v in (summary.best_metric or {}).items() if not isinstance(v, bool))
-        print(f"done: {summary.steps} steps in {summary.wall_s:.1f} s ({summary.samples_per_s:.1f} samples/s); "
-              f"best: {best or 'no validation data'}; model in {summary.best_dir}"
+        print(f"done: {summary.steps} steps in {summary.wall_s:.1f} s ({summary.samples_per_s:.1f} samples/s, "
+              f"{summary.precision}); best: {best or 'no validation data'}; model in {summary.best_dir}"
               + (f"; plot in {plot}" if plot else ""), file=sys.stderr)
     return summary
 
 
+def check_vocabulary(tokenizer: BertTokenizer, model: BertForSequenceClassification, source: str) -> None:
+    """A vocab.txt of another size than the checkpoint's embeddings: ids would be [UNK]-only or out of range."""
+    if len(tokenizer) != model.config.vocab_size:
+        raise MinibertError(f"the tokenizer in {source} has {len(tokenizer)} tokens but the model's vocab_size is "
+                            f"{model.config.vocab_size}; use the vocab.txt the checkpoint was trained with.")
+
+
 def run_seeds(opts: Options, d: Dist) -> list[Summary]:
     """The same run once per seed, each in its own sub-folder; reports mean ± std of the best metrics."""
-    seeds = [int(s) for s in opts.seeds.split(",") if s.strip()]
     base = Path(opts.output_dir) if opts.output_dir else None
     summaries = []
-    for seed in seeds:
+    for seed in opts.seeds:
         out = str(base / f"seed-{seed}") if base else None
         summaries.append(finetune(replace(opts, seed=seed, seeds=None, output_dir=out), d))
+        if summaries[-1].interrupted:
+            return summaries
     if d.main:
+        shown = ",".join(map(str, opts.seeds))
         metrics = [s.best_metric for s in summaries if s.best_metric]
         for key in (metrics[0] if metrics else {}):
             if isinstance(metrics[0][key], bool):
                 continue
             values = [m[key] for m in metrics]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            print(f"{key}: {statistics.mean(values):.4f} ± {spread:.4f} over seeds {opts.seeds}", file=sys.stderr)
-        collapsed = [seed for seed, s in zip(seeds, summaries) if s.best_metric and s.best_metric.get("collapsed")]
+            print(f"{key}: {statistics.mean(values):.4f} ± {spread:.4f} over seeds {shown}", file=sys.stderr)
+        collapsed = [seed for seed, s in zip(opts.seeds, summaries) if s.best_metric and s.best_metric.get("collapsed")]
         if collapsed:
             print(f"warning: the run(s) with seed {', '.join(map(str, collapsed))} collapsed to predicting one "
                   "class.", file=sys.stderr)
     return summaries
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(argv)
-    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+def run(opts: Options) -> int:
+    d = setup_distributed()
     try:
-        d = setup_distributed()
         if not d.main:
             logging.getLogger("minibert").setLevel(logging.ERROR)  # say things once, from rank 0
-        if opts.seeds:
-            run_seeds(opts, d)
-        else:
-            finetune(opts, d)
-    except MinibertError as e:
-        if opts.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # a second Ctrl-C: the user chose not to wait for the checkpoint
-        print("aborted without saving; the last checkpoint is unchanged.", file=sys.stderr)
-        return 130
+        if opts.seeds and opts.resume:
+            raise MinibertError("--seeds and --resume do not go together; resume each seed's run folder "
+                                "(OUTPUT_DIR/seed-N) on its own.")
+        summaries = run_seeds(opts, d) if opts.seeds else [finetune(opts, d)]
+        return exit_status(summaries[-1])
     finally:
         if torch.distributed.is_initialized():
             # DDP's wrapper sits in a reference cycle, so only the cyclic collector frees it and its hold on the
             # group; left to interpreter exit, gloo's teardown can abort the process (SIGABRT) after a good run
             gc.collect()
             torch.distributed.destroy_process_group()
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(lambda: parse_args(argv), run, argv)
 
 
 if __name__ == "__main__":

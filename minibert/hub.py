@@ -13,7 +13,12 @@ def local_folder_or_repo_id(name_or_path: str | os.PathLike, needs: str) -> Path
     """An existing folder as a Path, else the text as a Hub repo id; a path that cannot be either is an error.
     `needs` says what the folder must hold, for the message."""
     path = Path(name_or_path)
+    if path.is_symlink() and not path.exists():
+        raise MinibertError(f"{path} is a symbolic link that leads nowhere (a loop or a missing target); pass the "
+                            "folder itself.")
     if path.is_dir():
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise MinibertError(f"{path}: permission denied; make the folder readable or pass another one.")
         return path
     if path.exists():
         raise MinibertError(f"{path} is a file; pass the folder that holds {needs}.")

@@ -14,71 +14,66 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-from minibert import checkpoint
+from minibert import run_folder
 from minibert.attention import ATTN_IMPLS
-from minibert.cli import options_parser
-from minibert.data import (
-    LABEL_NAMES,
-    Encoded,
-    Examples,
-    Labels,
-    choose_columns,
-    collate,
-    encode,
-    examples_from,
-    find_column,
-    read_table,
-    sorted_batches,
-)
+from minibert.batches import Encoded, collate, encode, sorted_batches
+from minibert.cli import option, options_parser
+from minibert.command import run_command
+from minibert.data import LABEL_NAMES, Examples, choose_columns, examples_from, find_column, read_table
+from minibert.devices import PRECISIONS, autocast_dtype, choose_device, precision_name
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
+from minibert.labels import Labels
+from minibert.metrics import compute_metrics
 from minibert.models import BertForSequenceClassification
 from minibert.tokenizer import BertTokenizer
-from minibert.train import autocast_dtype, compute_metrics
 
 
 @dataclass
 class Options:
-    model: str = ""
-    input: str = "-"
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    output: str | None = None
-    batch_size: int = 64
-    max_length: int = 512
-    all_scores: bool = False
-    quoted_tsv: bool = False
-    attn_impl: str = "auto"
-    precision: str = "auto"
-    device: str = "auto"
-    debug: bool = False
-
-
-HELP = {
-    "model": "a run folder of minibert.finetune (its best/ model is used), or any fine-tuned model folder",
-    "input": "a .csv, .tsv, .jsonl or .parquet file (.gz accepted), or - for one text per line on stdin",
-    "text_column": "text column (default: detected among text, sentence, review, content, ...)",
-    "text_pair_column": "second text column for sentence pairs",
-    "label_column": "gold label column: if present, unknown labels are listed and accuracy printed",
-    "output": "write the JSON lines here (default: stdout)",
-    "batch_size": "examples per forward pass",
-    "max_length": "tokens per example (longer texts are truncated)",
-    "all_scores": "also output the probability of every label",
-    "quoted_tsv": "process quotes in TSV files",
-    "attn_impl": "attention kernel: auto, math, sdpa or unpadded",
-    "precision": "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, else fp32)",
-    "device": "cpu, cuda or cuda:N (auto: the GPU when there is one)",
-    "debug": "show the full traceback of errors",
-}
+    model: str = option("", "a run folder of minibert.finetune (its best/ model is used), or any fine-tuned model "
+                            "folder", required=True)
+    input: str = option("-", "a .csv, .tsv, .jsonl or .parquet file (.gz accepted), or - for one text per line on "
+                             "stdin")
+    text_column: str | None = option(None, "text column (default: detected among text, sentence, review, ...)")
+    text_pair_column: str | None = option(None, "second text column for sentence pairs")
+    label_column: str | None = option(None, "gold label column: if present, unknown labels are listed and accuracy "
+                                            "printed")
+    output: str | None = option(None, "write the JSON lines here (default: stdout); written whole at the end")
+    batch_size: int = option(64, "examples per forward pass", at_least=1)
+    max_length: int = option(512, "tokens per example, specials included (longer texts are truncated; at most the "
+                                  "model's max_position_embeddings)", at_least=2)
+    all_scores: bool = option(False, "also output the probability of every label")
+    quoted_tsv: bool = option(False, "process quotes in TSV files")
+    attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
+    precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, "
+                                    "else fp32)", choices=PRECISIONS)
+    device: str = option("auto", "cpu, cuda or cuda:N (auto: the GPU when there is one)")
+    no_progress: bool = option(False, "no progress bar")
+    debug: bool = option(False, "show the full traceback of errors")
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    parser = options_parser(Options, "python -m minibert.predict", __doc__, HELP,
-                            {"attn_impl": sorted(ATTN_IMPLS), "precision": ("auto", "bf16", "fp32")},
-                            required={"model"})
-    return Options(**vars(parser.parse_args(argv)))
+    return Options(**vars(options_parser(Options, "python -m minibert.predict", __doc__).parse_args(argv)))
+
+
+def check_paths(opts: Options) -> None:
+    """Before any prediction is computed: the input can be read, the output can be written and is not the input."""
+    if opts.input != "-":
+        run_folder.check_readable_file(Path(opts.input), "--input")
+    if opts.output is None:
+        return
+    output = Path(opts.output)
+    if output.is_dir():
+        raise MinibertError(f"--output {output} is a folder; pass a file name such as {output / 'predictions.jsonl'}.")
+    if opts.input != "-" and output.resolve() == Path(opts.input).resolve():
+        raise MinibertError(f"--output {output} is the input file; writing there would overwrite the input, so "
+                            "choose another file.")
+    if not output.parent.is_dir():
+        raise MinibertError(f"--output {output}: the folder {output.parent} does not exist; create it first.")
+    run_folder.check_writable_folder(output.parent, "--output")
 
 
 def model_folder(path: Path) -> Path:
@@ -88,7 +83,7 @@ def model_folder(path: Path) -> Path:
     if (path / "config.json").is_file():
         return path
     if path.is_dir():
-        return checkpoint.find_checkpoint(path)
+        return run_folder.find_checkpoint(path)
     raise MinibertError(f"{path} does not exist; pass the run folder written by minibert.finetune.")
 
 
@@ -121,24 +116,8 @@ def results(logits: torch.Tensor, labels: Labels, all_scores: bool) -> list[dict
     return out
 
 
-def choose_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MinibertError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MinibertError(f"--device {name} asks for a GPU, but torch sees none here; use --device cpu.")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise MinibertError(f"--device {name}: torch sees only {torch.cuda.device_count()} GPU(s) here; use cuda:0 "
-                            "or another index below that.")
-    if device.type not in ("cpu", "cuda"):
-        raise MinibertError(f"--device {name}: only cpu and cuda are supported.")
-    return device
-
-
 def predict(opts: Options) -> list[dict[str, Any]]:
+    check_paths(opts)
     device = choose_device(opts.device)
     amp = autocast_dtype(opts.precision, device)
     folder = model_folder(Path(opts.model))
@@ -146,12 +125,18 @@ def predict(opts: Options) -> list[dict[str, Any]]:
     model = BertForSequenceClassification.from_pretrained(folder, attn_impl=opts.attn_impl).to(device)
     labels = Labels.from_config(model.config.problem_type, model.config.id2label)
     examples = read_input(opts)
-    max_length = min(opts.max_length, model.config.max_position_embeddings)
-    data: Encoded = encode(tokenizer, examples, max_length)
+    limit = model.config.max_position_embeddings
+    if opts.max_length > limit:
+        print(f"--max-length {opts.max_length} is more than the model's {limit} positions; using {limit}.",
+              file=sys.stderr)
+    data: Encoded = encode(tokenizer, examples, min(opts.max_length, limit), progress=not opts.no_progress)
     logits = torch.empty(len(data), model.config.num_labels)
+    batches = sorted_batches(data.lengths, opts.batch_size)
+    show = not opts.no_progress and len(batches) > 1
     with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        for indices in sorted_batches(data.lengths, opts.batch_size):
-            batch = {k: v.to(device) for k, v in collate(data, indices, tokenizer.pad_token_id).items()}
+        for indices in tqdm(batches, desc=f"predicting ({precision_name(amp)})", unit="batch", disable=not show,
+                            file=sys.stderr):
+            batch = {k: v.to(device) for k, v in collate(data, indices).items()}
             logits[indices] = model(**batch).logits.float().cpu()
     if examples.labels is not None:  # gold labels given: score them, listing any the model never saw
         try:
@@ -163,21 +148,17 @@ def predict(opts: Options) -> list[dict[str, Any]]:
     return results(logits, labels, opts.all_scores)
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(argv)
-    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
-    try:
-        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predict(opts))
-        if opts.output:
-            atomic_write_text(opts.output, lines)
-        else:
-            sys.stdout.write(lines)
-    except MinibertError as e:
-        if opts.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def run(opts: Options) -> int:
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predict(opts))
+    if opts.output:
+        atomic_write_text(opts.output, lines)
+    else:
+        sys.stdout.write(lines)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(lambda: parse_args(argv), run, argv)
 
 
 if __name__ == "__main__":

@@ -1,38 +1,52 @@
-"""The fine-tuning loop, by hand: AdamW, warmup then linear decay, clipping, accumulation, autocast, evaluation,
-checkpoints with exact resume, and DDP. The loop sees a module that returns `.loss` and `.logits`, nothing more.
+"""The training loop, by hand: AdamW, warmup then linear decay, clipping, accumulation, autocast, evaluation,
+checkpoints with exact resume, and DDP. It sees a module that returns `.loss`, training data that says which
+examples form each batch, and an evaluation that returns metrics; fine-tuning and pre-training share it.
 
-Exact resume: the batch order of an epoch is a function of (seed, epoch) alone (`data.length_grouped_batches`), so a
-checkpoint stores the position in the epoch instead of a sampler; with the optimizer, scheduler and RNG states,
-the steps after a resume are the steps the uninterrupted run would have taken, bit for bit on CPU.
+Exact resume: the batch order of an epoch is a function of (seed, epoch) alone, so a checkpoint stores the position
+in the epoch instead of a sampler; with the optimizer, scheduler and RNG states, the steps after a resume are the
+steps the uninterrupted run would have taken, bit for bit on CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import random
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
-from minibert import checkpoint
-from minibert.data import Encoded, collate, length_grouped_batches, sorted_batches
+from minibert import run_folder
+from minibert.devices import Dist, autocast_dtype, precision_name
 from minibert.errors import MinibertError
-from minibert.files import atomic_write_text
 
 logger = logging.getLogger("minibert")
+
+
+class TrainData(Protocol):
+    """What the loop needs of a training set: which examples form each batch of an epoch, and the batch itself."""
+
+    def epoch_batches(self, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> list[list[int]]:
+        """This rank's batches of `epoch`, a function of its arguments alone (so a resumed run sees the same)."""
+
+    def collate(self, indices: Sequence[int], key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        """The model inputs of one batch; `key` = (seed, epoch, batch number) seeds any randomness (MLM masking)."""
+
+
+# evaluate(model, d, amp) -> metrics; run on every rank (each evaluates its share and the results are gathered)
+Evaluate = Callable[[nn.Module, Dist, torch.dtype | None], dict[str, Any]]
+SaveModel = Callable[[Path], None]  # writes the model (and tokenizer) files into a folder
 
 
 @dataclass
@@ -52,62 +66,38 @@ class TrainOptions:
     save_every: int = 0
     keep_checkpoints: int = 2
     log_every: int = 10
-    pad_token_id: int = 0
-    problem_type: str = "single_label_classification"
+    best_metric: str = "f1"  # the evaluation metric that picks the model kept in best/
+    greater_is_better: bool = True
     resume: Path | None = None
     allow_resume_mismatch: bool = False
     fingerprint: dict[str, Any] = field(default_factory=dict)  # what must match for a resume to be exact
 
 
-# --- processes and devices ---------------------------------------------------------------------------------------
+@dataclass
+class RunState:
+    """Where the run is: what a checkpoint stores besides the model, optimizer, scheduler and RNG states."""
+
+    step: int = 0
+    epoch: int = 0  # the position of the next step: this epoch's `window`-th optimizer step
+    window: int = 0
+    best: dict[str, Any] | None = None
+    best_value: float = -math.inf
 
 
 @dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed() -> Dist:
-    """One process, or one of `torchrun`'s: join the group (nccl on GPUs, gloo on CPU) and pick this rank's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(int(os.environ.get("RANK", "0")), world_size, device)
+class Summary:
+    steps: int
+    best_metric: dict[str, float] | None
+    best_dir: Path | None
+    wall_s: float
+    samples_per_s: float
+    interrupted: bool
+    history: list[dict[str, Any]]
+    precision: str = "fp32"  # how the model computed: "bf16 autocast" or "fp32"
+    stop_signal: str | None = None  # SIGINT or SIGTERM when interrupted
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. `auto` takes bf16 where the hardware computes it natively:
-    GPUs with bf16, and CPUs with AVX512-BF16/AMX, where a MiniLM-L6 training step (batch 32x64) measured 429 ms
-    against 1000-1100 ms in fp32 (2-core AMD EPYC with avx512_bf16, torch 2.13)."""
-    if precision == "fp32":
-        return None
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
-    if precision == "bf16" and device.type == "cuda" and not native:
-        raise MinibertError("--precision bf16 needs a GPU with bf16 support; use --precision fp32.")
-    return torch.bfloat16 if precision == "bf16" or native else None
-
-
-# --- optimizer, schedule, metrics --------------------------------------------------------------------------------
+# --- optimizer and schedule --------------------------------------------------------------------------------------
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -126,52 +116,22 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> dict[str, float]:
-    """accuracy + macro-F1 (+ whether predictions collapsed to one class), or MSE + Pearson for regression."""
-    if problem_type == "regression":
-        pred, gold = logits.float().view(-1), labels.float().view(-1)
-        pearson = torch.corrcoef(torch.stack([pred, gold]))[0, 1].item() if len(gold) > 1 else float("nan")
-        return {"mse": torch.mean((pred - gold) ** 2).item(), "pearson": pearson}
-    if problem_type == "multi_label_classification":
-        pred, gold = logits > 0, labels > 0.5
-        accuracy = (pred == gold).all(dim=1).float().mean().item()
-        pairs = [(pred[:, c], gold[:, c]) for c in range(gold.shape[1])]
-        collapsed = False
-    else:
-        pred, gold = logits.argmax(-1), labels
-        accuracy = (pred == gold).float().mean().item()
-        classes = sorted(set(gold.tolist()) | set(pred.tolist()))
-        pairs = [(pred == c, gold == c) for c in classes]
-        collapsed = len(set(pred.tolist())) == 1 and len(set(gold.tolist())) > 1
-    f1s = []
-    for p, g in pairs:
-        tp, fp, fn = (p & g).sum().item(), (p & ~g).sum().item(), (~p & g).sum().item()
-        if tp + fp + fn:  # a class never present nor predicted has no F1 (as in scikit-learn's macro average)
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": accuracy, "f1": sum(f1s) / len(f1s) if f1s else 0.0, "collapsed": collapsed}
-
-
-def best_key(problem_type: str) -> tuple[str, float]:
-    """The metric that picks the best model, and +1 if higher is better, -1 if lower."""
-    return ("mse", -1.0) if problem_type == "regression" else ("f1", 1.0)
-
-
-# --- pieces of the loop ------------------------------------------------------------------------------------------
+# --- signals, RNG, resume checks ---------------------------------------------------------------------------------
 
 
 class StopRequest:
     """Ctrl-C / SIGTERM set a flag; the loop saves at the next step boundary and exits. A second Ctrl-C aborts."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested: signal.Signals | None = None
         self.previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this step "
-              "(Ctrl-C again to abort without saving).", file=sys.stderr, flush=True)
+        self.requested = signal.Signals(signum)
+        tqdm.write(f"\n{self.requested.name} received: saving a checkpoint at the end of this step "
+                   "(Ctrl-C again to abort without saving).", file=sys.stderr)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # signals can only be caught there
@@ -198,62 +158,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-class Progress:
-    """One line on a terminal, redrawn each step (loss, lr, samples/s, ETA); a plain line now and then otherwise."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.tty = total, enabled, sys.stderr.isatty()
-        self.start, self.samples = time.perf_counter(), 0
-
-    def update(self, step: int, loss: float, lr: float, samples: int, first_step: int) -> None:
-        self.samples += samples
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.start
-        rate = self.samples / max(elapsed, 1e-9)
-        eta = elapsed / max(step - first_step, 1) * (self.total - step)
-        width = 24
-        bar = "#" * (width * step // max(self.total, 1))
-        line = (f"[{bar:<{width}}] {step}/{self.total} loss {loss:.4f} lr {lr:.2e} {rate:.1f} samples/s "
-                f"ETA {eta // 60:.0f}m{eta % 60:02.0f}s")
-        if self.tty:
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        elif step % max(1, self.total // 10) == 0 or step == self.total:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Encoded, batch_size: int, opts: TrainOptions, d: Dist,
-             amp: torch.dtype | None) -> dict[str, float]:
-    """Loss and metrics over the whole evaluation set: each rank runs its share, the results are gathered."""
-    model.eval()
-    parts = []
-    for indices in sorted_batches(data.lengths, batch_size, d.rank, d.world_size):
-        batch = {k: v.to(d.device) for k, v in collate(data, indices, opts.pad_token_id).items()}
-        with torch.autocast(d.device.type, dtype=amp, enabled=amp is not None):
-            out = model(**batch)
-        parts.append((indices, out.logits.float().cpu(), out.loss.float().item() * len(indices)))
-    if d.world_size > 1:
-        gathered: list[Any] = [None] * d.world_size
-        dist.all_gather_object(gathered, parts)
-        parts = [p for rank_parts in gathered for p in rank_parts]
-    order = [i for indices, _, _ in parts for i in indices]
-    logits = torch.cat([lg for _, lg, _ in parts])[torch.argsort(torch.tensor(order))]
-    metrics = compute_metrics(logits, data.labels, opts.problem_type)
-    return {"loss": sum(loss for _, _, loss in parts) / len(data), **metrics}
-
-
-def forget_after(metrics_file: Path, step: int) -> None:
-    """Drop the log lines of steps after the checkpoint (a killed run got further), so each step is logged once."""
-    if metrics_file.is_file():
-        lines = metrics_file.read_text(encoding="utf-8").splitlines()
-        atomic_write_text(metrics_file, "".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
-
-
 def check_fingerprint(saved: dict[str, Any], now: dict[str, Any], allow: bool) -> None:
     differences = [f"{key} ({saved.get(key)!r} then, {now.get(key)!r} now)" for key in sorted(set(saved) | set(now))
                    if saved.get(key) != now.get(key)]
@@ -266,203 +170,209 @@ def check_fingerprint(saved: dict[str, Any], now: dict[str, Any], allow: bool) -
                    "run.", message)
 
 
-@dataclass
-class Summary:
-    steps: int
-    best_metric: dict[str, float] | None
-    best_dir: Path | None
-    wall_s: float
-    samples_per_s: float
-    interrupted: bool
-    history: list[dict[str, Any]]
+# --- the steps of an epoch ---------------------------------------------------------------------------------------
+
+
+def windows(data: TrainData, opts: TrainOptions, d: Dist, state: RunState,
+            epochs: int) -> Iterator[tuple[int, int, bool, list[list[int]]]]:
+    """(epoch, window, last of its epoch, batches) for each optimizer step from `state`'s position on: an epoch's
+    batches cut into windows of `grad_accum`, one optimizer step each."""
+    for epoch in range(state.epoch, epochs):
+        batches = data.epoch_batches(opts.batch_size, opts.seed, epoch, d.rank, d.world_size)
+        if not batches:
+            raise MinibertError(f"rank {d.rank} of {d.world_size} has no training batch; use fewer processes or more "
+                                "data.")
+        cut = [batches[i:i + opts.grad_accum] for i in range(0, len(batches), opts.grad_accum)]
+        first = state.window if epoch == state.epoch else 0
+        for w in range(first, len(cut)):
+            yield epoch, w, w == len(cut) - 1, cut[w]
+
+
+def forward_backward(net: nn.Module, data: TrainData, window: list[list[int]], key: tuple[int, int, int],
+                     d: Dist, amp: torch.dtype | None) -> torch.Tensor:
+    """Run one optimizer step's micro-batches forward and backward; -> the mean loss (a tensor, no sync)."""
+    loss_sum = torch.zeros((), device=d.device)
+    ddp = isinstance(net, nn.parallel.DistributedDataParallel)
+    for j, indices in enumerate(window):
+        seed, epoch, number = key
+        batch = {k: v.to(d.device) for k, v in data.collate(indices, (seed, epoch, number + j)).items()}
+        # DDP: all-reduce the gradients once per optimizer step, not once per micro-batch
+        sync = j == len(window) - 1 or not ddp
+        with contextlib.nullcontext() if sync else net.no_sync():
+            with torch.autocast(d.device.type, dtype=amp, enabled=amp is not None):
+                loss = net(**batch).loss.float() / len(window)
+            loss.backward()
+        loss_sum += loss.detach()
+    return loss_sum
+
+
+def share(loss: torch.Tensor, stop: StopRequest, d: Dist) -> tuple[float, bool]:
+    """One all-reduce carries the loss and any rank's stop request, so that all ranks stop at the same step."""
+    shared = torch.stack([loss, torch.tensor(float(stop.requested is not None), device=d.device)])
+    if d.world_size > 1:
+        dist.all_reduce(shared)
+    return shared[0].item() / d.world_size, shared[1].item() > 0
+
+
+def refuse_non_finite(loss: float, grad_norm: torch.Tensor, step: int, run_dir: Path) -> None:
+    if math.isfinite(loss) and torch.isfinite(grad_norm):
+        return
+    what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+    complete, _ = run_folder.list_checkpoints(run_dir)
+    kept = f"the last good checkpoint is {complete[-1]}" if complete else "no checkpoint was written"
+    raise MinibertError(f"the {what} is not finite at step {step + 1}, so the run stopped without applying it "
+                        f"({kept}); lower --lr, check --weight-decay, or check the data.")
+
+
+# --- checkpoints and evaluation ----------------------------------------------------------------------------------
+
+
+class Run:
+    """The run's files and the objects a checkpoint saves: the loop calls `log`, `evaluate` and `save`."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, opts: TrainOptions,
+                 save_model: SaveModel, d: Dist, fingerprint: dict[str, Any]) -> None:
+        self.model, self.optimizer, self.scheduler, self.opts = model, optimizer, scheduler, opts
+        self.save_model, self.d, self.fingerprint = save_model, d, fingerprint
+        self.dir = Path(opts.output_dir)
+        self.metrics_file = self.dir / run_folder.METRICS_FILE
+        self.history: list[dict[str, Any]] = []
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.d.main:
+            run_folder.append_metrics(self.metrics_file, record)
+
+    def resume(self, state: RunState) -> None:
+        """Load the checkpoint named by opts.resume into the optimizer, scheduler, RNG and `state`."""
+        ckpt = run_folder.find_checkpoint(Path(self.opts.resume))
+        saved = run_folder.load_state(ckpt)
+        check_fingerprint(saved["fingerprint"], self.fingerprint, self.opts.allow_resume_mismatch)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        rank = self.d.rank if self.d.rank < len(saved["rng"]) else 0
+        set_rng_state(saved["rng"][rank])
+        state.step, state.epoch, state.window = saved["step"], saved["epoch"], saved["window"]
+        state.best, state.best_value = saved["best"], saved["best_value"]
+        if self.d.main:
+            run_folder.forget_after(self.metrics_file, state.step)
+            tqdm.write(f"resumed from {ckpt} at step {state.step} (epoch {state.epoch + 1}, step {state.window} of "
+                       "it).", file=sys.stderr)
+
+    def save(self, state: RunState) -> None:
+        states: list[Any] = [rng_state()]
+        if self.d.world_size > 1:  # every rank's RNG, so that each one's dropout resumes exactly
+            states = [None] * self.d.world_size
+            dist.all_gather_object(states, rng_state())
+        if self.d.main:
+            saved = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "rng": states, **asdict(state), "fingerprint": self.fingerprint,
+                     "options": {k: str(v) for k, v in asdict(self.opts).items()}}
+            run_folder.save_checkpoint(self.dir, state.step, self.save_model, saved, self.opts.keep_checkpoints)
+        if self.d.world_size > 1:
+            dist.barrier()
+
+    def evaluate(self, evaluate: Evaluate | None, state: RunState, amp: torch.dtype | None) -> None:
+        """Evaluate, log, and keep the model in best/ when it is the best so far."""
+        if evaluate is None:
+            return
+        metrics = evaluate(self.model, self.d, amp)
+        self.log({"eval": metrics, "step": state.step, "epoch": state.epoch + 1})
+        if self.d.main:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not isinstance(v, bool))
+            collapsed = "  (predictions collapsed to one class)" if metrics.get("collapsed") else ""
+            tqdm.write(f"eval at step {state.step}: {shown}{collapsed}", file=sys.stderr)
+        value = metrics[self.opts.best_metric] * (1 if self.opts.greater_is_better else -1)
+        if value > state.best_value:
+            state.best, state.best_value = metrics, value
+            if self.d.main:
+                run_folder.save_model_folder(self.dir, "best", self.save_model, {"step": state.step,
+                                                                                 "metrics": metrics})
 
 
 # --- the loop ----------------------------------------------------------------------------------------------------
 
 
-def train(model: nn.Module, train_data: Encoded, eval_data: Encoded | None, opts: TrainOptions,
-          save_model: Callable[[Path], None], d: Dist | None = None, progress: bool = True) -> Summary:
-    """Fine-tune `model` in place. `save_model(folder)` writes the model (and tokenizer) files into a folder;
-    checkpoints, `best/`, `metrics.jsonl` and the plot go into `opts.output_dir` (rank 0 only)."""
+def train(model: nn.Module, data: TrainData, evaluate: Evaluate | None, opts: TrainOptions, save_model: SaveModel,
+          d: Dist | None = None, progress: bool = True) -> Summary:
+    """Train `model` in place. Checkpoints, `best/`, `metrics.jsonl` go into `opts.output_dir` (rank 0 writes them,
+    holding the folder's lock)."""
     d = d or Dist()
+    with run_folder.RunLock(Path(opts.output_dir)) if d.main else contextlib.nullcontext():
+        return _train(model, data, evaluate, opts, save_model, d, progress)
+
+
+def _train(model: nn.Module, data: TrainData, evaluate: Evaluate | None, opts: TrainOptions, save_model: SaveModel,
+           d: Dist, progress: bool) -> Summary:
     started = time.perf_counter()
-    run_dir = Path(opts.output_dir)
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     amp = autocast_dtype(opts.precision, d.device)
     model.to(d.device)
     # fused: one pass over each parameter instead of ~10 elementwise ops. On CPU (fused since torch 2.4) a MiniLM
     # step, dominated by its 11.7M-parameter word embedding, takes 17 ms instead of 77 ms (bench/README.md)
     optimizer = torch.optim.AdamW(param_groups(model, opts.weight_decay), lr=opts.lr,
                                   fused=d.device.type in ("cpu", "cuda"))
-    n_batches = len(length_grouped_batches(train_data.lengths, opts.batch_size, opts.seed, 0, d.rank, d.world_size))
-    steps_per_epoch = math.ceil(n_batches / opts.grad_accum)
+    n_batches = len(data.epoch_batches(opts.batch_size, opts.seed, 0, d.rank, d.world_size))
+    steps_per_epoch = max(1, math.ceil(n_batches / opts.grad_accum))
     total = opts.max_steps if opts.max_steps > 0 else opts.epochs * steps_per_epoch
     epochs = math.ceil(total / steps_per_epoch)
     scheduler = linear_schedule(optimizer, int(opts.warmup_ratio * total), total)
-    step, start_epoch, start_window, best, best_value = 0, 0, 0, None, -math.inf
     fingerprint = {**opts.fingerprint, "batch_size": opts.batch_size, "grad_accum": opts.grad_accum,
                    "world_size": d.world_size, "seed": opts.seed}
-
+    run = Run(model, optimizer, scheduler, opts, save_model, d, fingerprint)
+    state = RunState()
     if opts.resume is not None:
-        ckpt = checkpoint.find_checkpoint(Path(opts.resume))
-        state = checkpoint.load_state(ckpt)
-        check_fingerprint(state["fingerprint"], fingerprint, opts.allow_resume_mismatch)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
-        step, start_epoch, start_window = state["step"], state["epoch"], state["window"]
-        best, best_value = state["best"], state["best_value"]
-        if d.main:
-            forget_after(run_dir / "metrics.jsonl", step)
-            print(f"resumed from {ckpt} at step {step} (epoch {start_epoch + 1}, step {start_window} of it).",
-                  file=sys.stderr)
+        run.resume(state)
     else:
         torch.manual_seed(opts.seed + d.rank)  # dropout differs across ranks, as it would on one big batch
-
     net = model
     if d.world_size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda"
                                                   else None)
-    metrics_file = run_dir / "metrics.jsonl"
-    history: list[dict[str, Any]] = []
 
-    def log(record: dict[str, Any]) -> None:
-        history.append(record)
-        if d.main:
-            with open(metrics_file, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def save(epoch: int, window: int) -> None:
-        states: list[Any] = [rng_state()]
-        if d.world_size > 1:  # every rank's RNG, so that each one's dropout resumes exactly
-            states = [None] * d.world_size
-            dist.all_gather_object(states, rng_state())
-        if d.main:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": states,
-                     "step": step, "epoch": epoch, "window": window, "best": best, "best_value": best_value,
-                     "fingerprint": fingerprint, "options": {k: str(v) for k, v in asdict(opts).items()}}
-            checkpoint.save_checkpoint(run_dir, step, save_model, state, opts.keep_checkpoints)
-        if d.world_size > 1:
-            dist.barrier()
-
-    def run_eval(epoch: int) -> None:
-        nonlocal best, best_value
-        if eval_data is None:
-            return
-        metrics = evaluate(model, eval_data, opts.batch_size, opts, d, amp)
-        log({"eval": metrics, "step": step, "epoch": epoch + 1})
-        key, sign = best_key(opts.problem_type)
-        if d.main:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not isinstance(v, bool))
-            print(f"eval at step {step}: {shown}" + ("  (predictions collapsed to one class)"
-                                                     if metrics.get("collapsed") else ""), file=sys.stderr)
-        if sign * metrics[key] > best_value:
-            best, best_value = metrics, sign * metrics[key]
-            if d.main:
-                checkpoint.save_model_folder(run_dir, "best", save_model, {"step": step, "metrics": metrics})
-
-    bar = Progress(total, progress and d.main)
-    interrupted, first_step, recent = False, step, []
+    bar = tqdm(total=total, initial=state.step, desc="training", unit="step", disable=not (progress and d.main),
+               file=sys.stderr, dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    samples, recent = 0, []
+    interrupted: str | None = None
+    if state.step >= total:
+        tqdm.write(f"the run already took its {total} steps; nothing to do.", file=sys.stderr)
     with StopRequest() as stop:
-        for epoch in range(start_epoch, epochs):
-            next_pos = (epoch + 1, 0)
-            batches = length_grouped_batches(train_data.lengths, opts.batch_size, opts.seed, epoch, d.rank,
-                                             d.world_size)
-            windows = [batches[i:i + opts.grad_accum] for i in range(0, len(batches), opts.grad_accum)]
-            for w in range(start_window if epoch == start_epoch else 0, len(windows)):
-                net.train()
-                loss_sum = torch.zeros((), device=d.device)
-                for j, indices in enumerate(windows[w]):
-                    batch = {k: v.to(d.device) for k, v in collate(train_data, indices, opts.pad_token_id).items()}
-                    # DDP: all-reduce the gradients once per optimizer step, not once per micro-batch
-                    sync = j == len(windows[w]) - 1 or not isinstance(net, nn.parallel.DistributedDataParallel)
-                    with contextlib.nullcontext() if sync else net.no_sync():
-                        with torch.autocast(d.device.type, dtype=amp, enabled=amp is not None):
-                            loss = net(**batch).loss.float() / len(windows[w])
-                        loss.backward()
-                    loss_sum += loss.detach()
-                # one all-reduce carries the loss and any rank's stop request, so all ranks stop at the same step
-                shared = torch.stack([loss_sum, torch.tensor(float(stop.requested), device=d.device)])
-                if d.world_size > 1:
-                    dist.all_reduce(shared)
-                mean_loss, stop_now = shared[0].item() / d.world_size, shared[1].item() > 0
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                           opts.max_grad_norm if opts.max_grad_norm > 0 else math.inf)
-                if not math.isfinite(mean_loss) or not torch.isfinite(grad_norm):
-                    bar.close()
-                    what = f"loss {mean_loss}" if not math.isfinite(mean_loss) else f"gradient norm {grad_norm}"
-                    complete, _ = checkpoint.list_checkpoints(run_dir)
-                    kept = f"the last good checkpoint is {complete[-1]}" if complete else "no checkpoint was written"
-                    raise MinibertError(f"the {what} is not finite at step {step + 1}, so the run stopped without "
-                                        f"applying it ({kept}); lower --lr or check the data.")
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                lr = scheduler.get_last_lr()[0]
-                bar.update(step, mean_loss, lr, sum(map(len, windows[w])) * d.world_size, first_step)
-                recent.append(mean_loss)
-                if step % opts.log_every == 0 or step == total:  # the mean since the last line: a smoother curve
-                    log({"step": step, "epoch": epoch + 1, "loss": sum(recent) / len(recent), "lr": lr,
+        for epoch, w, last_in_epoch, window in windows(data, opts, d, state, epochs if state.step < total else 0):
+            net.train()
+            loss, stop_now = share(forward_backward(net, data, window, (opts.seed, epoch, w * opts.grad_accum), d,
+                                                    amp), stop, d)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                       opts.max_grad_norm if opts.max_grad_norm > 0 else math.inf)
+            refuse_non_finite(loss, grad_norm, state.step, run.dir)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.epoch, state.window = (epoch + 1, 0) if last_in_epoch else (epoch, w + 1)
+            lr = scheduler.get_last_lr()[0]
+            samples += sum(map(len, window)) * d.world_size
+            recent.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            if state.step % opts.log_every == 0 or state.step == total:  # the mean since the last line: smoother
+                run.log({"step": state.step, "epoch": epoch + 1, "loss": sum(recent) / len(recent), "lr": lr,
                          "grad_norm": grad_norm.item()})
-                    recent.clear()
-                mid_epoch = w + 1 < len(windows)  # the epoch's end evaluates and saves below
-                next_pos = (epoch, w + 1) if mid_epoch else (epoch + 1, 0)
-                eval_now = mid_epoch and opts.eval_every and step % opts.eval_every == 0
-                if eval_now:
-                    run_eval(epoch)
-                if eval_now or stop_now or (mid_epoch and opts.save_every and step % opts.save_every == 0):
-                    save(*next_pos)
-                if stop_now:
-                    bar.close()
-                    interrupted = True
-                    break
-                if step >= total:
-                    break
-            if interrupted:
+                recent.clear()
+            done = state.step >= total
+            evaluate_now = last_in_epoch or done or (opts.eval_every and state.step % opts.eval_every == 0)
+            if evaluate_now:
+                run.evaluate(evaluate, state, amp)
+            save_now = evaluate_now or stop_now or (opts.save_every and state.step % opts.save_every == 0)
+            if save_now:
+                run.save(state)
+            if stop_now:
+                interrupted = (stop.requested or signal.SIGTERM).name
                 break
-            run_eval(epoch)
-            save(*next_pos)
-            if step >= total:
+            if done:
                 break
     bar.close()
-    if eval_data is None and d.main and not interrupted:  # nothing to compare: the final model is the best one
-        checkpoint.save_model_folder(run_dir, "best", save_model, {"step": step, "metrics": None})
+    if evaluate is None and d.main and not interrupted:  # nothing to compare: the final model is the best one
+        run_folder.save_model_folder(run.dir, "best", save_model, {"step": state.step, "metrics": None})
     wall = time.perf_counter() - started
-    return Summary(step, best, run_dir / "best" if (run_dir / "best").is_dir() else None, wall,
-                   bar.samples / max(wall, 1e-9), interrupted, history)
-
-
-def plot_metrics(run_dir: Path) -> Path | None:
-    """A PNG of the training loss and the validation metrics from metrics.jsonl (None when matplotlib is missing)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no plot: matplotlib is not installed (pip install \"minibert[plot]\").", file=sys.stderr)
-        return None
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train = [r for r in records if "loss" in r and "eval" not in r]
-    evals = [r for r in records if "eval" in r]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
-    left.plot([r["step"] for r in evals], [r["eval"]["loss"] for r in evals], "o-", label="validation loss")
-    left.set_xlabel("step")
-    left.legend()
-    for key in ("accuracy", "f1", "mse", "pearson"):
-        points = [(r["step"], r["eval"][key]) for r in evals if key in r["eval"]]
-        if points:
-            right.plot(*zip(*points), "o-", label=key)
-    if not any("mse" in r["eval"] for r in evals):
-        right.set_ylim(0, 1.02)
-    right.set_xlabel("step")
-    right.set_title("validation")
-    right.legend()
-    path = run_dir / "metrics.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    best_dir = run.dir / "best" if (run.dir / "best").is_dir() else None
+    return Summary(state.step, state.best, best_dir, wall, samples / max(wall, 1e-9), interrupted is not None,
+                   run.history, precision_name(amp), interrupted)

@@ -9,17 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from minibert.data import (
-    Encoded,
-    Labels,
-    collate,
-    length_grouped_batches,
-    read_examples,
-    read_table,
-    sorted_batches,
-    split_off,
-)
+from minibert.batches import Encoded, collate, length_grouped_batches, sorted_batches
+from minibert.data import read_examples, read_table, split_off
 from minibert.errors import MinibertError
+from minibert.labels import Labels
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -220,7 +213,7 @@ def test_ranks_split_batches_evenly() -> None:
 
 def test_collate_pads_and_masks() -> None:
     data = Encoded([[2, 5, 3], [2, 3]], [[0, 0, 0], [0, 0]], torch.tensor([1, 0]))
-    batch = collate(data, [1, 0], pad_token_id=0)
+    batch = collate(data, [1, 0])
     assert batch["input_ids"].tolist() == [[2, 3, 0], [2, 5, 3]]
     assert batch["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
     assert batch["labels"].tolist() == [0, 1]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minibert import checkpoint, finetune, train
+from minibert import finetune, metrics, run_folder, train
 from minibert.errors import MinibertError
 from tests.tiny import sentiment_rows, write_csv, write_tiny_model
 
@@ -72,19 +72,22 @@ def interrupt_at_forward(monkeypatch: pytest.MonkeyPatch, n: int, sig: int = sig
 def test_interrupt_then_resume_matches_uninterrupted_run(setup, tmp_path, monkeypatch, capsys, sig) -> None:
     assert finetune.main(args(setup, tmp_path / "a")) == 0
     interrupt_at_forward(monkeypatch, 9, sig)  # step 5 of 12, inside the first epoch, first of two micro-batches
-    assert finetune.main(args(setup, tmp_path / "b")) == 0
+    assert finetune.main(args(setup, tmp_path / "b")) == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig]
     err = capsys.readouterr().err
-    assert f"{signal.Signals(sig).name} received" in err and "interrupted at step 5" in err
-    state = checkpoint.load_state(tmp_path / "b" / "checkpoint-5")
+    name = signal.Signals(sig).name
+    assert f"{name} received" in err
+    assert f"interrupted by {name} at step 5, checkpoint saved; continue with: python -m minibert.finetune --resume " \
+           f"{tmp_path / 'b'}" in err
+    state = run_folder.load_state(tmp_path / "b" / "checkpoint-5")
     assert (state["step"], state["epoch"], state["window"]) == (5, 0, 5)
     monkeypatch.undo()
-    assert finetune.main(args(setup, tmp_path / "b", "--resume", str(tmp_path / "b"))) == 0
+    assert finetune.main(["--resume", str(tmp_path / "b"), "--no-progress"]) == 0  # the run folder alone
     assert "resumed from" in capsys.readouterr().err
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert [b[s] for s in range(6, 13)] == [a[s] for s in range(6, 13)]  # exact, not approximate
     pa, pb = params(tmp_path / "a" / "checkpoint-12"), params(tmp_path / "b" / "checkpoint-12")
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
-    sa, sb = checkpoint.load_state(tmp_path / "a" / "checkpoint-12"), checkpoint.load_state(tmp_path / "b" /
+    sa, sb = run_folder.load_state(tmp_path / "a" / "checkpoint-12"), run_folder.load_state(tmp_path / "b" /
                                                                                             "checkpoint-12")
     assert sa["scheduler"] == sb["scheduler"]
     moments = zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values())
@@ -106,7 +109,7 @@ def test_checkpoints_are_complete_hf_folders_and_pruned(setup, tmp_path) -> None
     assert finetune.main(argv) == 0
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "eval" in r] == [5, 7, 10, 12]  # every 5 steps and at each epoch's end
-    complete, incomplete = checkpoint.list_checkpoints(tmp_path)
+    complete, incomplete = run_folder.list_checkpoints(tmp_path)
     assert [p.name for p in complete] == ["checkpoint-10", "checkpoint-12"] and not incomplete
     for folder in complete + [tmp_path / "best"]:
         names = {p.name for p in folder.iterdir()}
@@ -119,23 +122,23 @@ def test_checkpoints_are_complete_hf_folders_and_pruned(setup, tmp_path) -> None
 def test_find_checkpoint_skips_incomplete_ones(tmp_path, caplog) -> None:
     for name, complete in (("checkpoint-2", True), ("checkpoint-4", True), ("checkpoint-6", False)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / checkpoint.STATE_FILE).write_bytes(b"")
+        (tmp_path / name / run_folder.STATE_FILE).write_bytes(b"")
         if complete:
-            (tmp_path / name / checkpoint.MARKER).write_text("complete\n")
+            (tmp_path / name / run_folder.MARKER).write_text("complete\n")
     (tmp_path / ".tmp-checkpoint-8-123").mkdir()
-    assert checkpoint.find_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert run_folder.find_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
     assert "skipped incomplete checkpoint(s) .tmp-checkpoint-8-123, checkpoint-6" in caplog.text
     with pytest.raises(MinibertError, match="checkpoint-6 is an incomplete checkpoint"):
-        checkpoint.find_checkpoint(tmp_path / "checkpoint-6")
+        run_folder.find_checkpoint(tmp_path / "checkpoint-6")
     with pytest.raises(MinibertError, match="no complete checkpoint in"):
-        checkpoint.find_checkpoint(tmp_path / "checkpoint-2" / "nothing")
+        run_folder.find_checkpoint(tmp_path / "checkpoint-2" / "nothing")
 
 
 # --- hardening 14: SIGKILL while saving --------------------------------------------------------------------------
 
 KILL_DRIVER = """
 import sys, time, pathlib
-import minibert.checkpoint as c
+import minibert.run_folder as c
 real, calls = c.atomic_write_with, [0]
 def slow(path, write):
     calls[0] += 1
@@ -162,7 +165,7 @@ def test_sigkill_while_saving_keeps_previous_checkpoint(setup, tmp_path, capsys,
     finally:
         proc.kill()
         proc.wait()
-    complete, incomplete = checkpoint.list_checkpoints(out)
+    complete, incomplete = run_folder.list_checkpoints(out)
     assert [p.name for p in complete] == ["checkpoint-4"] and [p.name for p in incomplete] == [
         f".tmp-checkpoint-7-{proc.pid}"]
     assert finetune.main(args(setup, out, "--resume", str(out))) == 0
@@ -194,9 +197,9 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(setup, tmp_path, monke
     assert err[-1] == (f"error: no space left on the device while saving {out / 'checkpoint-7'}; free some space "
                        "and resume (the previous checkpoint is intact).")
     assert "Traceback" not in "\n".join(err)
-    complete, incomplete = checkpoint.list_checkpoints(out)
+    complete, incomplete = run_folder.list_checkpoints(out)
     assert [p.name for p in complete] == ["checkpoint-4"] and not incomplete and not list(out.glob(".tmp*"))
-    assert checkpoint.load_state(out / "checkpoint-4")["step"] == 4
+    assert run_folder.load_state(out / "checkpoint-4")["step"] == 4
     assert all(torch.isfinite(t).all() for t in params(out / "checkpoint-4").values())
 
 
@@ -205,19 +208,44 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(setup, tmp_path, monke
 
 def test_resume_with_other_batch_size_or_data_is_refused_unless_allowed(setup, tmp_path, capsys, caplog) -> None:
     out = tmp_path / "run"
-    assert finetune.main(args(setup, out, "--max-steps", "4")) == 0
+    assert finetune.main(args(setup, out, "--max-steps", "4", "--save-every", "2")) == 0
     capsys.readouterr()
-    argv = args(setup, out, "--resume", str(out), "--batch-size", "4")
+    argv = args(setup, out, "--max-steps", "4", "--resume", str(out), "--batch-size", "4")
     assert finetune.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == ("error: cannot resume exactly: the run differs from the checkpoint's: batch_size (8 then, 4 now); "
-                   "pass --allow-resume-mismatch to continue anyway.")
+    assert err == ("error: --batch-size 4 differs from the run's 8, so the resumed run would not continue the same "
+                   "one; resume with the same value, or pass --allow-resume-mismatch.")
     other = write_csv(tmp_path / "other.csv", sentiment_rows(100, seed=5))
-    argv = args(setup, out, "--resume", str(out)) + ["--train-file", str(other)]
+    argv = args(setup, out, "--max-steps", "4", "--resume", str(out)) + ["--train-file", str(other)]
     assert finetune.main(argv) == 1
-    assert "data (" in capsys.readouterr().err
-    assert finetune.main(args(setup, out, "--resume", str(out), "--batch-size", "4", "--allow-resume-mismatch")) == 0
+    assert f"--train-file {other} differs from the run's" in capsys.readouterr().err
+    # a run folder written before run_options.json existed: the loop's fingerprint still catches the change
+    (out / "run_options.json").unlink()
+    assert finetune.main(argv) == 1
+    assert "cannot resume exactly: the run differs from the checkpoint's: data (" in capsys.readouterr().err
+    assert finetune.main(args(setup, out, "--max-steps", "4", "--resume", str(out / "checkpoint-2"), "--batch-size",
+                              "4", "--allow-resume-mismatch")) == 0
     assert "resuming anyway" in caplog.text
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--lr", "0.001"), ("--max-steps", "20"), ("--epochs", "9"),
+                                             ("--seed", "7")])
+def test_resume_refuses_a_new_schedule_even_when_mismatch_is_allowed(setup, tmp_path, capsys, flag, value) -> None:
+    out = tmp_path / "run"
+    assert finetune.main(args(setup, out, "--max-steps", "4")) == 0
+    capsys.readouterr()
+    assert finetune.main(["--resume", str(out), flag, value, "--allow-resume-mismatch"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {flag} {value} differs from the run's ") and "learning-rate schedule" in err
+
+
+def test_resume_applies_a_harmless_change_with_a_warning(setup, tmp_path, capsys, caplog) -> None:
+    out = tmp_path / "run"
+    assert finetune.main(args(setup, out, "--max-steps", "6", "--save-every", "3")) == 0
+    assert finetune.main(["--resume", str(out / "checkpoint-3"), "--log-every", "3", "--no-progress"]) == 0
+    assert "--log-every changed from 1 to 3 for the rest of this run." in caplog.text
+    assert f"resumed from {out / 'checkpoint-3'} at step 3" in capsys.readouterr().err
+    assert sorted(losses(out)) == [1, 2, 3, 6]  # steps 4-6 logged once, every 3 steps from now on
 
 
 # --- hardening 18: a NaN loss stops the run, no NaN checkpoint -------------------------------------------------
@@ -243,8 +271,8 @@ def test_nan_loss_stops_without_writing_nan(setup, tmp_path, monkeypatch, capsys
     assert finetune.main(args(setup, out, "--save-every", "3")) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"error: the loss nan is not finite at step 7, so the run stopped without applying it (the last "
-                   f"good checkpoint is {out / 'checkpoint-6'}); lower --lr or check the data.")
-    complete, _ = checkpoint.list_checkpoints(out)
+                   f"good checkpoint is {out / 'checkpoint-6'}); lower --lr, check --weight-decay, or check the data.")
+    complete, _ = run_folder.list_checkpoints(out)
     assert [p.name for p in complete] == ["checkpoint-3", "checkpoint-6"]
     for folder in complete + [out / "best"] if (out / "best").exists() else complete:
         assert all(torch.isfinite(t).all() for t in params(folder).values())
@@ -278,9 +306,9 @@ def test_schedule_warms_up_then_decays_to_zero() -> None:
 
 def test_metrics() -> None:
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 2.0]])
-    m = train.compute_metrics(logits, torch.tensor([0, 1, 1, 1]), "single_label_classification")
+    m = metrics.compute_metrics(logits, torch.tensor([0, 1, 1, 1]), "single_label_classification")
     assert m["accuracy"] == 0.75 and m["f1"] == pytest.approx((2 / 3 + 0.8) / 2) and not m["collapsed"]
-    m = train.compute_metrics(torch.tensor([[1.0, 0], [2, 0]]), torch.tensor([0, 1]), "single_label_classification")
+    m = metrics.compute_metrics(torch.tensor([[1.0, 0], [2, 0]]), torch.tensor([0, 1]), "single_label_classification")
     assert m["collapsed"]
-    m = train.compute_metrics(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([1.0, 2.0, 4.0]), "regression")
+    m = metrics.compute_metrics(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([1.0, 2.0, 4.0]), "regression")
     assert m["mse"] == pytest.approx(1 / 3) and m["pearson"] == pytest.approx(0.9819805)
