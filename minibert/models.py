@@ -429,20 +429,25 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
 
 
 class MaskedLMHead(nn.Module):
-    """dense -> activation -> LayerNorm -> decoder. The decoder's weight IS the word-embedding matrix (tied, as in
-    every BERT checkpoint); only its bias is this head's own."""
+    """dense -> activation -> LayerNorm -> decoder. With `tie_word_embeddings` (the default, and every released BERT)
+    the decoder's weight IS the word-embedding matrix and only its bias is this head's own; untied, the head owns a
+    decoder matrix of the same shape (`cls.predictions.decoder.weight`)."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = activation(config.hidden_act)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
+                                                                         bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        """hidden (..., hidden), word_embeddings (vocab, hidden) -> logits (..., vocab)."""
+        """hidden (..., hidden), word_embeddings (vocab, hidden) -> logits (..., vocab). `word_embeddings` is the
+        decoder weight when tied, and unused when the head has its own."""
         hidden = self.norm(self.act(self.dense(hidden)))
-        return F.linear(hidden, word_embeddings, self.bias)
+        weight = word_embeddings if self.decoder is None else self.decoder.weight
+        return F.linear(hidden, weight, self.bias)
 
 
 class BertForMaskedLM(BertPreTrainedModel):

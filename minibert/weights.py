@@ -81,18 +81,21 @@ HEAD_TABLE: list[tuple[str, str]] = [
     ("mlm.norm.weight", "cls.predictions.transform.LayerNorm.weight"),
     ("mlm.norm.bias", "cls.predictions.transform.LayerNorm.bias"),
     ("mlm.bias", "cls.predictions.bias"),
+    ("mlm.decoder.weight", "cls.predictions.decoder.weight"),  # only when tie_word_embeddings is false
     ("nsp.weight", "cls.seq_relationship.weight"),
     ("nsp.bias", "cls.seq_relationship.bias"),
 ]
 
-# In checkpoints, never loaded: buffers HF saved in some versions, and the MLM decoder, which is tied to the word
-# embeddings (its bias is a second copy of cls.predictions.bias).
+# In checkpoints, never loaded: buffers HF saved in some versions, and the MLM decoder's bias (a second copy of
+# cls.predictions.bias, tied to it by transformers).
 IGNORED = {
     "embeddings.position_ids",
     "embeddings.token_type_ids",
-    "cls.predictions.decoder.weight",
     "cls.predictions.decoder.bias",
 }
+# Also never loaded when tie_word_embeddings is true: the decoder matrix, which transformers replaces by the word
+# embeddings (older checkpoints store a copy of them).
+TIED_DECODER = "cls.predictions.decoder.weight"
 
 
 HEAD_HF_NAMES = {hf for _, hf in HEAD_TABLE}
@@ -129,10 +132,12 @@ def _as_tuple(names: str | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def normalise_names(
-    state: dict[str, torch.Tensor], with_prefix: bool
+    state: dict[str, torch.Tensor], with_prefix: bool, tied: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Bring the dialects of real checkpoints to one: TF-era LayerNorm `gamma`/`beta`, and the base model's
-    tensors with a "bert." prefix (checkpoints of a model with a head) or without (a bare BertModel).
+    """Bring the dialects of real checkpoints to one: TF-era LayerNorm `gamma`/`beta`, the base model's
+    tensors with a "bert." prefix (checkpoints of a model with a head) or without (a bare BertModel), and the
+    MLM output bias: `cls.predictions.bias` when the decoder is `tied`, else the decoder's own bias (what
+    transformers computes with; its `cls.predictions.bias` is then unused), each falling back on the other.
     Returns the renamed tensors and, for error messages, each new name's name in the file."""
     out: dict[str, torch.Tensor] = {}
     in_file: dict[str, str] = {}
@@ -151,7 +156,7 @@ def normalise_names(
                                 "it is ambiguous, keep one of the two.")
         out[name] = tensor
         in_file[name] = original
-    if "cls.predictions.bias" not in out and "cls.predictions.decoder.bias" in out:
+    if "cls.predictions.decoder.bias" in out and (not tied or "cls.predictions.bias" not in out):
         out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"]
         in_file["cls.predictions.bias"] = in_file["cls.predictions.decoder.bias"]
     return out, in_file
@@ -164,7 +169,8 @@ def load_hf_state_dict(
     model: BertPreTrainedModel, state: dict[str, torch.Tensor], ignore_mismatched_sizes: bool = False
 ) -> None:
     """Copy HF-named tensors into `model`, strictly. Missing heads are left as initialised and named in the log."""
-    state, in_file = normalise_names(state, with_prefix=hasattr(model, "bert"))
+    tied = model.config.tie_word_embeddings
+    state, in_file = normalise_names(state, with_prefix=hasattr(model, "bert"), tied=tied)
     params = dict(model.named_parameters())
     used: set[str] = set()
     initialised: list[str] = []
@@ -202,7 +208,8 @@ def load_hf_state_dict(
                                     "file is corrupt or from a diverged run, use another checkpoint.")
         with torch.no_grad():
             param.copy_(tensor)
-    unexpected = [n for n in state if n not in used and n not in IGNORED and not n.endswith(".position_ids")]
+    ignored = IGNORED | ({TIED_DECODER} if tied else set())
+    unexpected = [n for n in state if n not in used and n not in ignored and not n.endswith(".position_ids")]
     unknown = [n for n in unexpected if not _is_head_name(n)]
     if unknown:
         raise MinibertError(
@@ -233,6 +240,8 @@ def to_hf_state_dict(model: BertPreTrainedModel) -> dict[str, torch.Tensor]:
         tensor = params[ours].detach()
         for name, part in zip(hf_names, tensor.chunk(len(hf_names), dim=0)):
             out[name] = part.contiguous().cpu()
+    if TIED_DECODER in out:  # untied: transformers computes with the decoder's own bias, so it must be in the file
+        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
     return out
 
 

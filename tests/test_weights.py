@@ -387,3 +387,45 @@ def test_config_roundtrip_with_transformers(tmp_path):
     back = transformers.BertConfig.from_pretrained(tmp_path)
     assert back.id2label == {0: "neg", 1: "pos"} and back.problem_type == "single_label_classification"
     assert back.hidden_size == 64 and back.classifier_dropout == 0.3
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "BertForPreTraining"])
+def test_mlm_decoder_tied_and_untied_load_and_save_like_transformers(tmp_path, name, tied):
+    """tie_word_embeddings=False gives the MLM head its own decoder matrix: loaded from transformers' file, used
+    in the logits, and written back so that transformers reloads it to the same logits."""
+    ref = hf_model(name, tie_word_embeddings=tied, **TINY)
+    decoder = ref.cls.predictions.decoder.weight
+    assert (decoder is ref.bert.embeddings.word_embeddings.weight) == tied
+    ref.save_pretrained(tmp_path / "hf")
+    ours = getattr(minibert, name).from_pretrained(tmp_path / "hf")
+    ids, mask, types = padded_batch(TINY["vocab_size"], [7, 3])
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask, token_type_ids=types).prediction_logits \
+            if name == "BertForPreTraining" else ref(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        got = ours(ids, mask, types)
+    got = got.prediction_logits if name == "BertForPreTraining" else got.logits
+    assert_close_on_tokens(got, expected, mask)
+    assert (ours.mlm.decoder is None) == tied
+
+    ours.save_pretrained(tmp_path / "ours")
+    assert ("cls.predictions.decoder.weight" in load_file(tmp_path / "ours" / "model.safetensors")) == (not tied)
+    again, info = getattr(transformers, name).from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    assert again.config.tie_word_embeddings == tied
+    torch.testing.assert_close(again.cls.predictions.decoder.weight, decoder, atol=0, rtol=0)
+    with torch.no_grad():
+        reloaded = again.eval()(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    reloaded = reloaded.prediction_logits if name == "BertForPreTraining" else reloaded.logits
+    assert_close_on_tokens(reloaded, expected, mask)
+
+
+def test_untied_mlm_model_from_scratch_has_its_own_decoder():
+    """Built from a config (no checkpoint), an untied head's decoder is a separate, trained parameter."""
+    model = minibert.BertForMaskedLM(minibert.BertConfig(**TINY, tie_word_embeddings=False))
+    names = {n for n, _ in model.named_parameters()}
+    assert "mlm.decoder.weight" in names
+    assert model.mlm.decoder.weight.data_ptr() != model.bert.embeddings.word.weight.data_ptr()
+    ids, mask, _ = padded_batch(TINY["vocab_size"], [5])
+    model(ids, mask).logits.sum().backward()
+    assert model.mlm.decoder.weight.grad is not None and model.mlm.decoder.weight.grad.abs().sum() > 0
