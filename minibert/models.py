@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from minibert import weights
+from minibert import checkpoint_files, weights
 from minibert.attention import AttentionPlan, check_attn_impl, plan_attention
 from minibert.config import BertConfig
 from minibert.embeddings import BertEmbeddings
@@ -102,10 +102,13 @@ class BertPreTrainedModel(nn.Module):
         if unknown:
             raise MinibertError(f"{cls.__name__}.from_pretrained got unknown option(s) {', '.join(unknown)}; "
                                 "options other than the loading ones must be BertConfig fields.")
-        folder = weights.resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
+        folder = checkpoint_files.resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
         config = BertConfig.from_json(folder.config_file, **config_overrides)
+        shapes = checkpoint_files.read_shapes(folder.weight_files)
+        if shapes is not None:  # a config that does not fit is refused before its model is allocated
+            weights.check_config_fits(shapes, config)
         model = cls(config, **model_kwargs)
-        state = weights.read_state_dict(folder.weight_files)
+        state = checkpoint_files.read_state_dict(folder.weight_files)
         weights.load_hf_state_dict(model, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
         if dtype is not None:
             model.to(dtype)
@@ -115,10 +118,10 @@ class BertPreTrainedModel(nn.Module):
         """Write config.json and model.safetensors in HF names, each file atomically."""
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
-        weights.save_safetensors(weights.to_hf_state_dict(self), path / weights.SAFETENSORS_FILE)
+        checkpoint_files.save_safetensors(weights.to_hf_state_dict(self), path / checkpoint_files.SAFETENSORS_FILE)
         config = self.config.to_dict()
         config["architectures"] = [type(self).__name__]
-        weights.save_config(config, path / weights.CONFIG_FILE)
+        checkpoint_files.save_config(config, path / checkpoint_files.CONFIG_FILE)
 
 
 class Pooler(nn.Module):

@@ -244,6 +244,12 @@ def test_config_that_does_not_fit_the_weights(saved):
     config["vocab_size"] = 120
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(MinibertError, match=r"'bert.embeddings.word_embeddings.weight' has shape \(99, 32\) in the "
+                                            r"checkpoint, but config.json's vocab_size=120 needs \(120, 32\); check"):
+        minibert.BertModel.from_pretrained(saved)
+    # a .bin has no header to check first: the loader names the tensor itself
+    torch.save(load_file(saved / "model.safetensors"), saved / "pytorch_model.bin")
+    (saved / "model.safetensors").unlink()
+    with pytest.raises(MinibertError, match=r"'bert.embeddings.word_embeddings.weight' has shape \(99, 32\) in the "
                                             r"checkpoint but the model expects \(120, 32\); check that config.json"):
         minibert.BertModel.from_pretrained(saved)
 
@@ -270,6 +276,11 @@ def test_missing_layer_is_named(saved):
     config = json.loads((saved / "config.json").read_text())
     config["num_hidden_layers"] = 3
     (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MinibertError, match=r"num_hidden_layers=3 but the checkpoint has 2 layers \(no tensor "
+                                            r"'encoder.layer.2.…', last 'bert.encoder.layer.1.output.dense.weight'\)"):
+        minibert.BertModel.from_pretrained(saved)
+    torch.save(load_file(saved / "model.safetensors"), saved / "pytorch_model.bin")
+    (saved / "model.safetensors").unlink()
     with pytest.raises(MinibertError, match="no tensor 'encoder.layer.2.attention.self.query.weight'"):
         minibert.BertModel.from_pretrained(saved)
 
@@ -308,7 +319,7 @@ def test_save_is_atomic(saved, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("minibert.weights.save_file", crash)
+    monkeypatch.setattr("minibert.checkpoint_files.save_file", crash)
     with pytest.raises(KeyboardInterrupt):
         model.save_pretrained(saved)
     assert (saved / "model.safetensors").read_bytes() == before
@@ -429,3 +440,33 @@ def test_untied_mlm_model_from_scratch_has_its_own_decoder():
     ids, mask, _ = padded_batch(TINY["vocab_size"], [5])
     model(ids, mask).logits.sum().backward()
     assert model.mlm.decoder.weight.grad is not None and model.mlm.decoder.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_hidden_layers", 10_000, r"num_hidden_layers=10000 but the checkpoint has 2 layers"),
+    ("num_hidden_layers", 1, r"has tensor 'bert.encoder.layer.1.output.dense.weight' but config.json's "
+                             r"num_hidden_layers=1"),
+    ("hidden_size", 32_768, r"'bert.embeddings.word_embeddings.weight' has shape \(99, 32\) .* hidden_size=32768"),
+    ("intermediate_size", 1_000_000, r"'bert.encoder.layer.0.intermediate.dense.weight' has shape \(37, 32\) .* "
+                                     r"intermediate_size=1000000"),
+    ("max_position_embeddings", 10_000_000, r"'bert.embeddings.position_embeddings.weight' .* "
+                                            r"max_position_embeddings=10000000"),
+])
+def test_config_that_does_not_fit_is_refused_before_allocating(saved, monkeypatch, field, value, message):
+    """The safetensors header is checked against config.json before the model is built: a config asking for
+    10000 layers (about 70 GB at MiniLM's shapes) is refused at once, and no layer is ever allocated."""
+    import time
+
+    def no_layers(*args, **kwargs):
+        raise AssertionError("an encoder layer was built before the config was checked against the weights")
+
+    monkeypatch.setattr(minibert.encoder.EncoderLayer, "__init__", no_layers)
+    config = json.loads((saved / "config.json").read_text())
+    config[field] = value
+    if field == "hidden_size":
+        config["num_attention_heads"] = 1
+    (saved / "config.json").write_text(json.dumps(config))
+    start = time.perf_counter()
+    with pytest.raises(MinibertError, match=message):
+        minibert.BertModel.from_pretrained(saved)
+    assert time.perf_counter() - start < 0.5
