@@ -371,35 +371,6 @@ def test_hub_download_cache_offline_and_errors(tmp_path, saved):
         in not_cached
 
 
-# --- config --------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("fields,message", [
-    ({"hidden_size": 10, "num_attention_heads": 3}, "divisible by num_attention_heads"),
-    ({"hidden_act": "swish"}, "hidden_act 'swish' is not supported"),
-    ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
-    ({"vocab_size": -3}, "vocab_size must be a positive integer"),
-    ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key' is not supported"),
-    ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob must be in"),
-])
-def test_config_validation(fields, message):
-    with pytest.raises(MinibertError, match=message):
-        minibert.BertConfig(**fields)
-
-
-def test_config_roundtrip_with_transformers(tmp_path):
-    hf = transformers.BertConfig(hidden_size=64, num_attention_heads=4, id2label={0: "neg", 1: "pos"},
-                                 classifier_dropout=0.3, problem_type="single_label_classification")
-    hf.save_pretrained(tmp_path)
-    ours = minibert.BertConfig.from_json(tmp_path / "config.json")
-    assert (ours.hidden_size, ours.num_labels, ours.id2label, ours.label2id, ours.classifier_dropout) == \
-        (64, 2, {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}, 0.3)
-    ours.to_json(tmp_path / "config.json")
-    back = transformers.BertConfig.from_pretrained(tmp_path)
-    assert back.id2label == {0: "neg", 1: "pos"} and back.problem_type == "single_label_classification"
-    assert back.hidden_size == 64 and back.classifier_dropout == 0.3
-
-
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 @pytest.mark.parametrize("name", ["BertForMaskedLM", "BertForPreTraining"])
 def test_mlm_decoder_tied_and_untied_load_and_save_like_transformers(tmp_path, name, tied):
