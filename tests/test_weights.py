@@ -70,8 +70,11 @@ def test_the_original_bert_checkpoint_layout(tmp_path, pretraining_ref):
     got_base, _ = base_outputs(base)
     expected_base, mask = base_outputs(pretraining_ref.bert)
     assert_close_on_tokens(got_base.last_hidden_state, expected_base.last_hidden_state, mask)
-    minibert.BertForMaskedLM.from_pretrained(folder)
-    minibert.BertForNextSentencePrediction.from_pretrained(folder)
+    with torch.no_grad():
+        mlm = minibert.BertForMaskedLM.from_pretrained(folder)(ids, mask, types).logits
+        nsp = minibert.BertForNextSentencePrediction.from_pretrained(folder)(ids, mask, types).logits
+    assert_close_on_tokens(mlm, expected.prediction_logits, mask)
+    torch.testing.assert_close(nsp, expected.seq_relationship_logits, atol=ATOL, rtol=0)
 
 
 def test_base_checkpoint_without_prefix_into_a_head_model(tmp_path, caplog):
@@ -156,12 +159,19 @@ def test_sharded_safetensors(tmp_path):
                                ref(input_ids=ids, attention_mask=mask, token_type_ids=types).logits, mask)
 
 
-def test_safetensors_preferred_over_bin(tmp_path):
+def test_safetensors_preferred_over_bin(tmp_path, monkeypatch):
     """Both formats present: safetensors wins, and the .bin is never opened (here it is garbage)."""
     ref = hf_model("BertModel", **TINY)
     ref.save_pretrained(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes(b"not a pickle at all")
-    minibert.BertModel.from_pretrained(tmp_path)
+
+    def no_torch_load(*args, **kwargs):
+        raise AssertionError("pytorch_model.bin was opened although model.safetensors is there")
+
+    monkeypatch.setattr(torch, "load", no_torch_load)
+    got, mask = base_outputs(minibert.BertModel.from_pretrained(tmp_path))
+    expected, _ = base_outputs(ref)
+    assert_close_on_tokens(got.last_hidden_state, expected.last_hidden_state, mask)
 
 
 # --- errors a user can make --------------------------------------------------------------------------------------
