@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -115,15 +115,16 @@ def _as_tuple(names: str | tuple[str, ...]) -> tuple[str, ...]:
 # --- dialects ------------------------------------------------------------------------------------------------
 
 
-def normalise_names(
-    state: dict[str, torch.Tensor], with_prefix: bool, tied: bool = True
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+T = TypeVar("T")  # a tensor, or only its shape (a safetensors header)
+
+
+def normalise_names(state: dict[str, T], with_prefix: bool, tied: bool = True) -> tuple[dict[str, T], dict[str, str]]:
     """Bring the dialects of real checkpoints to one: TF-era LayerNorm `gamma`/`beta`, the base model's
     tensors with a "bert." prefix (checkpoints of a model with a head) or without (a bare BertModel), and the
     MLM output bias: `cls.predictions.bias` when the decoder is `tied`, else the decoder's own bias (what
     transformers computes with; its `cls.predictions.bias` is then unused), each falling back on the other.
     Returns the renamed tensors and, for error messages, each new name's name in the file."""
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, T] = {}
     in_file: dict[str, str] = {}
     for original, tensor in state.items():
         name = original
