@@ -18,8 +18,54 @@ from minibert.errors import MinibertError
 
 logger = logging.getLogger("minibert")
 
-ACTIVATIONS = ("gelu", "gelu_new", "relu", "gelu_pytorch_tanh")
+# Every stateless `hidden_act` of transformers' ACT2FN (computed in encoder.ACTIVATION_FUNCTIONS); the two with
+# learned parameters are refused, with the reason.
+ACTIVATIONS = ("gelu", "gelu_python", "gelu_new", "gelu_accurate", "gelu_python_tanh", "gelu_pytorch_tanh",
+               "gelu_fast", "gelu_10", "quick_gelu", "relu", "relu2", "relu6", "leaky_relu", "hardswish", "silu",
+               "swish", "mish", "tanh", "sigmoid", "sqrtsoftplus", "laplace", "linear")
+LEARNED_ACTIVATIONS = ("prelu", "xielu")
+# "absolute" is BERT's learned table; "sinusoidal" is minibert's own option. transformers < 5 also had
+# "relative_key" and "relative_key_query" (extra distance embeddings in the attention): refused.
 POSITION_EMBEDDING_TYPES = ("absolute", "sinusoidal")
+
+# config.json fields (beyond the dataclass's) with which transformers builds another model than a BERT encoder:
+# field -> (the values minibert accepts, what another value would make). Any other value is refused.
+UNIMPLEMENTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "is_decoder": ((False, None), "a causal (left-to-right) decoder"),
+    "add_cross_attention": ((False, None), "cross-attention layers over an encoder's output"),
+    "is_encoder_decoder": ((False, None), "an encoder-decoder model"),
+    "pruned_heads": (({}, None), "layers with pruned attention heads"),
+}
+
+# config.json fields of transformers' BertConfig that leave the computed values unchanged, and why: accepted,
+# kept in `extra` and written back.
+NO_EFFECT_FIELDS: dict[str, str] = {
+    "chunk_size_feed_forward": "the feed-forward runs in chunks of tokens; same values, less peak memory",
+    "use_cache": "a decoder's key/value cache; an encoder has none",
+    "output_attentions": "a default for returning attention probabilities; ours is a forward argument",
+    "output_hidden_states": "a default for returning hidden states; ours is a forward argument",
+    "return_dict": "tuples or output objects; ours are output objects",
+    "torchscript": "untied copies for TorchScript export (transformers < 5)",
+    "dtype": "the stored precision; minibert loads float32 unless from_pretrained(dtype=...) asks otherwise",
+    "torch_dtype": "the stored precision (older name of dtype)",
+    "bos_token_id": "generation only",
+    "eos_token_id": "generation only",
+    "sep_token_id": "generation only",
+    "decoder_start_token_id": "generation only",
+    "tie_encoder_decoder": "encoder-decoder models only",
+    "cross_attention_hidden_size": "cross-attention only",
+    "gradient_checkpointing": "memory during training, not values",
+    "attn_implementation": "which attention kernel; every kernel computes the same values",
+    "use_bfloat16": "a TF-era storage hint",
+    "architectures": "metadata",
+    "transformers_version": "metadata",
+    "model_type": "metadata (another model_type is warned about)",
+    "_name_or_path": "metadata",
+    "finetuning_task": "metadata",
+    "tokenizer_class": "metadata",
+    "prefix": "generation only",
+    "task_specific_params": "pipelines only",
+}
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 # config.json fields that would make transformers run or fetch code: we never act on them, and say so once.
@@ -40,7 +86,7 @@ class BertConfig:
     type_vocab_size: int = 2
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0
     position_embedding_type: str = "absolute"
     classifier_dropout: float | None = None
     # heads
@@ -76,6 +122,9 @@ class BertConfig:
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads}); change one of them so each head gets a whole number of dimensions."
             )
+        if self.hidden_act in LEARNED_ACTIVATIONS:
+            raise MinibertError(f"hidden_act {self.hidden_act!r} is not supported: it has learned parameters, which "
+                                "minibert does not load; use a stateless activation such as gelu.")
         if self.hidden_act not in ACTIVATIONS:
             raise MinibertError(
                 f"hidden_act {self.hidden_act!r} is not supported; use one of {', '.join(ACTIVATIONS)}."
@@ -96,7 +145,12 @@ class BertConfig:
             raise MinibertError(f"classifier_dropout must be in [0, 1) or null, got {self.classifier_dropout!r}.")
         if not self.layer_norm_eps > 0:
             raise MinibertError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}.")
-        if not 0 <= self.pad_token_id < self.vocab_size:
+        for name, (accepted, makes) in UNIMPLEMENTED_FIELDS.items():
+            if name in self.extra and self.extra[name] not in accepted:
+                raise MinibertError(f"config field {name}={self.extra[name]!r} is not implemented: it makes "
+                                    f"{makes}, and minibert runs BERT encoders only; use transformers for it.")
+        if self.pad_token_id is not None and not (isinstance(self.pad_token_id, int)
+                                                  and 0 <= self.pad_token_id < self.vocab_size):
             raise MinibertError(f"pad_token_id {self.pad_token_id} is outside the vocabulary (size {self.vocab_size}).")
         if len(self.id2label) != self.num_labels:
             raise MinibertError(f"id2label has {len(self.id2label)} entries but num_labels is {self.num_labels}.")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -11,15 +15,61 @@ from minibert.attention import AttentionPlan, SelfAttention
 from minibert.config import BertConfig
 
 
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf((x - mu).div(sigma * math.sqrt(2.0))))
+
+
+# Every stateless `hidden_act` of transformers' ACT2FN, written as transformers computes it (so that values agree to
+# the last bit where transformers writes a formula out, rather than calling a fused torch kernel for it).
+# `prelu` and `xielu` carry learned parameters and are refused by `BertConfig`.
+ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_python": lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))),
+    "gelu_new": _gelu_tanh,
+    "gelu_accurate": _gelu_tanh,
+    "gelu_python_tanh": lambda x: x * 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi)
+                                                              * (x + 0.044715 * torch.pow(x, 3.0)))),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "gelu_10": lambda x: torch.clip(F.gelu(x), -10, 10),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "relu2": lambda x: torch.square(F.relu(x)),
+    "relu6": F.relu6,
+    "leaky_relu": F.leaky_relu,
+    "hardswish": F.hardswish,
+    "silu": F.silu,
+    "swish": F.silu,
+    "mish": F.mish,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
+    "laplace": _laplace,
+    "linear": lambda x: x,
+}
+
+
+class Activation(nn.Module):
+    """The `hidden_act` named in the config (one of `ACTIVATION_FUNCTIONS`)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.fn = ACTIVATION_FUNCTIONS[name]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
 def activation(name: str) -> nn.Module:
-    """HF's `hidden_act` names. `gelu` is the exact erf form; `gelu_new` and `gelu_pytorch_tanh` are both the tanh
-    approximation (HF writes the former out by hand, the latter calls torch; they agree to float rounding)."""
-    return {
-        "gelu": nn.GELU(),
-        "gelu_new": nn.GELU(approximate="tanh"),
-        "gelu_pytorch_tanh": nn.GELU(approximate="tanh"),
-        "relu": nn.ReLU(),
-    }[name]
+    return Activation(name)
 
 
 class FeedForward(nn.Module):

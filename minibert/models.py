@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from minibert import weights
+from minibert import checkpoint_files, weights
 from minibert.attention import AttentionPlan, check_attn_impl, plan_attention
 from minibert.config import BertConfig
 from minibert.embeddings import BertEmbeddings
@@ -102,10 +102,13 @@ class BertPreTrainedModel(nn.Module):
         if unknown:
             raise MinibertError(f"{cls.__name__}.from_pretrained got unknown option(s) {', '.join(unknown)}; "
                                 "options other than the loading ones must be BertConfig fields.")
-        folder = weights.resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
+        folder = checkpoint_files.resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
         config = BertConfig.from_json(folder.config_file, **config_overrides)
+        shapes = checkpoint_files.read_shapes(folder.weight_files)
+        if shapes is not None:  # a config that does not fit is refused before its model is allocated
+            weights.check_config_fits(shapes, config)
         model = cls(config, **model_kwargs)
-        state = weights.read_state_dict(folder.weight_files)
+        state = checkpoint_files.read_state_dict(folder.weight_files)
         weights.load_hf_state_dict(model, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
         if dtype is not None:
             model.to(dtype)
@@ -115,10 +118,10 @@ class BertPreTrainedModel(nn.Module):
         """Write config.json and model.safetensors in HF names, each file atomically."""
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
-        weights.save_safetensors(weights.to_hf_state_dict(self), path / weights.SAFETENSORS_FILE)
+        checkpoint_files.save_safetensors(weights.to_hf_state_dict(self), path / checkpoint_files.SAFETENSORS_FILE)
         config = self.config.to_dict()
         config["architectures"] = [type(self).__name__]
-        weights.save_config(config, path / weights.CONFIG_FILE)
+        checkpoint_files.save_config(config, path / checkpoint_files.CONFIG_FILE)
 
 
 class Pooler(nn.Module):
@@ -429,20 +432,25 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
 
 
 class MaskedLMHead(nn.Module):
-    """dense -> activation -> LayerNorm -> decoder. The decoder's weight IS the word-embedding matrix (tied, as in
-    every BERT checkpoint); only its bias is this head's own."""
+    """dense -> activation -> LayerNorm -> decoder. With `tie_word_embeddings` (the default, and every released BERT)
+    the decoder's weight IS the word-embedding matrix and only its bias is this head's own; untied, the head owns a
+    decoder matrix of the same shape (`cls.predictions.decoder.weight`)."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = activation(config.hidden_act)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
+                                                                         bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        """hidden (..., hidden), word_embeddings (vocab, hidden) -> logits (..., vocab)."""
+        """hidden (..., hidden), word_embeddings (vocab, hidden) -> logits (..., vocab). `word_embeddings` is the
+        decoder weight when tied, and unused when the head has its own."""
         hidden = self.norm(self.act(self.dense(hidden)))
-        return F.linear(hidden, word_embeddings, self.bias)
+        weight = word_embeddings if self.decoder is None else self.decoder.weight
+        return F.linear(hidden, weight, self.bias)
 
 
 class BertForMaskedLM(BertPreTrainedModel):

@@ -1,8 +1,4 @@
-"""Hugging Face checkpoints in and out: finding the files, reading them safely, and the one table of names.
-
-Reading: a local folder, or a Hub id resolved with `huggingface_hub` (only the files needed; the HF cache,
-`revision` and `HF_HUB_OFFLINE` honoured). `model.safetensors` (or sharded `*.safetensors` with an index) is
-preferred; `pytorch_model.bin` is read with `torch.load(weights_only=True)` only, so a pickle cannot run code.
+"""The one table of names between our parameters and Hugging Face's, and the loader that uses it.
 
 Loading is strict: every parameter is filled exactly once, every tensor in the file is consumed or explicitly
 ignored, every shape is checked, and each failure names the tensor and says what to do.
@@ -10,31 +6,19 @@ ignored, every shape is checked, and each failure names the tensor and says what
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import pickle
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
+from minibert.config import BertConfig
 from minibert.errors import MinibertError
-from minibert.files import atomic_write_text, atomic_write_with
-from minibert.hub import hub_errors, hub_file, local_folder_or_repo_id
 
 if TYPE_CHECKING:
     from minibert.models import BertPreTrainedModel
 
 logger = logging.getLogger("minibert")
-
-CONFIG_FILE = "config.json"
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
-PYTORCH_FILE = "pytorch_model.bin"
 
 # --- the table ------------------------------------------------------------------------------------------------
 # One row per parameter: (our name, HF name or names). Two or more HF names mean our tensor is their
@@ -81,18 +65,21 @@ HEAD_TABLE: list[tuple[str, str]] = [
     ("mlm.norm.weight", "cls.predictions.transform.LayerNorm.weight"),
     ("mlm.norm.bias", "cls.predictions.transform.LayerNorm.bias"),
     ("mlm.bias", "cls.predictions.bias"),
+    ("mlm.decoder.weight", "cls.predictions.decoder.weight"),  # only when tie_word_embeddings is false
     ("nsp.weight", "cls.seq_relationship.weight"),
     ("nsp.bias", "cls.seq_relationship.bias"),
 ]
 
-# In checkpoints, never loaded: buffers HF saved in some versions, and the MLM decoder, which is tied to the word
-# embeddings (its bias is a second copy of cls.predictions.bias).
+# In checkpoints, never loaded: buffers HF saved in some versions, and the MLM decoder's bias (a second copy of
+# cls.predictions.bias, tied to it by transformers).
 IGNORED = {
     "embeddings.position_ids",
     "embeddings.token_type_ids",
-    "cls.predictions.decoder.weight",
     "cls.predictions.decoder.bias",
 }
+# Also never loaded when tie_word_embeddings is true: the decoder matrix, which transformers replaces by the word
+# embeddings (older checkpoints store a copy of them).
+TIED_DECODER = "cls.predictions.decoder.weight"
 
 
 HEAD_HF_NAMES = {hf for _, hf in HEAD_TABLE}
@@ -128,13 +115,16 @@ def _as_tuple(names: str | tuple[str, ...]) -> tuple[str, ...]:
 # --- dialects ------------------------------------------------------------------------------------------------
 
 
-def normalise_names(
-    state: dict[str, torch.Tensor], with_prefix: bool
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Bring the dialects of real checkpoints to one: TF-era LayerNorm `gamma`/`beta`, and the base model's
-    tensors with a "bert." prefix (checkpoints of a model with a head) or without (a bare BertModel).
+T = TypeVar("T")  # a tensor, or only its shape (a safetensors header)
+
+
+def normalise_names(state: dict[str, T], with_prefix: bool, tied: bool = True) -> tuple[dict[str, T], dict[str, str]]:
+    """Bring the dialects of real checkpoints to one: TF-era LayerNorm `gamma`/`beta`, the base model's
+    tensors with a "bert." prefix (checkpoints of a model with a head) or without (a bare BertModel), and the
+    MLM output bias: `cls.predictions.bias` when the decoder is `tied`, else the decoder's own bias (what
+    transformers computes with; its `cls.predictions.bias` is then unused), each falling back on the other.
     Returns the renamed tensors and, for error messages, each new name's name in the file."""
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, T] = {}
     in_file: dict[str, str] = {}
     for original, tensor in state.items():
         name = original
@@ -151,10 +141,52 @@ def normalise_names(
                                 "it is ambiguous, keep one of the two.")
         out[name] = tensor
         in_file[name] = original
-    if "cls.predictions.bias" not in out and "cls.predictions.decoder.bias" in out:
+    if "cls.predictions.decoder.bias" in out and (not tied or "cls.predictions.bias" not in out):
         out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"]
         in_file["cls.predictions.bias"] = in_file["cls.predictions.decoder.bias"]
     return out, in_file
+
+
+# --- before building a model ---------------------------------------------------------------------------------
+
+# Tensors of the base model whose shape follows from the config, with the config field behind each dimension.
+SHAPE_FIELDS: list[tuple[str, tuple[str, ...]]] = [
+    ("embeddings.word_embeddings.weight", ("vocab_size", "hidden_size")),
+    ("embeddings.token_type_embeddings.weight", ("type_vocab_size", "hidden_size")),
+    ("encoder.layer.0.intermediate.dense.weight", ("intermediate_size", "hidden_size")),
+]
+POSITION_SHAPE = ("embeddings.position_embeddings.weight", ("max_position_embeddings", "hidden_size"))
+LAYER_NAME = re.compile(r"encoder\.layer\.(\d+)\.")
+
+
+def check_config_fits(shapes: dict[str, tuple[int, ...]], config: BertConfig) -> None:
+    """Refuse a config that does not describe the checkpoint, from its tensor names and shapes alone (a safetensors
+    header), before a model of the config's size is allocated: another number of layers, vocabulary, hidden or
+    feed-forward size. Everything else is checked tensor by tensor when the weights are loaded."""
+    base, in_file = normalise_names(shapes, with_prefix=False)
+    rows = SHAPE_FIELDS + ([POSITION_SHAPE] if config.position_embedding_type == "absolute" else [])
+    for name, fields in rows:
+        if name not in base:
+            continue
+        expected = tuple(getattr(config, f) for f in fields)
+        for field_name, found, wanted in zip(fields, base[name], expected):
+            if found != wanted:
+                raise MinibertError(f"tensor {in_file[name]!r} has shape {base[name]} in the checkpoint, but "
+                                    f"config.json's "
+                                    f"{field_name}={wanted} needs {expected}; check that config.json belongs to these "
+                                    "weights.")
+    layers = {int(m.group(1)): name for name in sorted(base) if (m := LAYER_NAME.match(name))}
+    if not layers:
+        return
+    last = max(layers)
+    if last + 1 < config.num_hidden_layers:
+        raise MinibertError(f"config.json's num_hidden_layers={config.num_hidden_layers} but the checkpoint has "
+                            f"{last + 1} layers (no tensor 'encoder.layer.{last + 1}.…', last "
+                            f"{in_file[layers[last]]!r}); check that config.json belongs to these weights.")
+    if last + 1 > config.num_hidden_layers:
+        raise MinibertError(f"the checkpoint has tensor {in_file[layers[last]]!r} but config.json's "
+                            f"num_hidden_layers={config.num_hidden_layers}; check that config.json belongs to these "
+                            "weights.")
 
 
 # --- loading into a model --------------------------------------------------------------------------------------
@@ -164,7 +196,8 @@ def load_hf_state_dict(
     model: BertPreTrainedModel, state: dict[str, torch.Tensor], ignore_mismatched_sizes: bool = False
 ) -> None:
     """Copy HF-named tensors into `model`, strictly. Missing heads are left as initialised and named in the log."""
-    state, in_file = normalise_names(state, with_prefix=hasattr(model, "bert"))
+    tied = model.config.tie_word_embeddings
+    state, in_file = normalise_names(state, with_prefix=hasattr(model, "bert"), tied=tied)
     params = dict(model.named_parameters())
     used: set[str] = set()
     initialised: list[str] = []
@@ -202,7 +235,8 @@ def load_hf_state_dict(
                                     "file is corrupt or from a diverged run, use another checkpoint.")
         with torch.no_grad():
             param.copy_(tensor)
-    unexpected = [n for n in state if n not in used and n not in IGNORED and not n.endswith(".position_ids")]
+    ignored = IGNORED | ({TIED_DECODER} if tied else set())
+    unexpected = [n for n in state if n not in used and n not in ignored and not n.endswith(".position_ids")]
     unknown = [n for n in unexpected if not _is_head_name(n)]
     if unknown:
         raise MinibertError(
@@ -233,124 +267,6 @@ def to_hf_state_dict(model: BertPreTrainedModel) -> dict[str, torch.Tensor]:
         tensor = params[ours].detach()
         for name, part in zip(hf_names, tensor.chunk(len(hf_names), dim=0)):
             out[name] = part.contiguous().cpu()
+    if TIED_DECODER in out:  # untied: transformers computes with the decoder's own bias, so it must be in the file
+        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
     return out
-
-
-# --- files -----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CheckpointFiles:
-    config_file: Path
-    weight_files: list[Path]
-
-
-def _weights_in_folder(folder: Path) -> list[Path] | None:
-    if (folder / SAFETENSORS_FILE).is_file():
-        return [folder / SAFETENSORS_FILE]
-    if (folder / SAFETENSORS_INDEX_FILE).is_file():
-        return [folder / name for name in _shard_names(folder / SAFETENSORS_INDEX_FILE)]
-    if (folder / PYTORCH_FILE).is_file():
-        return [folder / PYTORCH_FILE]
-    return None
-
-
-def _shard_names(index_file: Path) -> list[str]:
-    try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-        return sorted(set(index["weight_map"].values()))
-    except (json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError):
-        raise MinibertError(f"{index_file} is not a valid safetensors index (it needs a 'weight_map').") from None
-
-
-def resolve_checkpoint(
-    name_or_path: str | os.PathLike, revision: str | None = None, cache_dir: str | os.PathLike | None = None
-) -> CheckpointFiles:
-    """A local folder, or else a Hub repo id: find config.json and the weight files, downloading only those."""
-    where = local_folder_or_repo_id(name_or_path, "config.json and the weights")
-    if isinstance(where, Path):
-        files = _weights_in_folder(where)
-        if files is None:
-            raise MinibertError(f"{where} has no {SAFETENSORS_FILE}, {SAFETENSORS_INDEX_FILE} or {PYTORCH_FILE}; "
-                                "point to the folder that holds the model's weights.")
-        return CheckpointFiles(where / CONFIG_FILE, files)
-    return _resolve_from_hub(where, revision, cache_dir)
-
-
-def _resolve_from_hub(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None) -> CheckpointFiles:
-    with hub_errors(repo_id, revision):
-        config = hub_file(repo_id, CONFIG_FILE, revision, cache_dir, required=True)
-        if config is None:
-            raise MinibertError(f"Hub repo {repo_id!r} has no {CONFIG_FILE}; it is not a transformers model.")
-        for name in (SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, PYTORCH_FILE):
-            found = hub_file(repo_id, name, revision, cache_dir, required=False)
-            if found is None:
-                continue
-            if name == SAFETENSORS_INDEX_FILE:
-                shards = [hub_file(repo_id, shard, revision, cache_dir, required=False) or found.parent / shard
-                          for shard in _shard_names(found)]
-                return CheckpointFiles(config, shards)
-            return CheckpointFiles(config, [found])
-    raise MinibertError(f"Hub repo {repo_id!r} has no {SAFETENSORS_FILE} or {PYTORCH_FILE} (or they are not in the "
-                        "cache while offline).")
-
-
-def _sniff(path: Path) -> str | None:
-    """What a file that should be weights really is, when it is a well-known impostor."""
-    with open(path, "rb") as f:
-        head = f.read(512)
-    if head.startswith(b"version https://git-lfs"):
-        return "a Git LFS pointer, not the weights: fetch the real file (git lfs pull)"
-    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
-        return "an HTML page (a failed download?), not the weights: download the file again"
-    if len(head) == 0:
-        return "empty: download the file again"
-    return None
-
-
-def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
-    """All tensors of the weight files, by their names in the file."""
-    state: dict[str, torch.Tensor] = {}
-    for path in files:
-        if not path.is_file():
-            raise MinibertError(f"weight file {path} is missing (listed in the shard index); download it again.")
-        impostor = _sniff(path)
-        if impostor:
-            raise MinibertError(f"{path} is {impostor}.")
-        part = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pytorch_bin(path)
-        overlap = state.keys() & part.keys()
-        if overlap:
-            raise MinibertError(f"tensor {sorted(overlap)[0]!r} appears in two shards; the index is inconsistent.")
-        state.update(part)
-    return state
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise MinibertError(f"{path} is not a valid safetensors file ({e}); it is truncated or corrupt, "
-                            "download it again.") from None
-
-
-def _read_pytorch_bin(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise MinibertError(f"{path} was refused: its pickle asks to run code or build objects that are not "
-                            f"tensors ({str(e).splitlines()[0][:200]}); convert it to safetensors from a trusted "
-                            "source.") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise MinibertError(f"{path} is not a readable PyTorch checkpoint ({e}); it is truncated or corrupt.") from None
-    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-        raise MinibertError(f"{path} does not hold a plain state dict of tensors.")
-    return state
-
-
-def save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
-    # "format": "pt" is the metadata transformers checks for when it loads a safetensors file
-    atomic_write_with(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-
-
-def save_config(config: dict, path: Path) -> None:
-    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")

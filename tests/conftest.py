@@ -4,12 +4,21 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property-based tests: a few dozen examples by default (CI), thousands with --runslow; no example database on disk.
+settings.register_profile("ci", max_examples=30, deadline=None, database=None)
+settings.register_profile("thorough", max_examples=2000, deadline=None, database=None)
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    settings.load_profile("thorough" if config.getoption("--runslow") else "ci")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

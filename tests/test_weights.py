@@ -70,8 +70,11 @@ def test_the_original_bert_checkpoint_layout(tmp_path, pretraining_ref):
     got_base, _ = base_outputs(base)
     expected_base, mask = base_outputs(pretraining_ref.bert)
     assert_close_on_tokens(got_base.last_hidden_state, expected_base.last_hidden_state, mask)
-    minibert.BertForMaskedLM.from_pretrained(folder)
-    minibert.BertForNextSentencePrediction.from_pretrained(folder)
+    with torch.no_grad():
+        mlm = minibert.BertForMaskedLM.from_pretrained(folder)(ids, mask, types).logits
+        nsp = minibert.BertForNextSentencePrediction.from_pretrained(folder)(ids, mask, types).logits
+    assert_close_on_tokens(mlm, expected.prediction_logits, mask)
+    torch.testing.assert_close(nsp, expected.seq_relationship_logits, atol=ATOL, rtol=0)
 
 
 def test_base_checkpoint_without_prefix_into_a_head_model(tmp_path, caplog):
@@ -156,12 +159,19 @@ def test_sharded_safetensors(tmp_path):
                                ref(input_ids=ids, attention_mask=mask, token_type_ids=types).logits, mask)
 
 
-def test_safetensors_preferred_over_bin(tmp_path):
+def test_safetensors_preferred_over_bin(tmp_path, monkeypatch):
     """Both formats present: safetensors wins, and the .bin is never opened (here it is garbage)."""
     ref = hf_model("BertModel", **TINY)
     ref.save_pretrained(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes(b"not a pickle at all")
-    minibert.BertModel.from_pretrained(tmp_path)
+
+    def no_torch_load(*args, **kwargs):
+        raise AssertionError("pytorch_model.bin was opened although model.safetensors is there")
+
+    monkeypatch.setattr(torch, "load", no_torch_load)
+    got, mask = base_outputs(minibert.BertModel.from_pretrained(tmp_path))
+    expected, _ = base_outputs(ref)
+    assert_close_on_tokens(got.last_hidden_state, expected.last_hidden_state, mask)
 
 
 # --- errors a user can make --------------------------------------------------------------------------------------
@@ -244,6 +254,12 @@ def test_config_that_does_not_fit_the_weights(saved):
     config["vocab_size"] = 120
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(MinibertError, match=r"'bert.embeddings.word_embeddings.weight' has shape \(99, 32\) in the "
+                                            r"checkpoint, but config.json's vocab_size=120 needs \(120, 32\); check"):
+        minibert.BertModel.from_pretrained(saved)
+    # a .bin has no header to check first: the loader names the tensor itself
+    torch.save(load_file(saved / "model.safetensors"), saved / "pytorch_model.bin")
+    (saved / "model.safetensors").unlink()
+    with pytest.raises(MinibertError, match=r"'bert.embeddings.word_embeddings.weight' has shape \(99, 32\) in the "
                                             r"checkpoint but the model expects \(120, 32\); check that config.json"):
         minibert.BertModel.from_pretrained(saved)
 
@@ -270,6 +286,11 @@ def test_missing_layer_is_named(saved):
     config = json.loads((saved / "config.json").read_text())
     config["num_hidden_layers"] = 3
     (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MinibertError, match=r"num_hidden_layers=3 but the checkpoint has 2 layers \(no tensor "
+                                            r"'encoder.layer.2.…', last 'bert.encoder.layer.1.output.dense.weight'\)"):
+        minibert.BertModel.from_pretrained(saved)
+    torch.save(load_file(saved / "model.safetensors"), saved / "pytorch_model.bin")
+    (saved / "model.safetensors").unlink()
     with pytest.raises(MinibertError, match="no tensor 'encoder.layer.2.attention.self.query.weight'"):
         minibert.BertModel.from_pretrained(saved)
 
@@ -308,7 +329,7 @@ def test_save_is_atomic(saved, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("minibert.weights.save_file", crash)
+    monkeypatch.setattr("minibert.checkpoint_files.save_file", crash)
     with pytest.raises(KeyboardInterrupt):
         model.save_pretrained(saved)
     assert (saved / "model.safetensors").read_bytes() == before
@@ -360,30 +381,73 @@ def test_hub_download_cache_offline_and_errors(tmp_path, saved):
         in not_cached
 
 
-# --- config --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "BertForPreTraining"])
+def test_mlm_decoder_tied_and_untied_load_and_save_like_transformers(tmp_path, name, tied):
+    """tie_word_embeddings=False gives the MLM head its own decoder matrix: loaded from transformers' file, used
+    in the logits, and written back so that transformers reloads it to the same logits."""
+    ref = hf_model(name, tie_word_embeddings=tied, **TINY)
+    decoder = ref.cls.predictions.decoder.weight
+    assert (decoder is ref.bert.embeddings.word_embeddings.weight) == tied
+    ref.save_pretrained(tmp_path / "hf")
+    ours = getattr(minibert, name).from_pretrained(tmp_path / "hf")
+    ids, mask, types = padded_batch(TINY["vocab_size"], [7, 3])
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask, token_type_ids=types).prediction_logits \
+            if name == "BertForPreTraining" else ref(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        got = ours(ids, mask, types)
+    got = got.prediction_logits if name == "BertForPreTraining" else got.logits
+    assert_close_on_tokens(got, expected, mask)
+    assert (ours.mlm.decoder is None) == tied
+
+    ours.save_pretrained(tmp_path / "ours")
+    assert ("cls.predictions.decoder.weight" in load_file(tmp_path / "ours" / "model.safetensors")) == (not tied)
+    again, info = getattr(transformers, name).from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    assert again.config.tie_word_embeddings == tied
+    torch.testing.assert_close(again.cls.predictions.decoder.weight, decoder, atol=0, rtol=0)
+    with torch.no_grad():
+        reloaded = again.eval()(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    reloaded = reloaded.prediction_logits if name == "BertForPreTraining" else reloaded.logits
+    assert_close_on_tokens(reloaded, expected, mask)
 
 
-@pytest.mark.parametrize("fields,message", [
-    ({"hidden_size": 10, "num_attention_heads": 3}, "divisible by num_attention_heads"),
-    ({"hidden_act": "swish"}, "hidden_act 'swish' is not supported"),
-    ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
-    ({"vocab_size": -3}, "vocab_size must be a positive integer"),
-    ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key' is not supported"),
-    ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob must be in"),
+def test_untied_mlm_model_from_scratch_has_its_own_decoder():
+    """Built from a config (no checkpoint), an untied head's decoder is a separate, trained parameter."""
+    model = minibert.BertForMaskedLM(minibert.BertConfig(**TINY, tie_word_embeddings=False))
+    names = {n for n, _ in model.named_parameters()}
+    assert "mlm.decoder.weight" in names
+    assert model.mlm.decoder.weight.data_ptr() != model.bert.embeddings.word.weight.data_ptr()
+    ids, mask, _ = padded_batch(TINY["vocab_size"], [5])
+    model(ids, mask).logits.sum().backward()
+    assert model.mlm.decoder.weight.grad is not None and model.mlm.decoder.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_hidden_layers", 10_000, r"num_hidden_layers=10000 but the checkpoint has 2 layers"),
+    ("num_hidden_layers", 1, r"has tensor 'bert.encoder.layer.1.output.dense.weight' but config.json's "
+                             r"num_hidden_layers=1"),
+    ("hidden_size", 32_768, r"'bert.embeddings.word_embeddings.weight' has shape \(99, 32\) .* hidden_size=32768"),
+    ("intermediate_size", 1_000_000, r"'bert.encoder.layer.0.intermediate.dense.weight' has shape \(37, 32\) .* "
+                                     r"intermediate_size=1000000"),
+    ("max_position_embeddings", 10_000_000, r"'bert.embeddings.position_embeddings.weight' .* "
+                                            r"max_position_embeddings=10000000"),
 ])
-def test_config_validation(fields, message):
+def test_config_that_does_not_fit_is_refused_before_allocating(saved, monkeypatch, field, value, message):
+    """The safetensors header is checked against config.json before the model is built: a config asking for
+    10000 layers (about 70 GB at MiniLM's shapes) is refused at once, and no layer is ever allocated."""
+    import time
+
+    def no_layers(*args, **kwargs):
+        raise AssertionError("an encoder layer was built before the config was checked against the weights")
+
+    monkeypatch.setattr(minibert.encoder.EncoderLayer, "__init__", no_layers)
+    config = json.loads((saved / "config.json").read_text())
+    config[field] = value
+    if field == "hidden_size":
+        config["num_attention_heads"] = 1
+    (saved / "config.json").write_text(json.dumps(config))
+    start = time.perf_counter()
     with pytest.raises(MinibertError, match=message):
-        minibert.BertConfig(**fields)
-
-
-def test_config_roundtrip_with_transformers(tmp_path):
-    hf = transformers.BertConfig(hidden_size=64, num_attention_heads=4, id2label={0: "neg", 1: "pos"},
-                                 classifier_dropout=0.3, problem_type="single_label_classification")
-    hf.save_pretrained(tmp_path)
-    ours = minibert.BertConfig.from_json(tmp_path / "config.json")
-    assert (ours.hidden_size, ours.num_labels, ours.id2label, ours.label2id, ours.classifier_dropout) == \
-        (64, 2, {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}, 0.3)
-    ours.to_json(tmp_path / "config.json")
-    back = transformers.BertConfig.from_pretrained(tmp_path)
-    assert back.id2label == {0: "neg", 1: "pos"} and back.problem_type == "single_label_classification"
-    assert back.hidden_size == 64 and back.classifier_dropout == 0.3
+        minibert.BertModel.from_pretrained(saved)
+    assert time.perf_counter() - start < 0.5
