@@ -100,6 +100,39 @@ class BatchEncoding(dict):
         return CharSpan(*row.offsets[token_index])
 
 
+def keep_lengths(len_a: int, len_b: int | None, room: int, strategy: str) -> tuple[int, int | None]:
+    """How many tokens of a text (and its pair) survive truncation to `room` tokens, exactly as in `tokenizers`.
+
+    Its rules differ from transformers' legacy Python tokenizer: `longest_first` does not remove tokens one at a
+    time from the longer side; when both must shrink, the shorter keeps room // 2 and the longer the rest (10 + 10
+    tokens into 7 gives 3 + 4 where the legacy code gives 4 + 3). When the special tokens alone exceed max_length
+    (room < 0) nothing is cut at all; room == 0 cuts everything, whatever the strategy."""
+    total = len_a + (len_b or 0)
+    if room < 0 or total <= room:
+        return len_a, len_b
+    if room == 0:
+        return 0, None if len_b is None else 0
+    if strategy == "longest_first":
+        if len_b is None:
+            return room, None
+        short, long = sorted((len_a, len_b))
+        long = short if short > room else max(short, room - short)
+        if short + long > room:
+            short, long = room // 2, room // 2 + room % 2
+        return (long, short) if len_a > len_b else (short, long)
+    if strategy == "only_second" and len_b is None:
+        raise MinibertError("truncation='only_second' needs a text pair; use truncation=True for a single text.")
+    target = len_a if strategy == "only_first" else len_b
+    excess = total - room
+    if target <= excess:
+        raise MinibertError(f"truncation={strategy!r} cannot fit the input into max_length: the "
+                            f"{'first' if strategy == 'only_first' else 'second'} text has {target} tokens and "
+                            f"{excess} must go; use truncation='longest_first' or a larger max_length.")
+    if strategy == "only_first":
+        return len_a - excess, len_b
+    return len_a, len_b - excess
+
+
 def windows(length: int, keep: int, stride: int) -> list[tuple[int, int]]:
     """The [start, stop) token ranges of one sequence cut to `keep` tokens: the first is the kept part, the others
     overflow, each starting `keep - stride` after the one before, the last ending at the end (tokenizers' rule;
@@ -131,3 +164,42 @@ def pair_windows(a: list[tuple[int, int]], b: list[tuple[int, int]] | None
     for window in a[1:]:
         rows += [(window, b[0])] + [(window, other) for other in b[1:]]
     return rows + [(a[0], other) for other in b[1:]]
+
+
+Spans = tuple[list[int], list[tuple[int, int]], list[int]]  # one text's ids, (start, end) offsets and word indices
+
+
+def span_row(seq_a: Spans, window_a: tuple[int, int], seq_b: Spans | None, window_b: tuple[int, int] | None,
+             specials: tuple[int, int] | None) -> Row:
+    """[CLS] a [SEP] (b [SEP]) from a window of each text, with each token's origin; `specials`: the ids of [CLS]
+    and [SEP], or None for no special tokens."""
+    row = Row([], [], [], [], [], [], [], 1 if seq_b is None else 2)
+
+    def add_special(token_id: int, type_id: int) -> None:
+        for field, value in zip(row, (token_id, type_id, 1, (0, 0), None, None, 1)):
+            field.append(value)
+
+    if specials is not None:
+        add_special(specials[0], 0)
+    for sequence, (seq, (start, stop)) in enumerate([(seq_a, window_a)] + ([] if seq_b is None else
+                                                                           [(seq_b, window_b)])):
+        n = stop - start
+        row.ids.extend(seq[0][start:stop])
+        row.type_ids.extend([sequence] * n)
+        row.attention_mask.extend([1] * n)
+        row.offsets.extend(seq[1][start:stop])
+        row.words.extend(seq[2][start:stop])
+        row.sequences.extend([sequence] * n)
+        row.special.extend([0] * n)
+        if specials is not None:
+            add_special(specials[1], sequence)
+    return row
+
+
+def pad_row(row: Row, length: int, pad_id: int) -> Row:
+    """`row` padded on the right to `length` tokens: [PAD], type 0, mask 0, offsets (0, 0), special."""
+    n = length - len(row.ids)
+    if n <= 0:
+        return row
+    return Row(row.ids + [pad_id] * n, row.type_ids + [0] * n, row.attention_mask + [0] * n, row.offsets + [(0, 0)] * n,
+               row.words + [None] * n, row.sequences + [None] * n, row.special + [1] * n, row.n_sequences)

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from minibert.encoding import BatchEncoding, Row, pair_windows, windows
+from minibert.encoding import BatchEncoding, Row, keep_lengths, pad_row, pair_windows, span_row, windows
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
 from minibert.hub import hub_errors, hub_file, local_folder_or_repo_id
@@ -380,6 +380,8 @@ class BertTokenizer:
                                 "tokens; lower stride or raise max_length.")
         rows: list[Row] = []
         sample: list[int] = []
+        cls, sep = self.vocab[self.special_tokens["cls_token"]], self.vocab[self.special_tokens["sep_token"]]
+        specials = (cls, sep) if add_special_tokens else None
         for index, (a, b) in enumerate(zip(texts, pairs)):
             seq_a = self._encode_text_spans(a)
             seq_b = None if b is None else self._encode_text_spans(b)
@@ -389,51 +391,11 @@ class BertTokenizer:
                 keep_a, keep_b = keep_lengths(keep_a, keep_b, room, truncation)
             windows_b = None if seq_b is None else windows(len(seq_b[0]), keep_b, stride)
             for window_a, window_b in pair_windows(windows(len(seq_a[0]), keep_a, stride), windows_b):
-                rows.append(self._span_row(seq_a, window_a, seq_b, window_b, add_special_tokens))
+                rows.append(span_row(seq_a, window_a, seq_b, window_b, specials))
                 sample.append(index)
         target = self._pad_target([len(row.ids) for row in rows], padding, max_length, pad_to_multiple_of)
         pad = self.vocab[self.special_tokens["pad_token"]]
-        for i, row in enumerate(rows):
-            if len(row.ids) < target:
-                n = target - len(row.ids)
-                rows[i] = Row(row.ids + [pad] * n, row.type_ids + [0] * n, row.attention_mask + [0] * n,
-                              row.offsets + [(0, 0)] * n, row.words + [None] * n, row.sequences + [None] * n,
-                              row.special + [1] * n, row.n_sequences)
-        return rows, sample
-
-    def _span_row(self, seq_a: tuple[list[int], list[tuple[int, int]], list[int]], window_a: tuple[int, int],
-                  seq_b: tuple[list[int], list[tuple[int, int]], list[int]] | None, window_b: tuple[int, int] | None,
-                  add_special_tokens: bool) -> Row:
-        """[CLS] a [SEP] (b [SEP]) from a window of each sequence, with each token's origin."""
-        ids: list[int] = []
-        types: list[int] = []
-        offsets: list[tuple[int, int]] = []
-        words: list[int | None] = []
-        sequences: list[int | None] = []
-        special: list[int] = []
-        cls, sep = self.vocab[self.special_tokens["cls_token"]], self.vocab[self.special_tokens["sep_token"]]
-
-        def add_special(token_id: int, type_id: int) -> None:
-            ids.append(token_id)
-            types.append(type_id)
-            offsets.append((0, 0))
-            words.append(None)
-            sequences.append(None)
-            special.append(1)
-
-        if add_special_tokens:
-            add_special(cls, 0)
-        for sequence, (seq, (start, stop)) in enumerate([(seq_a, window_a)] + ([] if seq_b is None else
-                                                                               [(seq_b, window_b)])):
-            ids += seq[0][start:stop]
-            offsets += seq[1][start:stop]
-            words += seq[2][start:stop]
-            types += [sequence] * (stop - start)
-            sequences += [sequence] * (stop - start)
-            special += [0] * (stop - start)
-            if add_special_tokens:
-                add_special(sep, sequence)
-        return Row(ids, types, [1] * len(ids), offsets, words, sequences, special, 1 if seq_b is None else 2)
+        return [pad_row(row, target, pad) for row in rows], sample
 
     @staticmethod
     def _pad_target(lengths: list[int], padding: str | None, max_length: int | None, pad_to_multiple_of: int | None
@@ -500,39 +462,6 @@ def truncate(a: list[int], b: list[int] | None, room: int, strategy: str) -> tup
     """Cut a text (or a pair) to `room` tokens, exactly as `tokenizers` does (see `keep_lengths`)."""
     keep_a, keep_b = keep_lengths(len(a), None if b is None else len(b), room, strategy)
     return a[:keep_a], None if b is None else b[:keep_b]
-
-
-def keep_lengths(len_a: int, len_b: int | None, room: int, strategy: str) -> tuple[int, int | None]:
-    """How many tokens of a text (and its pair) survive truncation to `room` tokens, exactly as in `tokenizers`.
-
-    Its rules differ from transformers' legacy Python tokenizer: `longest_first` does not remove tokens one at a
-    time from the longer side; when both must shrink, the shorter keeps room // 2 and the longer the rest (10 + 10
-    tokens into 7 gives 3 + 4 where the legacy code gives 4 + 3). When the special tokens alone exceed max_length
-    (room < 0) nothing is cut at all; room == 0 cuts everything, whatever the strategy."""
-    total = len_a + (len_b or 0)
-    if room < 0 or total <= room:
-        return len_a, len_b
-    if room == 0:
-        return 0, None if len_b is None else 0
-    if strategy == "longest_first":
-        if len_b is None:
-            return room, None
-        short, long = sorted((len_a, len_b))
-        long = short if short > room else max(short, room - short)
-        if short + long > room:
-            short, long = room // 2, room // 2 + room % 2
-        return (long, short) if len_a > len_b else (short, long)
-    if strategy == "only_second" and len_b is None:
-        raise MinibertError("truncation='only_second' needs a text pair; use truncation=True for a single text.")
-    target = len_a if strategy == "only_first" else len_b
-    excess = total - room
-    if target <= excess:
-        raise MinibertError(f"truncation={strategy!r} cannot fit the input into max_length: the "
-                            f"{'first' if strategy == 'only_first' else 'second'} text has {target} tokens and "
-                            f"{excess} must go; use truncation='longest_first' or a larger max_length.")
-    if strategy == "only_first":
-        return len_a - excess, len_b
-    return len_a, len_b - excess
 
 
 def read_vocab(path: Path) -> dict[str, int]:

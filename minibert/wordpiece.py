@@ -229,11 +229,27 @@ class WordPiece:
         return ids
 
     def _wordpiece(self, word: str) -> list[int]:
-        return [token_id for token_id, _ in self._wordpiece_ends(word)]
+        """Greedy longest-match-first: the longest vocabulary entry that starts the rest of the word, each time.
+        (`_wordpiece_ends` is the same loop keeping where each piece ends; this one, for the plain path, is kept
+        apart because a cold cache runs it once per distinct word.)"""
+        if len(word) > MAX_CHARS_PER_WORD:
+            return [self.unk_id]
+        ids: list[int] = []
+        start = 0
+        while start < len(word):
+            prefix = CONTINUATION if start > 0 else ""
+            for end in range(min(len(word), start + self.longest_piece), start, -1):
+                piece_id = self.vocab.get(prefix + word[start:end])
+                if piece_id is not None:
+                    ids.append(piece_id)
+                    start = end
+                    break
+            else:  # no entry covers the next character: the whole word is unknown
+                return [self.unk_id]
+        return ids
 
     def _wordpiece_ends(self, word: str) -> list[tuple[int, int]]:
-        """Greedy longest-match-first: the longest vocabulary entry that starts the rest of the word, each time;
-        each token's id and where it ends in the word."""
+        """`_wordpiece`, with where each piece ends in the word."""
         if len(word) > MAX_CHARS_PER_WORD:
             return [(self.unk_id, len(word))]
         tokens: list[tuple[int, int]] = []
