@@ -393,7 +393,9 @@ class BertTokenizer:
             for window_a, window_b in pair_windows(windows(len(seq_a[0]), keep_a, stride), windows_b):
                 rows.append(span_row(seq_a, window_a, seq_b, window_b, specials))
                 sample.append(index)
-        target = self._pad_target([len(row.ids) for row in rows], padding, max_length, pad_to_multiple_of)
+        # as in tokenizers, padding to the longest looks at each input's first row only (overflow rows may be longer)
+        firsts = [len(row.ids) for i, row in enumerate(rows) if i == 0 or sample[i] != sample[i - 1]]
+        target = self._pad_target(firsts, padding, max_length, pad_to_multiple_of)
         pad = self.vocab[self.special_tokens["pad_token"]]
         return [pad_row(row, target, pad) for row in rows], sample
 
