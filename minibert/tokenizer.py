@@ -245,7 +245,7 @@ class BertTokenizer:
         original text ((0, 0) for [CLS], [SEP] and padding)."""
         batched = not isinstance(text, str)
         texts = list(text) if batched else [text]
-        if text_pair is None:
+        if text_pair is None or (text_pair == "" and not batched):  # transformers drops one text's empty pair
             pairs: list[str | None] = [None] * len(texts)
         else:
             pairs = list(text_pair) if batched else [text_pair]
@@ -301,34 +301,53 @@ class BertTokenizer:
 
     def encode_batch(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
                      max_length: int | None = None, truncation: bool | str = True, add_special_tokens: bool = True,
-                     num_workers: int = 1) -> BatchEncoding:
+                     num_workers: int = 1, stride: int = 0, return_overflowing_tokens: bool = False) -> BatchEncoding:
         """Tokenise a whole data set for the data pipeline: `input_ids` and `token_type_ids` as lists of lists, not
         padded (collation pads per batch), the same ids as `__call__` with the same arguments.
 
         `num_workers > 1` splits the work over that many processes once there are enough texts for it to pay
-        (MIN_TEXTS_PER_WORKER each); `max_length=None` truncates to `model_max_length`."""
+        (MIN_TEXTS_PER_WORKER each); `max_length=None` truncates to `model_max_length`. With
+        `return_overflowing_tokens=True` a long input gives several windows overlapping by `stride` tokens, and
+        `overflow_to_sample_mapping` says which input each row comes from."""
         pairs = [None] * len(texts) if text_pairs is None else list(text_pairs)
         if len(pairs) != len(texts):
             raise MinibertError(f"encode_batch got {len(texts)} texts but {len(pairs)} text pairs.")
+        if not isinstance(stride, int) or stride < 0:
+            raise MinibertError(f"stride={stride!r} must be a whole number of tokens, 0 or more.")
         _, truncation, max_length = self._strategies(False, truncation, max_length, None, verbose=False)
         jobs = min(num_workers, len(texts) // MIN_TEXTS_PER_WORKER)
         work = list(zip(texts, pairs))
+        options = (add_special_tokens, truncation, max_length, stride, return_overflowing_tokens)
         if jobs <= 1:
-            rows = self._encode_rows(work, add_special_tokens, truncation, max_length)
+            rows, sample = self._encode_rows(work, *options)
         else:
             chunk = -(-len(work) // (jobs * 4))  # a few chunks per worker evens out slow and fast ones
             bounds = [(start, start + chunk) for start in range(0, len(work), chunk)]
             # fork hands the tokenizer and the texts to the workers without copying; elsewhere they are pickled
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            state = (self, work, add_special_tokens, truncation, max_length)
-            with multiprocessing.get_context(method).Pool(jobs, _start_worker, state) as pool:
-                rows = [row for packed in pool.map(_encode_in_worker, bounds) for row in _unpack(packed)]
-        return BatchEncoding(input_ids=[ids for ids, _ in rows], token_type_ids=[types for _, types in rows])
+            with multiprocessing.get_context(method).Pool(jobs, _start_worker, (self, work, *options)) as pool:
+                rows, sample = [], []
+                for packed, part_sample in pool.map(_encode_in_worker, bounds):
+                    rows += _unpack(packed)
+                    sample += part_sample
+        enc = BatchEncoding(input_ids=[ids for ids, _ in rows], token_type_ids=[types for _, types in rows])
+        if return_overflowing_tokens:
+            enc["overflow_to_sample_mapping"] = sample
+        return enc
 
     def _encode_rows(self, work: list[tuple[str, str | None]], add_special_tokens: bool, truncation: str | None,
-                     max_length: int | None) -> list[tuple[list[int], list[int]]]:
-        return [self._build(self._encode_text(a), None if b is None else self._encode_text(b), add_special_tokens,
-                            truncation, max_length) for a, b in work]
+                     max_length: int | None, stride: int = 0, overflow: bool = False
+                     ) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
+        """(input_ids, token_type_ids) rows of `work` and the index in `work` of each row's input."""
+        if not (stride or overflow):
+            return [self._build(self._encode_text(a), None if b is None else self._encode_text(b), add_special_tokens,
+                                truncation, max_length) for a, b in work], list(range(len(work)))
+        span_rows, sample = self._span_rows([a for a, _ in work], [b for _, b in work], add_special_tokens,
+                                            truncation, max_length, stride, None, None)
+        if not overflow:  # stride alone: only the first window of each input, as `__call__` returns it
+            firsts = [i for i, index in enumerate(sample) if i == 0 or index != sample[i - 1]]
+            span_rows, sample = [span_rows[i] for i in firsts], [sample[i] for i in firsts]
+        return [(row.ids, row.type_ids) for row in span_rows], sample
 
     def _strategies(self, padding: bool | str, truncation: bool | str | None, max_length: int | None,
                     pad_to_multiple_of: int | None, verbose: bool) -> tuple[str | None, str | None, int | None]:
@@ -549,9 +568,10 @@ def _start_worker(*state: Any) -> None:
     _worker_state = state
 
 
-def _encode_in_worker(bounds: tuple[int, int]) -> tuple[array, array, array]:
+def _encode_in_worker(bounds: tuple[int, int]) -> tuple[tuple[array, array, array], list[int]]:
     tokenizer, work, *options = _worker_state
-    return _pack(tokenizer._encode_rows(work[bounds[0]:bounds[1]], *options))
+    rows, sample = tokenizer._encode_rows(work[bounds[0]:bounds[1]], *options)
+    return _pack(rows), [bounds[0] + index for index in sample]
 
 
 def _pack(rows: list[tuple[list[int], list[int]]]) -> tuple[array, array, array]:

@@ -259,6 +259,8 @@ def test_return_value_is_a_dict_with_attributes(ours):
 def test_encode_and_positional_pair(ours, ref):
     assert ours.encode("Hello there", "General Kenobi") == ref.encode("Hello there", "General Kenobi")
     assert ours("a b", "c")["token_type_ids"] == [0, 0, 0, 0, 1, 1]
+    # an empty pair: dropped for one text (transformers' `if text_pair`), kept in a batch
+    assert dict(ours("a b", "")) == dict(ref("a b", "")) and dict(ours(["a b"], [""])) == dict(ref(["a b"], [""]))
     assert torch.equal(ours.encode("a b", return_tensors="pt"), ref.encode("a b", return_tensors="pt"))
     with pytest.raises(MinibertError, match="text_pair must match text"):
         ours(["a", "b"], ["c"])

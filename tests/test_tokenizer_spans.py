@@ -212,6 +212,22 @@ def test_windows_by_hand(tmp_path):
     assert pair.input_ids == [[2, 4, 5, 3, 7, 8, 3], [2, 6, 3, 7, 8, 3], [2, 6, 3, 9, 3], [2, 4, 5, 3, 9, 3]]
 
 
+def test_encode_batch_windows(ours, ref, sentences, monkeypatch):  # noqa: F811
+    """encode_batch's windows (one process, and two) are __call__'s, without padding or offsets."""
+    texts, pairs = sentences[:200], [text[:30] for text in sentences[200:400]]
+    for args, kwargs in [((texts,), {"truncation": True, "max_length": 16, "stride": 5}),
+                         ((texts, pairs), {"truncation": "only_first", "max_length": 64, "stride": 3}),
+                         ((texts, pairs), {"truncation": "longest_first", "max_length": 20, "stride": 2})]:
+        expected = ref(*args, return_overflowing_tokens=True, **kwargs)
+        got = ours.encode_batch(*args, return_overflowing_tokens=True, **kwargs)
+        assert dict(got) == {key: expected[key] for key in got}
+        monkeypatch.setattr("minibert.tokenizer.MIN_TEXTS_PER_WORKER", 50)
+        assert ours.encode_batch(*args, return_overflowing_tokens=True, num_workers=2, **kwargs) == got
+        monkeypatch.undo()
+    no_overflow = ours.encode_batch(texts, max_length=16, stride=5)
+    assert no_overflow["input_ids"] == ref(texts, truncation=True, max_length=16, stride=5)["input_ids"]
+
+
 def test_window_errors(ours):
     with pytest.raises(MinibertError, match="stride=-1 must be a whole number"):
         ours("a b", stride=-1)
