@@ -112,8 +112,9 @@ DROPPED, CJK, MARKS, PUNCTUATION_SPLIT, PUNCTUATION = _build_classes()
 ASCII_DROPPED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+")  # DROPPED, restricted to ASCII
 NON_SPACE = re.compile(r"\S+")  # re's \s is str.split's whitespace
 
-# One whitespace-separated chunk's tokens: ids, (start, end) in the chunk, word index in the chunk, and its word count.
-ChunkSpans = tuple[list[int], list[tuple[int, int]], list[int], int]
+# One whitespace-separated chunk's tokens: ids, (start, end) in the chunk, word index in the chunk, and its word count;
+# or, for a chunk that is one token and one word (most are), that token's id alone.
+ChunkSpans = tuple[list[int], list[tuple[int, int]], list[int], int] | int
 
 
 class WordPiece:
@@ -176,14 +177,20 @@ class WordPiece:
                 if len(cache) >= CACHE_LIMIT:
                     cache.clear()
                 entry = cache[chunk] = self._chunk_spans(chunk)
+            start, end = match.span()
+            if entry.__class__ is int:  # most chunks: one token, one word, all of the chunk
+                ids.append(entry)
+                offsets.append((start, end) if origin is None else (origin[start], origin[end - 1] + 1))
+                words.append(word_count)
+                word_count += 1
+                continue
             chunk_ids, spans, chunk_words, count = entry
-            at = match.start()
             ids += chunk_ids
             if origin is None:
-                offsets += [(at + start, at + end) for start, end in spans]
+                offsets += [(start + a, start + b) for a, b in spans]
             else:
-                offsets += [(origin[at + start], origin[at + end - 1] + 1) for start, end in spans]
-            words += [word_count + word for word in chunk_words] if word_count else chunk_words
+                offsets += [(origin[start + a], origin[start + b - 1] + 1) for a, b in spans]
+            words += [word_count + word for word in chunk_words]
             word_count += count
         return ids, offsets, words
 
@@ -216,7 +223,7 @@ class WordPiece:
                 words.append(word)
                 start = at + end
             at += len(piece)
-        return ids, spans, words, len(pieces)
+        return ids[0] if len(ids) == 1 else (ids, spans, words, len(pieces))
 
     def _encode_word(self, word: str) -> list[int]:
         """Step 5's punctuation split, then step 6 on each piece."""
