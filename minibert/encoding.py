@@ -52,6 +52,11 @@ class BatchEncoding(dict):
         except KeyError:
             raise AttributeError(name) from None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (DataLoader workers, deepcopy) without a pending span computation, which is a closure: only rows
+        already computed travel."""
+        return {"_rows": None if callable(self._rows) else self._rows}
+
     def to(self, device: Any) -> BatchEncoding:
         """Move the tensors to `device`, in place, as transformers' BatchEncoding does."""
         self.update({key: value.to(device) for key, value in self.items() if hasattr(value, "to")})
@@ -61,8 +66,9 @@ class BatchEncoding(dict):
         if callable(self._rows):
             self._rows = self._rows()
         if self._rows is None:
-            raise MinibertError("this BatchEncoding was not made by the tokenizer, so it has no word or character "
-                                "positions; encode the text with the tokenizer.")
+            raise MinibertError("this BatchEncoding has no word or character positions (it was not made by the "
+                                "tokenizer, or was pickled before they were computed); encode the text again, "
+                                "with return_offsets_mapping=True to keep them through a pickle.")
         if not 0 <= batch_index < len(self._rows):
             raise MinibertError(f"batch index {batch_index} is out of range: the encoding has {len(self._rows)} "
                                 "sequence(s).")

@@ -4,7 +4,9 @@ truncation strategy, `return_offsets_mapping`, `return_special_tokens_mask`, `re
 `word_ids` / `sequence_ids` / `char_to_token` / `token_to_chars`. Where transformers refuses a combination, ours
 raises a MinibertError."""
 
+import copy
 import os
+import pickle
 
 import pytest
 import torch
@@ -149,6 +151,16 @@ def test_char_to_token_and_token_to_chars(ours, ref, sentences):  # noqa: F811
     assert isinstance(span, CharSpan) and (span.start, span.end) == (0, 5) and single[0].token_to_chars(0) is None
 
 
+def test_encodings_pickle(ours, ref):
+    """A plain encoding pickles (its pending span computation does not travel); computed spans do."""
+    plain_enc = pickle.loads(pickle.dumps(ours(["a b", "c"], padding=True)))
+    assert dict(plain_enc) == dict(ref(["a b", "c"], padding=True))
+    with pytest.raises(MinibertError, match="no word or character positions"):
+        plain_enc.word_ids(0)
+    spans = ours(["a b", "c"], return_offsets_mapping=True)
+    assert copy.deepcopy(spans).word_ids(0) == pickle.loads(pickle.dumps(spans)).word_ids(0) == [None, 0, 1, None]
+
+
 def test_span_questions_out_of_range(ours):
     enc = ours(["a b", "c"])
     with pytest.raises(MinibertError, match="batch index 2 is out of range"):
@@ -169,6 +181,7 @@ def test_windows_of_single_texts(ours, ref, sentences, max_length, stride):  # n
                           return_overflowing_tokens=True, **SPANS, **kwargs)
     assert_same_spans(ours, ref, texts[0], truncation=True, max_length=max_length, stride=stride,
                       return_overflowing_tokens=True)  # one text: batched anyway
+    assert_same_spans(ours, ref, texts, stride=stride, return_overflowing_tokens=True)  # no truncation: one row each
 
 
 @pytest.mark.parametrize("truncation", ["longest_first", "only_first", "only_second"])
