@@ -210,10 +210,16 @@ class WordPiece:
 
     def _chunk_spans(self, chunk: str) -> ChunkSpans:
         """Step 5 and 6 on one whitespace-separated chunk, keeping where each token sits in it."""
+        if PUNCTUATION.isdisjoint(chunk):
+            word_ids = self.cache.get(chunk) or self._wordpiece(chunk)
+            if len(word_ids) == 1:  # one token over the whole chunk: no spans to work out
+                return word_ids[0]
+            pieces = [chunk]
+        else:
+            pieces = [p for p in PUNCTUATION_SPLIT.split(chunk) if p]
         ids: list[int] = []
         spans: list[tuple[int, int]] = []
         words: list[int] = []
-        pieces = [chunk] if PUNCTUATION.isdisjoint(chunk) else [p for p in PUNCTUATION_SPLIT.split(chunk) if p]
         at = 0
         for word, piece in enumerate(pieces):
             start = at
