@@ -11,6 +11,10 @@ files (`vocab.txt`, `tokenizer_config.json`, `special_tokens_map.json`).
 
 For a data pipeline, `encode_batch` tokenises many texts at once, in parallel processes when that pays, and returns
 unpadded ids: padding belongs to collation, per batch.
+
+Long inputs and spans (`return_overflowing_tokens`, `stride`, `return_offsets_mapping`, `word_ids()` ...) take a
+second, slower path that keeps each token's origin (`WordPiece.encode_spans`); a plain call does not pay for it, and
+computes the spans only if asked for them afterwards (`enc.word_ids()`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from minibert.encoding import BatchEncoding, Row, keep_lengths, pad_row, pair_windows, span_row, windows
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
 from minibert.hub import hub_errors, hub_file, local_folder_or_repo_id
@@ -50,21 +55,6 @@ DECODE_CLEANUP = [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'
 TEXT_CLEANUP = [pair for pair in DECODE_CLEANUP if pair[0] != " do not"]
 
 TextInput = str | Sequence[str]
-
-
-class BatchEncoding(dict):
-    """The model inputs: a dict (so `model(**enc)` works) whose keys are also attributes (`enc.input_ids`)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def to(self, device: Any) -> BatchEncoding:
-        """Move the tensors to `device`, in place, as transformers' BatchEncoding does."""
-        self.update({key: value.to(device) for key, value in self.items() if hasattr(value, "to")})
-        return self
 
 
 class BertTokenizer:
@@ -198,6 +188,30 @@ class BertTokenizer:
             ids += [self.vocab[part]] if i % 2 else self.wordpiece.encode(part)
         return ids
 
+    def _encode_text_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]], list[int]]:
+        """`_encode_text` with each token's (start, end) in `text` and its word index (a special token found in the
+        text is a word of its own)."""
+        if not isinstance(text, str):
+            raise MinibertError(f"the tokenizer takes a str or a list of str, not {type(text).__name__}.")
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        words: list[int] = []
+        at = word_count = 0
+        for i, part in enumerate(self._special_split.split(text)):
+            if i % 2:
+                ids.append(self.vocab[part])
+                offsets.append((at, at + len(part)))
+                words.append(word_count)
+                word_count += 1
+            elif part:
+                part_ids, part_offsets, part_words = self.wordpiece.encode_spans(part)
+                ids += part_ids
+                offsets += [(at + start, at + end) for start, end in part_offsets] if at else part_offsets
+                words += [word_count + word for word in part_words] if word_count else part_words
+                word_count += part_words[-1] + 1 if part_words else 0
+            at += len(part)
+        return ids, offsets, words
+
     def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False) -> list[str]:
         ids, _ = self._build(self._encode_text(text), None if pair is None else self._encode_text(pair),
                              add_special_tokens)
@@ -211,17 +225,27 @@ class BertTokenizer:
         padding: bool | str = False,
         truncation: bool | str | None = None,
         max_length: int | None = None,
+        stride: int = 0,
         pad_to_multiple_of: int | None = None,
         return_tensors: str | None = None,
         return_token_type_ids: bool | None = None,
         return_attention_mask: bool | None = None,
+        return_overflowing_tokens: bool = False,
+        return_special_tokens_mask: bool = False,
+        return_offsets_mapping: bool = False,
+        return_length: bool = False,
         verbose: bool = True,
     ) -> BatchEncoding:
         """Encode a text, a pair, or a list of either, into `input_ids`, `token_type_ids` and `attention_mask`:
-        lists (lists of lists for a list input) or, with `return_tensors="pt"`, (batch, seq) `torch.long` tensors."""
+        lists (lists of lists for a list input) or, with `return_tensors="pt"`, (batch, seq) `torch.long` tensors.
+
+        `return_overflowing_tokens=True` keeps what truncation cuts, as more rows of `max_length` tokens that
+        overlap by `stride` tokens, with `overflow_to_sample_mapping` (each row's input index); the output is then
+        batched even for a single text. `return_offsets_mapping` gives each token's (start, end) characters in its
+        original text ((0, 0) for [CLS], [SEP] and padding)."""
         batched = not isinstance(text, str)
         texts = list(text) if batched else [text]
-        if text_pair is None:
+        if text_pair is None or (text_pair == "" and not batched):  # transformers drops one text's empty pair
             pairs: list[str | None] = [None] * len(texts)
         else:
             pairs = list(text_pair) if batched else [text_pair]
@@ -230,18 +254,43 @@ class BertTokenizer:
                                     "or a str where the other is a list.")
         padding, truncation, max_length = self._strategies(padding, truncation, max_length, pad_to_multiple_of,
                                                            verbose)
-        rows = [self._build(self._encode_text(a), None if b is None else self._encode_text(b), add_special_tokens,
-                            truncation, max_length) for a, b in zip(texts, pairs)]
-        if verbose and max_length is None:
-            self._warn_if_too_long(rows)
-        enc = self._pad(rows, padding, max_length, pad_to_multiple_of)
+        if not isinstance(stride, int) or stride < 0:
+            raise MinibertError(f"stride={stride!r} must be a whole number of tokens, 0 or more.")
+        options = (add_special_tokens, truncation, max_length, stride, padding, pad_to_multiple_of)
+        if not (stride or return_overflowing_tokens or return_special_tokens_mask or return_offsets_mapping
+                or return_length):
+            rows = [self._build(self._encode_text(a), None if b is None else self._encode_text(b), add_special_tokens,
+                                truncation, max_length) for a, b in zip(texts, pairs)]
+            if verbose and max_length is None:
+                self._warn_if_too_long([ids for ids, _ in rows])
+            enc = self._pad(rows, padding, max_length, pad_to_multiple_of)
+            enc._rows = lambda: self._span_rows(texts, pairs, *options)[0]  # computed if asked for, not before
+        else:
+            span_rows, sample = self._span_rows(texts, pairs, *options)
+            if verbose and max_length is None:
+                self._warn_if_too_long([row.ids for row in span_rows])
+            enc = BatchEncoding(input_ids=[row.ids for row in span_rows],
+                                token_type_ids=[row.type_ids for row in span_rows],
+                                attention_mask=[row.attention_mask for row in span_rows], rows=span_rows)
+            if return_special_tokens_mask:
+                enc["special_tokens_mask"] = [row.special for row in span_rows]
+            if return_offsets_mapping:
+                enc["offset_mapping"] = [row.offsets for row in span_rows]
+            if return_length:
+                enc["length"] = [len(row.ids) for row in span_rows]
+            if return_overflowing_tokens:
+                enc["overflow_to_sample_mapping"] = sample
         if return_token_type_ids is False:
             del enc["token_type_ids"]
         if return_attention_mask is False:
             del enc["attention_mask"]
         if return_tensors is not None:
             return _to_tensors(enc, return_tensors)
-        return enc if batched else BatchEncoding({key: value[0] for key, value in enc.items()})
+        if batched or return_overflowing_tokens:
+            return enc
+        # one text: its row alone, except what is not a list per row (transformers keeps `length` as [n])
+        return BatchEncoding({key: value[0] if value and isinstance(value[0], list) else value
+                              for key, value in enc.items()}, rows=enc._rows)
 
     def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True,
                padding: bool | str = False, truncation: bool | str | None = None, max_length: int | None = None,
@@ -252,34 +301,53 @@ class BertTokenizer:
 
     def encode_batch(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
                      max_length: int | None = None, truncation: bool | str = True, add_special_tokens: bool = True,
-                     num_workers: int = 1) -> BatchEncoding:
+                     num_workers: int = 1, stride: int = 0, return_overflowing_tokens: bool = False) -> BatchEncoding:
         """Tokenise a whole data set for the data pipeline: `input_ids` and `token_type_ids` as lists of lists, not
         padded (collation pads per batch), the same ids as `__call__` with the same arguments.
 
         `num_workers > 1` splits the work over that many processes once there are enough texts for it to pay
-        (MIN_TEXTS_PER_WORKER each); `max_length=None` truncates to `model_max_length`."""
+        (MIN_TEXTS_PER_WORKER each); `max_length=None` truncates to `model_max_length`. With
+        `return_overflowing_tokens=True` a long input gives several windows overlapping by `stride` tokens, and
+        `overflow_to_sample_mapping` says which input each row comes from."""
         pairs = [None] * len(texts) if text_pairs is None else list(text_pairs)
         if len(pairs) != len(texts):
             raise MinibertError(f"encode_batch got {len(texts)} texts but {len(pairs)} text pairs.")
+        if not isinstance(stride, int) or stride < 0:
+            raise MinibertError(f"stride={stride!r} must be a whole number of tokens, 0 or more.")
         _, truncation, max_length = self._strategies(False, truncation, max_length, None, verbose=False)
         jobs = min(num_workers, len(texts) // MIN_TEXTS_PER_WORKER)
         work = list(zip(texts, pairs))
+        options = (add_special_tokens, truncation, max_length, stride, return_overflowing_tokens)
         if jobs <= 1:
-            rows = self._encode_rows(work, add_special_tokens, truncation, max_length)
+            rows, sample = self._encode_rows(work, *options)
         else:
             chunk = -(-len(work) // (jobs * 4))  # a few chunks per worker evens out slow and fast ones
             bounds = [(start, start + chunk) for start in range(0, len(work), chunk)]
             # fork hands the tokenizer and the texts to the workers without copying; elsewhere they are pickled
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            state = (self, work, add_special_tokens, truncation, max_length)
-            with multiprocessing.get_context(method).Pool(jobs, _start_worker, state) as pool:
-                rows = [row for packed in pool.map(_encode_in_worker, bounds) for row in _unpack(packed)]
-        return BatchEncoding(input_ids=[ids for ids, _ in rows], token_type_ids=[types for _, types in rows])
+            with multiprocessing.get_context(method).Pool(jobs, _start_worker, (self, work, *options)) as pool:
+                rows, sample = [], []
+                for packed, part_sample in pool.map(_encode_in_worker, bounds):
+                    rows += _unpack(packed)
+                    sample += part_sample
+        enc = BatchEncoding(input_ids=[ids for ids, _ in rows], token_type_ids=[types for _, types in rows])
+        if return_overflowing_tokens:
+            enc["overflow_to_sample_mapping"] = sample
+        return enc
 
     def _encode_rows(self, work: list[tuple[str, str | None]], add_special_tokens: bool, truncation: str | None,
-                     max_length: int | None) -> list[tuple[list[int], list[int]]]:
-        return [self._build(self._encode_text(a), None if b is None else self._encode_text(b), add_special_tokens,
-                            truncation, max_length) for a, b in work]
+                     max_length: int | None, stride: int = 0, overflow: bool = False
+                     ) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
+        """(input_ids, token_type_ids) rows of `work` and the index in `work` of each row's input."""
+        if not (stride or overflow):
+            return [self._build(self._encode_text(a), None if b is None else self._encode_text(b), add_special_tokens,
+                                truncation, max_length) for a, b in work], list(range(len(work)))
+        span_rows, sample = self._span_rows([a for a, _ in work], [b for _, b in work], add_special_tokens,
+                                            truncation, max_length, stride, None, None)
+        if not overflow:  # stride alone: only the first window of each input, as `__call__` returns it
+            firsts = [i for i, index in enumerate(sample) if i == 0 or index != sample[i - 1]]
+            span_rows, sample = [span_rows[i] for i in firsts], [sample[i] for i in firsts]
+        return [(row.ids, row.type_ids) for row in span_rows], sample
 
     def _strategies(self, padding: bool | str, truncation: bool | str | None, max_length: int | None,
                     pad_to_multiple_of: int | None, verbose: bool) -> tuple[str | None, str | None, int | None]:
@@ -321,14 +389,50 @@ class BertTokenizer:
             return ids, [0] * len(ids)
         return ids + b + [sep], [0] * len(ids) + [1] * (len(b) + 1)
 
+    def _span_rows(self, texts: list[str], pairs: list[str | None], add_special_tokens: bool, truncation: str | None,
+                   max_length: int | None, stride: int, padding: str | None, pad_to_multiple_of: int | None
+                   ) -> tuple[list[Row], list[int]]:
+        """The slow path: each input's rows (one, or its windows) with where each token came from, padded, and the
+        input index of each row."""
+        if truncation is not None and max_length is not None and max_length - 2 >= 0 and max_length - 2 < stride:
+            raise MinibertError(f"stride={stride} must be at most max_length ({max_length}) minus the 2 special "
+                                "tokens; lower stride or raise max_length.")
+        rows: list[Row] = []
+        sample: list[int] = []
+        cls, sep = self.vocab[self.special_tokens["cls_token"]], self.vocab[self.special_tokens["sep_token"]]
+        specials = (cls, sep) if add_special_tokens else None
+        for index, (a, b) in enumerate(zip(texts, pairs)):
+            seq_a = self._encode_text_spans(a)
+            seq_b = None if b is None else self._encode_text_spans(b)
+            keep_a, keep_b = len(seq_a[0]), None if seq_b is None else len(seq_b[0])
+            if truncation is not None and max_length is not None:
+                room = max_length - ((2 if seq_b is None else 3) if add_special_tokens else 0)
+                keep_a, keep_b = keep_lengths(keep_a, keep_b, room, truncation)
+            windows_b = None if seq_b is None else windows(len(seq_b[0]), keep_b, stride)
+            for window_a, window_b in pair_windows(windows(len(seq_a[0]), keep_a, stride), windows_b):
+                rows.append(span_row(seq_a, window_a, seq_b, window_b, specials))
+                sample.append(index)
+        # as in tokenizers, padding to the longest looks at each input's first row only (overflow rows may be longer)
+        firsts = [len(row.ids) for i, row in enumerate(rows) if i == 0 or sample[i] != sample[i - 1]]
+        target = self._pad_target(firsts, padding, max_length, pad_to_multiple_of)
+        pad = self.vocab[self.special_tokens["pad_token"]]
+        return [pad_row(row, target, pad) for row in rows], sample
+
+    @staticmethod
+    def _pad_target(lengths: list[int], padding: str | None, max_length: int | None, pad_to_multiple_of: int | None
+                    ) -> int:
+        """The length to pad every row to (0: no padding)."""
+        target = max(lengths) if padding == "longest" and lengths else max_length
+        if padding is None or target is None:
+            return 0
+        if pad_to_multiple_of:
+            return -(-target // pad_to_multiple_of) * pad_to_multiple_of
+        return target
+
     def _pad(self, rows: list[tuple[list[int], list[int]]], padding: str | None, max_length: int | None,
              pad_to_multiple_of: int | None) -> BatchEncoding:
         """Right padding with [PAD], type 0 and mask 0, to the longest row or to max_length."""
-        target = max(len(ids) for ids, _ in rows) if padding == "longest" and rows else max_length
-        if padding is None or target is None:
-            target = 0
-        elif pad_to_multiple_of:
-            target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+        target = self._pad_target([len(ids) for ids, _ in rows], padding, max_length, pad_to_multiple_of)
         pad = self.vocab[self.special_tokens["pad_token"]]
         enc = BatchEncoding(input_ids=[], token_type_ids=[], attention_mask=[])
         for ids, types in rows:
@@ -338,9 +442,9 @@ class BertTokenizer:
             enc["attention_mask"].append([1] * len(ids) + [0] * missing)
         return enc
 
-    def _warn_if_too_long(self, rows: list[tuple[list[int], list[int]]]) -> None:
+    def _warn_if_too_long(self, rows: list[list[int]]) -> None:
         """transformers' warning, once per tokenizer, for an input the model cannot take whole."""
-        too_long = next((len(ids) for ids, _ in rows if len(ids) > self.model_max_length), None)
+        too_long = next((len(ids) for ids in rows if len(ids) > self.model_max_length), None)
         if too_long is not None and not self._warned_too_long:
             logger.warning("Token indices sequence length is longer than the specified maximum sequence length for "
                            f"this model ({too_long} > {self.model_max_length}). Running this sequence through the "
@@ -376,37 +480,9 @@ class BertTokenizer:
 
 
 def truncate(a: list[int], b: list[int] | None, room: int, strategy: str) -> tuple[list[int], list[int] | None]:
-    """Cut a text (or a pair) to `room` tokens, exactly as `tokenizers` does.
-
-    Its rules differ from transformers' legacy Python tokenizer: `longest_first` does not remove tokens one at a
-    time from the longer side; when both must shrink, the shorter keeps room // 2 and the longer the rest (10 + 10
-    tokens into 7 gives 3 + 4 where the legacy code gives 4 + 3). When the special tokens alone exceed max_length
-    (room < 0) nothing is cut at all."""
-    total = len(a) + len(b or [])
-    if room < 0 or total <= room:
-        return a, b
-    if room == 0:
-        return [], None if b is None else []
-    if strategy == "longest_first":
-        if b is None:
-            return a[:room], None
-        short, long = sorted((len(a), len(b)))
-        long = short if short > room else max(short, room - short)
-        if short + long > room:
-            short, long = room // 2, room // 2 + room % 2
-        keep_a, keep_b = (long, short) if len(a) > len(b) else (short, long)
-        return a[:keep_a], b[:keep_b]
-    if strategy == "only_second" and b is None:
-        raise MinibertError("truncation='only_second' needs a text pair; use truncation=True for a single text.")
-    target = a if strategy == "only_first" else b
-    excess = total - room
-    if len(target) <= excess:
-        raise MinibertError(f"truncation={strategy!r} cannot fit the input into max_length: the "
-                            f"{'first' if strategy == 'only_first' else 'second'} text has {len(target)} tokens and "
-                            f"{excess} must go; use truncation='longest_first' or a larger max_length.")
-    if strategy == "only_first":
-        return a[:len(a) - excess], b
-    return a, b[:len(b) - excess]
+    """Cut a text (or a pair) to `room` tokens, exactly as `tokenizers` does (see `keep_lengths`)."""
+    keep_a, keep_b = keep_lengths(len(a), None if b is None else len(b), room, strategy)
+    return a[:keep_a], None if b is None else b[:keep_b]
 
 
 def read_vocab(path: Path) -> dict[str, int]:
@@ -479,7 +555,7 @@ def _to_tensors(enc: BatchEncoding, return_tensors: str) -> BatchEncoding:
     if len(lengths) > 1:
         raise MinibertError("the texts have different lengths and cannot be stacked into a tensor; "
                             "pass padding=True (or padding='max_length').")
-    return BatchEncoding({key: torch.tensor(value, dtype=torch.long) for key, value in enc.items()})
+    return BatchEncoding({key: torch.tensor(value, dtype=torch.long) for key, value in enc.items()}, rows=enc._rows)
 
 
 # --- encode_batch's worker processes ---------------------------------------------------------------------------
@@ -492,9 +568,10 @@ def _start_worker(*state: Any) -> None:
     _worker_state = state
 
 
-def _encode_in_worker(bounds: tuple[int, int]) -> tuple[array, array, array]:
+def _encode_in_worker(bounds: tuple[int, int]) -> tuple[tuple[array, array, array], list[int]]:
     tokenizer, work, *options = _worker_state
-    return _pack(tokenizer._encode_rows(work[bounds[0]:bounds[1]], *options))
+    rows, sample = tokenizer._encode_rows(work[bounds[0]:bounds[1]], *options)
+    return _pack(rows), [bounds[0] + index for index in sample]
 
 
 def _pack(rows: list[tuple[list[int], list[int]]]) -> tuple[array, array, array]:

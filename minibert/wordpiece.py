@@ -14,10 +14,16 @@ WordPiece model), step for step:
 
 Speed: steps 1-4 run over the whole text with str methods and compiled regexes (C loops), and pure-ASCII text skips
 what cannot apply to it. Steps 5-6 run once per distinct whitespace-separated word: their ids are cached.
+
+Offsets (`encode_spans`): steps 1-4 act on each character alone (a character becomes zero, one or several), so the
+normalised text is the concatenation of each original character's image, and every normalised character points back
+to the original character it came from. A token spans from its first normalised character's origin to its last's,
+as in tokenizers (a mark dropped after the last letter is outside; one dropped inside a word is inside).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import unicodedata
@@ -104,6 +110,11 @@ def _build_classes() -> tuple[re.Pattern, re.Pattern, re.Pattern, re.Pattern, fr
 
 DROPPED, CJK, MARKS, PUNCTUATION_SPLIT, PUNCTUATION = _build_classes()
 ASCII_DROPPED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+")  # DROPPED, restricted to ASCII
+NON_SPACE = re.compile(r"\S+")  # re's \s is str.split's whitespace
+
+# One whitespace-separated chunk's tokens: ids, (start, end) in the chunk, word index in the chunk, and its word count;
+# or, for a chunk that is one token and one word (most are), that token's id alone.
+ChunkSpans = tuple[list[int], list[tuple[int, int]], list[int], int] | int
 
 
 class WordPiece:
@@ -118,6 +129,8 @@ class WordPiece:
         self.split_cjk = split_cjk
         self.longest_piece = max(map(len, vocab), default=1)
         self.cache: dict[str, list[int]] = {}
+        self.span_cache: dict[str, ChunkSpans] = {}
+        self.char_cache: dict[str, str] = {}
 
     def normalize(self, text: str) -> str:
         """Steps 1-4 over a whole text."""
@@ -148,6 +161,76 @@ class WordPiece:
             ids += word_ids
         return ids
 
+    def encode_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]], list[int]]:
+        """The ids of `text`, each token's (start, end) character span in `text`, and each token's word index (a
+        word: a whitespace-separated run split at punctuation, as tokenizers' pre-tokenizer counts them)."""
+        normalized, origin = self._normalize_aligned(text)
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        words: list[int] = []
+        cache = self.span_cache
+        word_count = 0
+        for match in NON_SPACE.finditer(normalized):
+            chunk = match.group()
+            entry = cache.get(chunk)
+            if entry is None:
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                entry = cache[chunk] = self._chunk_spans(chunk)
+            start, end = match.span()
+            if entry.__class__ is int:  # most chunks: one token, one word, all of the chunk
+                ids.append(entry)
+                offsets.append((start, end) if origin is None else (origin[start], origin[end - 1] + 1))
+                words.append(word_count)
+                word_count += 1
+                continue
+            chunk_ids, spans, chunk_words, count = entry
+            ids += chunk_ids
+            if origin is None:
+                offsets += [(start + a, start + b) for a, b in spans]
+            else:
+                offsets += [(origin[start + a], origin[start + b - 1] + 1) for a, b in spans]
+            words += [word_count + word for word in chunk_words]
+            word_count += count
+        return ids, offsets, words
+
+    def _normalize_aligned(self, text: str) -> tuple[str, list[int] | None]:
+        """Steps 1-4, and for each normalised character the index of the original one (None: the identity)."""
+        if text.isascii() and not ASCII_DROPPED.search(text):
+            return (text.lower() if self.lowercase else text), None
+        images = self.char_cache
+        for char in set(text).difference(images):
+            images[char] = self.normalize(char)
+        pieces = list(map(images.__getitem__, text))
+        normalized = "".join(pieces)
+        lengths = list(map(len, pieces))
+        if len(normalized) == len(text) and max(lengths, default=1) == 1:
+            return normalized, None
+        return normalized, list(itertools.chain.from_iterable(map(itertools.repeat, range(len(text)), lengths)))
+
+    def _chunk_spans(self, chunk: str) -> ChunkSpans:
+        """Step 5 and 6 on one whitespace-separated chunk, keeping where each token sits in it."""
+        if PUNCTUATION.isdisjoint(chunk):
+            word_ids = self.cache.get(chunk) or self._wordpiece(chunk)
+            if len(word_ids) == 1:  # one token over the whole chunk: no spans to work out
+                return word_ids[0]
+            pieces = [chunk]
+        else:
+            pieces = [p for p in PUNCTUATION_SPLIT.split(chunk) if p]
+        ids: list[int] = []
+        spans: list[tuple[int, int]] = []
+        words: list[int] = []
+        at = 0
+        for word, piece in enumerate(pieces):
+            start = at
+            for token_id, end in self._wordpiece_ends(piece):
+                ids.append(token_id)
+                spans.append((start, at + end))
+                words.append(word)
+                start = at + end
+            at += len(piece)
+        return ids[0] if len(ids) == 1 else (ids, spans, words, len(pieces))
+
     def _encode_word(self, word: str) -> list[int]:
         """Step 5's punctuation split, then step 6 on each piece."""
         if PUNCTUATION.isdisjoint(word):
@@ -159,7 +242,9 @@ class WordPiece:
         return ids
 
     def _wordpiece(self, word: str) -> list[int]:
-        """Greedy longest-match-first: the longest vocabulary entry that starts the rest of the word, each time."""
+        """Greedy longest-match-first: the longest vocabulary entry that starts the rest of the word, each time.
+        (`_wordpiece_ends` is the same loop keeping where each piece ends; this one, for the plain path, is kept
+        apart because a cold cache runs it once per distinct word.)"""
         if len(word) > MAX_CHARS_PER_WORD:
             return [self.unk_id]
         ids: list[int] = []
@@ -175,3 +260,21 @@ class WordPiece:
             else:  # no entry covers the next character: the whole word is unknown
                 return [self.unk_id]
         return ids
+
+    def _wordpiece_ends(self, word: str) -> list[tuple[int, int]]:
+        """`_wordpiece`, with where each piece ends in the word."""
+        if len(word) > MAX_CHARS_PER_WORD:
+            return [(self.unk_id, len(word))]
+        tokens: list[tuple[int, int]] = []
+        start = 0
+        while start < len(word):
+            prefix = CONTINUATION if start > 0 else ""
+            for end in range(min(len(word), start + self.longest_piece), start, -1):
+                piece_id = self.vocab.get(prefix + word[start:end])
+                if piece_id is not None:
+                    tokens.append((piece_id, end))
+                    start = end
+                    break
+            else:  # no entry covers the next character: the whole word is unknown
+                return [(self.unk_id, len(word))]
+        return tokens

@@ -1,6 +1,9 @@
 """BertTokenizer against transformers.BertTokenizer (its default, Rust-backed one) loaded from the same folder:
 same input_ids, token_type_ids and attention_mask on real data, pairs, padding, a torture list and every Unicode
-code point; same decoded text; and the files, the Hub and the errors a user can meet."""
+code point; same decoded text; and the files, the Hub and the errors a user can meet.
+
+Most tests run twice: on the small vocabulary of tests/vocab.py with generated sentences (no ../shared needed) and
+on MiniLM's real vocabulary with SST-2 (skipped without ../shared); the `real_*` fixtures are MiniLM's alone."""
 
 import csv
 import logging
@@ -18,6 +21,7 @@ from minibert.errors import MinibertError
 from minibert.tokenizer import BertTokenizer
 from minibert.wordpiece import CATEGORY_IN_UNICODE_9, CJK_RANGES, NEWER_THAN_UNICODE_9, _expand
 from tests.fake_hub import FakeHub
+from tests.vocab import sentences, vocab_dir, write_small_vocab  # noqa: F401 - fixtures
 
 KEYS = ("input_ids", "token_type_ids", "attention_mask")
 
@@ -68,15 +72,25 @@ def read_imdb(path: Path, limit: int | None = None) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ours(minilm_dir):
+def ours(vocab_dir):  # noqa: F811
+    return BertTokenizer.from_pretrained(vocab_dir)
+
+
+@pytest.fixture(scope="module")
+def ref(vocab_dir):  # noqa: F811
+    tok = transformers.BertTokenizer.from_pretrained(vocab_dir)
+    assert type(tok).__module__.endswith("tokenization_bert"), "expected the default (Rust-backed) tokenizer"
+    return tok
+
+
+@pytest.fixture(scope="module")
+def real_ours(minilm_dir):
     return BertTokenizer.from_pretrained(minilm_dir)
 
 
 @pytest.fixture(scope="module")
-def ref(minilm_dir):
-    tok = transformers.BertTokenizer.from_pretrained(minilm_dir)
-    assert type(tok).__module__.endswith("tokenization_bert"), "expected the default (Rust-backed) tokenizer"
-    return tok
+def real_ref(minilm_dir):
+    return transformers.BertTokenizer.from_pretrained(minilm_dir)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +104,7 @@ def mismatches(ours, ref, texts, pairs=None, **kwargs) -> list[str]:
     assert set(a) == set(b)
     bad = []
     for i, text in enumerate(texts):
-        for key in KEYS:
+        for key in b:
             if a[key][i] != b[key][i]:
                 bad.append(f"{text!r}: {key} {a[key][i]} != {b[key][i]}")
                 break
@@ -112,12 +126,12 @@ def test_sst2_dev_and_imdb_slice(ours, ref, sst2_dev, shared_dir):
 
 
 @pytest.mark.slow
-def test_full_sst2_and_imdb(ours, ref, shared_dir):
+def test_full_sst2_and_imdb(real_ours, real_ref, shared_dir):
     texts = read_sst2(shared_dir / "data" / "sst2" / "train.tsv") + read_sst2(shared_dir / "data" / "sst2" / "dev.tsv")
     texts += read_imdb(shared_dir / "data" / "imdb" / "train.csv")
     assert len(texts) == 67349 + 872 + 25000
     for start in range(0, len(texts), 5000):
-        assert_same(ours, ref, texts[start:start + 5000])
+        assert_same(real_ours, real_ref, texts[start:start + 5000])
 
 
 def test_torture_list(ours, ref):
@@ -152,11 +166,11 @@ def test_unicode_classes_where_python_and_tokenizers_disagree(ours, ref):
 
 
 @pytest.mark.slow
-def test_every_code_point(ours, ref):
+def test_every_code_point(real_ours, real_ref):
     codepoints = [cp for cp in range(sys.maxunicode + 1) if not 0xD800 <= cp <= 0xDFFF]
     for start in range(0, len(codepoints), 50_000):
         texts = codepoint_texts(codepoints[start:start + 50_000], templates=("a{c}B {c}",))  # one text: ~1 min
-        assert_same(ours, ref, texts, add_special_tokens=False)
+        assert_same(real_ours, real_ref, texts, add_special_tokens=False)
 
 
 # --- pairs, truncation, padding ----------------------------------------------------------------------------------
@@ -164,10 +178,10 @@ def test_every_code_point(ours, ref):
 
 @pytest.mark.parametrize("truncation", [True, "longest_first", "only_first", "only_second"])
 @pytest.mark.parametrize("max_length", [0, 2, 3, 4, 5, 8, 16, 33, 64])
-def test_pairs_under_each_truncation(ours, ref, sst2_dev, truncation, max_length):
+def test_pairs_under_each_truncation(ours, ref, sentences, truncation, max_length):  # noqa: F811
     """Pairs of dev sentences (and a sentence with itself, for equal lengths); where transformers refuses
     (only_first/only_second with too little to cut), ours raises a MinibertError."""
-    firsts, seconds = sst2_dev[0:120:2] + sst2_dev[:5], sst2_dev[1:120:2] + sst2_dev[:5]
+    firsts, seconds = sentences[0:120:2] + sentences[:5], sentences[1:120:2] + sentences[:5]
     refused = 0
     for a, b in zip(firsts, seconds):
         try:
@@ -185,14 +199,14 @@ def test_pairs_under_each_truncation(ours, ref, sst2_dev, truncation, max_length
 
 @pytest.mark.parametrize("max_length", [0, 1, 2, 3, 7, 20])
 @pytest.mark.parametrize("truncation", [True, "only_first"])
-def test_single_text_truncation(ours, ref, sst2_dev, max_length, truncation):
-    assert_same(ours, ref, sst2_dev[:50], truncation=truncation, max_length=max_length)
-    assert_same(ours, ref, sst2_dev[:50], truncation=truncation, max_length=max_length, add_special_tokens=False)
+def test_single_text_truncation(ours, ref, sentences, max_length, truncation):  # noqa: F811
+    assert_same(ours, ref, sentences[:50], truncation=truncation, max_length=max_length)
+    assert_same(ours, ref, sentences[:50], truncation=truncation, max_length=max_length, add_special_tokens=False)
 
 
-def test_batched_pairs_and_no_specials(ours, ref, sst2_dev):
-    assert_same(ours, ref, sst2_dev[:60], sst2_dev[60:120])
-    assert_same(ours, ref, sst2_dev[:60], sst2_dev[60:120], add_special_tokens=False, truncation=True, max_length=20)
+def test_batched_pairs_and_no_specials(ours, ref, sentences):  # noqa: F811
+    assert_same(ours, ref, sentences[:60], sentences[60:120])
+    assert_same(ours, ref, sentences[:60], sentences[60:120], add_special_tokens=False, truncation=True, max_length=20)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -206,15 +220,15 @@ def test_batched_pairs_and_no_specials(ours, ref, sst2_dev):
     {"padding": False, "max_length": 12},  # max_length alone truncates
     {"padding": "do_not_pad", "truncation": "do_not_truncate"},
 ])
-def test_padding_modes(ours, ref, sst2_dev, kwargs):
-    texts = sst2_dev[200:230]
+def test_padding_modes(ours, ref, sentences, kwargs):  # noqa: F811
+    texts = sentences[200:230]
     assert_same(ours, ref, texts, **kwargs)
     assert_same(ours, ref, texts, texts[::-1], **kwargs)
     assert dict(ours(texts[0], **kwargs)) == dict(ref(texts[0], **kwargs))
 
 
-def test_tensors(ours, ref, sst2_dev):
-    texts = sst2_dev[:7]
+def test_tensors(ours, ref, sentences):  # noqa: F811
+    texts = sentences[:7]
     for args, kwargs in [((texts,), {"padding": True}), ((texts[0],), {}), ((texts, texts), {"padding": True}),
                          ((texts,), {"padding": "max_length", "max_length": 64, "truncation": True})]:
         got, expected = ours(*args, return_tensors="pt", **kwargs), ref(*args, return_tensors="pt", **kwargs)
@@ -245,6 +259,8 @@ def test_return_value_is_a_dict_with_attributes(ours):
 def test_encode_and_positional_pair(ours, ref):
     assert ours.encode("Hello there", "General Kenobi") == ref.encode("Hello there", "General Kenobi")
     assert ours("a b", "c")["token_type_ids"] == [0, 0, 0, 0, 1, 1]
+    # an empty pair: dropped for one text (transformers' `if text_pair`), kept in a batch
+    assert dict(ours("a b", "")) == dict(ref("a b", "")) and dict(ours(["a b"], [""])) == dict(ref(["a b"], [""]))
     assert torch.equal(ours.encode("a b", return_tensors="pt"), ref.encode("a b", return_tensors="pt"))
     with pytest.raises(MinibertError, match="text_pair must match text"):
         ours(["a", "b"], ["c"])
@@ -253,8 +269,8 @@ def test_encode_and_positional_pair(ours, ref):
 # --- the warnings users know -------------------------------------------------------------------------------------
 
 
-def test_too_long_warning_once(minilm_dir, caplog):
-    tok = BertTokenizer.from_pretrained(minilm_dir)
+def test_too_long_warning_once(vocab_dir, caplog):  # noqa: F811
+    tok = BertTokenizer.from_pretrained(vocab_dir)
     long_text = "word " * 600
     with caplog.at_level(logging.WARNING, logger="minibert"):
         assert len(tok(["short", long_text, long_text + "x"])["input_ids"][1]) == 602
@@ -264,7 +280,7 @@ def test_too_long_warning_once(minilm_dir, caplog):
                         "model (602 > 512). Running this sequence through the model will result in indexing errors"]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="minibert"):
-        BertTokenizer.from_pretrained(minilm_dir)(long_text, truncation=True)
+        BertTokenizer.from_pretrained(vocab_dir)(long_text, truncation=True)
     assert not caplog.records  # truncating to model_max_length: nothing to warn about
 
 
@@ -291,8 +307,8 @@ def test_bad_options(ours):
 # --- decoding and the vocabulary ---------------------------------------------------------------------------------
 
 
-def test_decode_matches(ours, ref, sst2_dev):
-    texts = TORTURE + sst2_dev[:100] + ["Hello , world ! It ' s don ' t do not . I ' m here , ok ?"]
+def test_decode_matches(ours, ref, sentences):  # noqa: F811
+    texts = TORTURE + sentences[:100] + ["Hello , world ! It ' s don ' t do not . I ' m here , ok ?"]
     for text in texts:
         ids = ref(text)["input_ids"]
         assert ours(text)["input_ids"] == ids
@@ -305,32 +321,33 @@ def test_decode_matches(ours, ref, sst2_dev):
     assert ours.batch_decode(pairs, skip_special_tokens=True) == ref.batch_decode(pairs, skip_special_tokens=True)
     tensor = ref(texts[:3], padding=True, return_tensors="pt")["input_ids"]
     assert ours.batch_decode(tensor) == ref.batch_decode(tensor) and ours.decode(tensor[0]) == ref.decode(tensor[0])
-    assert ours.decode(101) == ref.decode(101) == ours.decode(torch.tensor(101)) == "[CLS]"
-    odd = [2023, 10000000, 1012, -1]  # ids outside the vocabulary are dropped
+    cls = ours.cls_token_id
+    assert ours.decode(cls) == ref.decode(cls) == ours.decode(torch.tensor(cls)) == "[CLS]"
+    odd = [len(ours) - 1, 10000000, len(ours) // 2, -1]  # ids outside the vocabulary are dropped
     assert ours.decode([i for i in odd if i >= 0]) == ref.decode([i for i in odd if i >= 0])
 
 
-def test_vocabulary_api(ours, ref):
-    assert len(ours) == ours.vocab_size == len(ref) == 30522
-    assert ours.vocab == ref.get_vocab() == ours.get_vocab()
+def test_vocabulary_api(real_ours, real_ref):
+    assert len(real_ours) == real_ours.vocab_size == len(real_ref) == 30522
+    assert real_ours.vocab == real_ref.get_vocab() == real_ours.get_vocab()
     for name in ("pad", "unk", "cls", "sep", "mask"):
-        assert getattr(ours, f"{name}_token_id") == getattr(ref, f"{name}_token_id")
-        assert getattr(ours, f"{name}_token") == getattr(ref, f"{name}_token")
-    assert ours.model_max_length == ref.model_max_length == 512
+        assert getattr(real_ours, f"{name}_token_id") == getattr(real_ref, f"{name}_token_id")
+        assert getattr(real_ours, f"{name}_token") == getattr(real_ref, f"{name}_token")
+    assert real_ours.model_max_length == real_ref.model_max_length == 512
     tokens = ["hello", "##ing", "[MASK]", "notaword", ""]
-    assert ours.convert_tokens_to_ids(tokens) == ref.convert_tokens_to_ids(tokens)
-    assert ours.convert_tokens_to_ids("hello") == ref.convert_tokens_to_ids("hello") == 7592
+    assert real_ours.convert_tokens_to_ids(tokens) == real_ref.convert_tokens_to_ids(tokens)
+    assert real_ours.convert_tokens_to_ids("hello") == real_ref.convert_tokens_to_ids("hello") == 7592
     ids = [101, 7592, 2075, 103, 102]
-    assert ours.convert_ids_to_tokens(ids) == ref.convert_ids_to_tokens(ids)
-    assert ours.convert_ids_to_tokens(ids, skip_special_tokens=True) == \
-        ref.convert_ids_to_tokens(ids, skip_special_tokens=True)
-    assert ours.convert_ids_to_tokens(7592) == "hello"
-    assert ours.tokenize("Hello world", "pair", add_special_tokens=True) == \
-        ref.tokenize("Hello world", "pair", add_special_tokens=True)
+    assert real_ours.convert_ids_to_tokens(ids) == real_ref.convert_ids_to_tokens(ids)
+    assert real_ours.convert_ids_to_tokens(ids, skip_special_tokens=True) == \
+        real_ref.convert_ids_to_tokens(ids, skip_special_tokens=True)
+    assert real_ours.convert_ids_to_tokens(7592) == "hello"
+    assert real_ours.tokenize("Hello world", "pair", add_special_tokens=True) == \
+        real_ref.tokenize("Hello world", "pair", add_special_tokens=True)
 
 
-def test_encode_batch(ours, ref, sst2_dev, monkeypatch):
-    texts = sst2_dev + sst2_dev[:100]
+def test_encode_batch(ours, ref, sentences, monkeypatch):  # noqa: F811
+    texts = sentences + sentences[:100]
     single = ours.encode_batch(texts, max_length=32)
     assert single["input_ids"] == ref(texts, truncation=True, max_length=32)["input_ids"]
     monkeypatch.setattr("minibert.tokenizer.MIN_TEXTS_PER_WORKER", 200)  # 972 texts: four chunks for two workers
@@ -405,34 +422,34 @@ def test_folder_errors(tmp_path):
         BertTokenizer.from_pretrained(tmp_path)
 
 
-def test_config_options_match_transformers(tmp_path, minilm_dir, sst2_dev):
+def test_config_options_match_transformers(tmp_path, vocab_dir, sentences):  # noqa: F811
     """Cased, accents kept, CJK not split, never_split (ignored by transformers' default tokenizer, so by ours):
-    the same folder through both."""
-    vocab = (minilm_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    the same folder through both, offsets included."""
+    vocab = (vocab_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
     extra = ["Hello", "World", "Crème", "##è", "é", "北京", "NAÏVE"]
-    write_vocab(tmp_path, vocab + extra)
-    texts = TORTURE + sst2_dev[:50] + ["Hello World crème Crème NAÏVE 北京 北"]
+    write_vocab(tmp_path, vocab + [token for token in extra if token not in vocab])
+    texts = TORTURE + sentences[:50] + ["Hello World crème Crème NAÏVE 北京 北"]
     for config in [{"do_lower_case": False}, {"do_lower_case": True, "strip_accents": False},
                    {"do_lower_case": False, "strip_accents": True}, {"tokenize_chinese_chars": False},
                    {"never_split": ["hello.", "[x]"]}]:
         (tmp_path / "tokenizer_config.json").write_text(str(config).replace("'", '"').replace("False", "false")
                                                         .replace("True", "true"), encoding="utf-8")
         ref = transformers.BertTokenizer.from_pretrained(tmp_path)
-        assert_same(BertTokenizer.from_pretrained(tmp_path), ref, texts + ["hello. [x]"])
+        assert_same(BertTokenizer.from_pretrained(tmp_path), ref, texts + ["hello. [x]"], return_offsets_mapping=True)
 
 
-def test_save_pretrained_round_trip(ours, tmp_path, sst2_dev):
+def test_save_pretrained_round_trip(ours, tmp_path, sentences):  # noqa: F811
     files = ours.save_pretrained(tmp_path / "saved")
     assert sorted(p.name for p in files) == ["special_tokens_map.json", "tokenizer_config.json", "vocab.txt"]
     again = BertTokenizer.from_pretrained(tmp_path / "saved")
     assert again.vocab == ours.vocab and again.model_max_length == 512
     theirs = transformers.BertTokenizer.from_pretrained(tmp_path / "saved")
-    assert_same(again, theirs, sst2_dev[:100] + TORTURE)
-    assert_same(ours, theirs, sst2_dev[:100], truncation=True, padding=True)
+    assert_same(again, theirs, sentences[:100] + TORTURE)
+    assert_same(ours, theirs, sentences[:100], truncation=True, padding=True)
 
 
-def test_from_pretrained_overrides(minilm_dir):
-    tok = BertTokenizer.from_pretrained(minilm_dir, model_max_length=16)
+def test_from_pretrained_overrides(vocab_dir):  # noqa: F811
+    tok = BertTokenizer.from_pretrained(vocab_dir, model_max_length=16)
     assert len(tok("word " * 40, truncation=True)["input_ids"]) == 16
 
 
