@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from minibert import run_folder
+from minibert.checkpoint_files import resolve_checkpoint
 from minibert.cli import given_flags
 from minibert.config import BertConfig
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
-from minibert.weights import resolve_checkpoint
 
 logger = logging.getLogger("minibert")
 
