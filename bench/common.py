@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import random
@@ -127,6 +128,17 @@ def utc(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+def strict_json(value: object) -> object:
+    """`value` with NaN and infinities as null, which JSON (unlike Python's json module) has no number for."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
 class Run:
     """One run of a bench script. `add` prints a row the moment it is measured and rewrites the run's JSON (marked
     incomplete until `finish`, so a run cut short leaves its rows behind but `report.py` does not publish them)."""
@@ -141,8 +153,9 @@ class Run:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started))
         self.path = None if args.no_save else RESULTS / f"{script}-{stamp}.json"
         m = self.machine
+        threads = f"{m['threads']} thread" + ("s" if m["threads"] != 1 else "")
         print(f"{script}: {m['cpu']} ({m['cpu_capability']}, native bf16: {'yes' if m['native_bf16'] else 'no'}), "
-              f"{m['threads']} threads, load {m['load_avg_1m']}, torch {m['torch']}, commit {self.git['commit']}"
+              f"{threads}, load {m['load_avg_1m']}, torch {m['torch']}, commit {self.git['commit']}"
               f"{' (dirty)' if self.git['dirty'] else ''}", flush=True)
 
     def add(self, row: dict, columns: list[str]) -> dict:
@@ -164,7 +177,7 @@ class Run:
                    **self.git, "started_utc": utc(self.started), "finished_utc": utc(time.time()) if complete else None,
                    "complete": complete, "machine": self.machine, "load_avg_1m_end": round(os.getloadavg()[0], 2),
                    **extra, "rows": self.rows}
-        self.path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        self.path.write_text(json.dumps(strict_json(payload), indent=1, allow_nan=False, default=str) + "\n")
         return self.path
 
     def finish(self, **extra) -> None:

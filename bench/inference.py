@@ -91,6 +91,7 @@ def main(argv=None) -> None:
             ref, ours = torch.compile(ref, dynamic=True), torch.compile(ours, dynamic=True)
         for dtype in dtypes:
             for data_name, texts in data.items():
+                print(f"{name} {data_name} {dtype}: {len(texts)} texts, warm-up and {reps} repetitions", flush=True)
                 by_length = sorted(texts, key=lambda s: len(hf_tok.tokenize(s)))
                 fns = {}
                 for recipe in ("classic", "dynamic"):

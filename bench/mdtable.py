@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 def fmt(value: object) -> str:
-    """Floats with 3 significant digits (whole numbers from 1000 on), NaN as a dash, the rest as `str`."""
+    """Floats with 3 significant digits (whole numbers from 1000 on), NaN and None (no value) as a dash, the rest
+    as `str`."""
+    if value is None:
+        return "–"
     if isinstance(value, float):
         if value != value:
             return "–"
