@@ -87,15 +87,18 @@ def machine(device: str = "cpu") -> dict:
 
 
 def git_state() -> dict:
-    """The checkout's short commit and whether tracked files differ from it (the numbers then belong to no commit)."""
+    """The checkout's short commit, the tracked files that differ from it, and whether any of them is code (the
+    numbers then belong to no commit; Markdown and bench/results/ do not count: report.py rewrites the README)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout
 
     try:
-        return {"commit": git("rev-parse", "--short", "HEAD").strip(),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no").strip())}
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
     except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
+        return {"commit": None, "dirty": None, "changed": None}
+    code = [f for f in changed if not f.endswith(".md") and not f.startswith("bench/results/")]
+    return {"commit": commit, "dirty": bool(code), "changed": changed}
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

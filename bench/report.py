@@ -180,11 +180,16 @@ def cpu_label(run: dict) -> str:
     return label + (f", GPU {machine_of(run)[3]}" if machine_of(run)[3] else "")
 
 
+def threads_of(run: dict) -> str:
+    n = run["machine"]["threads"]
+    return f"{n} thread" + ("s" if n != 1 else "")
+
+
 def run_line(number: int, run: dict) -> str:
     m = run["machine"]
     commit = f"`{run['commit']}`" + (" (uncommitted changes)" if run.get("dirty") else "")
     when = (run.get("started_utc") or "?").replace("T", " ").replace("Z", " UTC")
-    threads = f"{m['threads']} thread" + ("s" if m["threads"] != 1 else "")
+    threads = threads_of(run)
     load = f"load {m['load_avg_1m']}-{run.get('load_avg_1m_end', '?')} on {m['cores']} cores"
     return (f"- [{number}] `{run['command']}`: commit {commit}, {when}, {threads}, {cpu_label(run)}, "
             f"torch {m['torch']}, transformers {m['transformers']}, {load}; `results/{run['file']}`")
@@ -229,7 +234,7 @@ def render_history(runs: list[dict]) -> str:
     for run in older:
         why = "cut short" if not run.get("complete") else "superseded"
         lines.append(f"- `results/{run['file']}` ({why}): `{run['command']}`, commit `{run['commit']}`, "
-                     f"{run['machine']['threads']} threads, {cpu_label(run)}")
+                     f"{threads_of(run)}, {cpu_label(run)}")
     return "\n".join(lines) + "\n"
 
 
