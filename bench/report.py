@@ -231,8 +231,10 @@ def render_history(runs: list[dict]) -> str:
     if not older:
         return "_None: every recorded run is behind a current table._\n"
     lines = []
+    scripts = {table.script for table in TABLES}
     for run in older:
-        why = "cut short" if not run.get("complete") else "superseded"
+        why = ("cut short" if not run.get("complete") else "superseded" if run["script"] in scripts
+               else "no table for this script here yet")
         lines.append(f"- `results/{run['file']}` ({why}): `{run['command']}`, commit `{run['commit']}`, "
                      f"{threads_of(run)}, {cpu_label(run)}")
     return "\n".join(lines) + "\n"
