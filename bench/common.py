@@ -94,11 +94,12 @@ def git_state() -> dict:
 
     try:
         commit = git("rev-parse", "--short", "HEAD").strip()
+        subject = git("log", "-1", "--format=%s (authored %aI)").strip()  # finds the commit again after a rebase
         changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
     except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None, "changed": None}
+        return {"commit": None, "commit_subject": None, "dirty": None, "changed": None}
     code = [f for f in changed if not f.endswith(".md") and not f.startswith("bench/results/")]
-    return {"commit": commit, "dirty": bool(code), "changed": changed}
+    return {"commit": commit, "commit_subject": subject, "dirty": bool(code), "changed": changed}
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
