@@ -146,13 +146,15 @@ def render_targets(runs: list[dict]) -> str:
                    if all(row.get(k) == v for k, v in target.where.items())]
         for run, row in matches:
             number = numbers.setdefault(run["file"], len(numbers) + 1)
+            cpu = f"{run['machine']['cpu']}, {run['machine']['cpu_capability']}, {threads_of(run)}"
             lines.append(row_line([target.workload, row[target.field], f">= {target.at_least:g}",
-                                   "met" if row[target.field] >= target.at_least else "**missed**", f"[{number}]"]))
+                                   "met" if row[target.field] >= target.at_least else "**missed**", cpu,
+                                   f"[{number}]"]))
         if not matches:
-            lines.append(row_line([target.workload, "–", f">= {target.at_least:g}", "not measured", ""]))
+            lines.append(row_line([target.workload, "–", f">= {target.at_least:g}", "not measured", "", ""]))
     by_file = {run["file"]: run for rows in tables.values() for run, _ in rows}
     head = ["Runs behind this table:", ""] + [run_line(n, by_file[f]) for f, n in numbers.items()] + [""]
-    return "\n".join(head + header_lines(["workload", "figure", "target", "", "run"]) + lines) + "\n"
+    return "\n".join(head + header_lines(["workload", "figure", "target", "", "on", "run"]) + lines) + "\n"
 
 
 def load_runs(folder: Path) -> list[dict]:
@@ -205,7 +207,10 @@ def current_rows(table: Table, runs: list[dict]) -> list[tuple[dict, dict]]:
         for row_index, row in enumerate(table.reshape(rows) if table.reshape else rows):
             key = machine_of(run) + tuple(row.get(k, run.get("args", {}).get(k)) for k in table.key)
             newest[key] = (run_index, row_index, run, row)
-    return [(run, row) for _, _, run, row in sorted(newest.values(), key=lambda t: (t[0], t[1]))]
+    chosen = sorted(newest.values(), key=lambda t: (t[0], t[1]))
+    machines = list(dict.fromkeys(machine_of(run)[:4] for _, _, run, _ in chosen))  # grouped by CPU, then run order
+    chosen.sort(key=lambda t: (machines.index(machine_of(t[2])[:4]), t[0], t[1]))
+    return [(run, row) for _, _, run, row in chosen]
 
 
 def render(table: Table, runs: list[dict]) -> str:
@@ -218,9 +223,12 @@ def render(table: Table, runs: list[dict]) -> str:
     by_file = {run["file"]: run for run, _ in chosen}
     lines = ["Runs behind this table (newest per configuration, machine and threads):", ""]
     lines += [run_line(n, by_file[f]) for f, n in numbers.items()]
-    lines += [""] + header_lines(["run"] + [header for _, header in table.columns])
-    lines += [row_line([f"[{numbers[run['file']]}]"] + [row.get(f, "") for f, _ in table.columns])
-              for run, row in chosen]
+    several_cpus = len({machine_of(run)[:4] for run, _ in chosen}) > 1
+    cpu = ["CPU"] if several_cpus else []
+    lines += [""] + header_lines(["run"] + cpu + [header for _, header in table.columns])
+    for run, row in chosen:
+        cpu = [f"{run['machine']['cpu']}, {run['machine']['cpu_capability']}"] if several_cpus else []
+        lines.append(row_line([f"[{numbers[run['file']]}]"] + cpu + [row.get(f, "") for f, _ in table.columns]))
     return "\n".join(lines) + "\n"
 
 
