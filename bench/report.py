@@ -146,7 +146,7 @@ def render_targets(runs: list[dict]) -> str:
                    if all(row.get(k) == v for k, v in target.where.items())]
         for run, row in matches:
             number = numbers.setdefault(run["file"], len(numbers) + 1)
-            cpu = f"{run['machine']['cpu']}, {run['machine']['cpu_capability']}, {threads_of(run)}"
+            cpu = f"{short_machine(run)}, {threads_of(run)}"
             lines.append(row_line([target.workload, row[target.field], f">= {target.at_least:g}",
                                    "met" if row[target.field] >= target.at_least else "**missed**", cpu,
                                    f"[{number}]"]))
@@ -173,6 +173,12 @@ def machine_of(run: dict) -> tuple:
     m = run["machine"]
     gpu = m.get("gpu") if str(run.get("args", {}).get("device", "cpu")).startswith("cuda") else None
     return m["cpu"], m["cpu_capability"], m["native_bf16"], gpu, m["threads"]
+
+
+def short_machine(run: dict) -> str:
+    """CPU model and capability (and the GPU of a CUDA run): the column that tells a table's machines apart."""
+    gpu = machine_of(run)[3]
+    return f"{run['machine']['cpu']}, {run['machine']['cpu_capability']}" + (f", {gpu}" if gpu else "")
 
 
 def cpu_label(run: dict) -> str:
@@ -223,12 +229,11 @@ def render(table: Table, runs: list[dict]) -> str:
     by_file = {run["file"]: run for run, _ in chosen}
     lines = ["Runs behind this table (newest per configuration, machine and threads):", ""]
     lines += [run_line(n, by_file[f]) for f, n in numbers.items()]
-    several_cpus = len({machine_of(run)[:4] for run, _ in chosen}) > 1
-    cpu = ["CPU"] if several_cpus else []
-    lines += [""] + header_lines(["run"] + cpu + [header for _, header in table.columns])
+    several_machines = len({machine_of(run)[:4] for run, _ in chosen}) > 1
+    lines += [""] + header_lines(["run"] + (["machine"] if several_machines else []) + [h for _, h in table.columns])
     for run, row in chosen:
-        cpu = [f"{run['machine']['cpu']}, {run['machine']['cpu_capability']}"] if several_cpus else []
-        lines.append(row_line([f"[{numbers[run['file']]}]"] + cpu + [row.get(f, "") for f, _ in table.columns]))
+        where = [short_machine(run)] if several_machines else []
+        lines.append(row_line([f"[{numbers[run['file']]}]"] + where + [row.get(f, "") for f, _ in table.columns]))
     return "\n".join(lines) + "\n"
 
 
