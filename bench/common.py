@@ -1,16 +1,22 @@
-"""What the bench scripts share: data, the same model in both libraries, interleaved timing, tables and JSON.
+"""What the bench scripts share: data, the same model in both libraries, interleaved timing, the bf16 gate, and the
+record of a run (`Run`: each row printed as it is measured, all of them written with the machine, the commit and the
+command to `bench/results/<script>-<UTC time>.json`, from which `report.py` writes bench/README.md's tables).
 
 Not a test and not part of the package: `python bench/<script>.py` from the repository root.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import math
 import os
 import platform
 import random
+import shlex
 import statistics
+import subprocess
 import sys
 import time
 import weakref
@@ -23,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a clean clone without installing
 
 import transformers  # noqa: E402
+from mdtable import header_lines, row_line, table  # noqa: E402, F401 (table: for the scripts)
 
 import minibert  # noqa: E402
 from minibert.config import BertConfig  # noqa: E402
@@ -39,12 +46,148 @@ def setup(threads: int) -> None:
     transformers.logging.set_verbosity_error()
 
 
-def machine() -> dict:
-    return {"load_avg_1m": os.getloadavg()[0], "torch": torch.__version__, "transformers": transformers.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+# --- the machine, the commit, the command ---------------------------------------------------------------------
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (/proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The /proc/cpuinfo flags that decide the speed of fp32 and bf16 here (vector width, native bf16, AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+    return [f for f in wanted if f in flags]
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether bf16 runs natively: a GPU with bf16, or a CPU with AVX512-BF16 or AMX (the same rule as minibert's
+    `precision="auto"`). Elsewhere torch emulates bf16 on the CPU, ~5x slower than fp32 on an AVX2-only machine."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def machine(device: str = "cpu") -> dict:
+    return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": cpu_flags(),
+            "native_bf16": native_bf16(device), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def git_state() -> dict:
+    """The checkout's short commit, the tracked files that differ from it, and whether any of them is code (the
+    numbers then belong to no commit; Markdown and bench/results/ do not count: report.py rewrites the README)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        subject = git("log", "-1", "--format=%s (authored %aI)").strip()  # finds the commit again after a rebase
+        changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "commit_subject": None, "dirty": None, "changed": None}
+    code = [f for f in changed if not f.endswith(".md") and not f.startswith("bench/results/")]
+    return {"commit": commit, "commit_subject": subject, "dirty": bool(code), "changed": changed}
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every script shares: --bf16 (run bf16 rows on a CPU without native bf16) and --no-save."""
+    parser.add_argument("--bf16", action="store_true", help="run the bf16 rows even on a CPU without native bf16 "
+                        "(emulated there: slow, and not what precision/attn_impl 'auto' picks)")
+    parser.add_argument("--no-save", action="store_true", help="print only; write no JSON to bench/results/")
+
+
+def bf16_allowed(args: argparse.Namespace, what: str = "the bf16 rows") -> bool:
+    """True where bf16 is native or --bf16 asks for it; otherwise says why `what` is skipped."""
+    device = getattr(args, "device", "cpu")
+    if args.bf16 or native_bf16(device):
+        return True
+    print(f"skipping {what}: this CPU ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()}) has no native bf16 "
+          "(AVX512-BF16 or AMX), so torch emulates it, several times slower than fp32, and minibert's `auto` stays "
+          "in fp32 here; --bf16 runs them anyway", flush=True)
+    return False
+
+
+def dtypes_to_run(dtypes: str, args: argparse.Namespace) -> list[str]:
+    """The comma-separated `dtypes` less bf16 where `bf16_allowed` says no."""
+    wanted = dtypes.split(",")
+    if "bf16" in wanted and not bf16_allowed(args):
+        wanted.remove("bf16")
+    return wanted
+
+
+def utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def strict_json(value: object) -> object:
+    """`value` with NaN and infinities as null, which JSON (unlike Python's json module) has no number for."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
+class Run:
+    """One run of a bench script. `add` prints a row the moment it is measured and rewrites the run's JSON (marked
+    incomplete until `finish`, so a run cut short leaves its rows behind but `report.py` does not publish them)."""
+
+    def __init__(self, script: str, args: argparse.Namespace) -> None:
+        self.script, self.args = script, args
+        self.started = time.time()
+        self.rows: list[dict] = []
+        self.columns: list[str] | None = None
+        self.machine = machine(getattr(args, "device", "cpu"))
+        self.git = git_state()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started))
+        self.path = None if args.no_save else RESULTS / f"{script}-{stamp}.json"
+        m = self.machine
+        threads = f"{m['threads']} thread" + ("s" if m["threads"] != 1 else "")
+        print(f"{script}: {m['cpu']} ({m['cpu_capability']}, native bf16: {'yes' if m['native_bf16'] else 'no'}), "
+              f"{threads}, load {m['load_avg_1m']}, torch {m['torch']}, commit {self.git['commit']}"
+              f"{' (dirty)' if self.git['dirty'] else ''}", flush=True)
+
+    def add(self, row: dict, columns: list[str]) -> dict:
+        """Record `row`, print it as a markdown table row (under a header when `columns` change)."""
+        self.rows.append(row)
+        if columns != self.columns:
+            print("\n" + "\n".join(header_lines(columns)), flush=True)
+            self.columns = columns
+        print(row_line([row.get(c, "") for c in columns]), flush=True)
+        self.save(complete=False)
+        return row
+
+    def save(self, complete: bool = True, **extra) -> Path | None:
+        if self.path is None:
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        command = shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+        payload = {"script": self.script, "command": command, "argv": sys.argv, "args": vars(self.args),
+                   **self.git, "started_utc": utc(self.started), "finished_utc": utc(time.time()) if complete else None,
+                   "complete": complete, "machine": self.machine, "load_avg_1m_end": round(os.getloadavg()[0], 2),
+                   **extra, "rows": self.rows}
+        self.path.write_text(json.dumps(strict_json(payload), indent=1, allow_nan=False, default=str) + "\n")
+        return self.path
+
+    def finish(self, **extra) -> None:
+        """Write the complete record (with `extra`: what the rows alone do not say) and say where."""
+        path = self.save(complete=True, **extra)
+        print(f"wrote {os.path.relpath(path, REPO)}" if path else "not saved (--no-save)", flush=True)
 
 
 # --- data -------------------------------------------------------------------------------------------------------
@@ -184,22 +327,8 @@ def amp(dtype: str, device: str = "cpu"):
     return torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
 
-# --- output -----------------------------------------------------------------------------------------------------
-
-def table(rows: list[dict], columns: list[str]) -> str:
-    """A markdown table of `columns` (floats with 3 significant digits)."""
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def write_json(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), "argv": sys.argv, **payload}, indent=2))
-    return path
+def write_json(name: str, payload: dict) -> Path | None:
+    """For a script not (yet) on `Run`: one complete record of `payload`, whose "rows" are the rows."""
+    run = Run(name, argparse.Namespace(no_save=False))
+    run.rows = payload.pop("rows", [])
+    return run.save(**payload)

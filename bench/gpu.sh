@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The bench on one GPU, in a few minutes: bf16 (and fp32 for reference), batch sizes that fill the card.
-# Run from the repository root: bash bench/gpu.sh [python]. Writes bench/results/*.json and bench/results/gpu.log.
-# On CUDA, attn_impl="auto" runs padded sdpa (see attention.AUTO_REASON); `unpadded` is timed in kernels' tables
-# on CPU only. Record the printed GPU name and tables in bench/README.md.
+# Run from the repository root: bash bench/gpu.sh [python]. Writes bench/results/*.json (one per run, the GPU's name
+# among the machine fields) and bench/results/gpu.log. On CUDA, attn_impl="auto" runs padded sdpa; `unpadded` is
+# timed in kernels' tables on CPU only. To publish: commit the JSON files, then `python bench/report.py`.
 set -euo pipefail
 PY=${1:-.venv/bin/python}
 mkdir -p bench/results

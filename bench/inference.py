@@ -16,7 +16,21 @@ import argparse
 import time
 
 import torch
-from common import amp, batches, imdb, interleaved, median, pair, setup, sst2, table, tokenizers, write_json
+from common import (
+    Run,
+    add_run_arguments,
+    amp,
+    batches,
+    dtypes_to_run,
+    imdb,
+    interleaved,
+    median,
+    pair,
+    setup,
+    sst2,
+    table,
+    tokenizers,
+)
 
 RECIPES = {"classic": dict(padding="max_length", max_length=128, batch=16),
            "dynamic": dict(padding="longest", max_length=512, batch=32),
@@ -58,12 +72,14 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--sst2", type=int, default=192, help="first N SST-2 dev sentences (MiniLM; bert-base: N/3)")
     parser.add_argument("--imdb", type=int, default=32, help="IMDB reviews sampled (MiniLM; bert-base: N/4)")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     setup(args.threads)
+    run = Run("inference", args)
+    dtypes = dtypes_to_run(args.dtypes, args)
     reps = 1 if args.quick else args.reps
     for spec in RECIPES.values():
         spec["batch"] *= args.batch_scale
-    rows = []
     hf_tok, our_tok = tokenizers("minilm")
     for name in args.models.split(","):
         shrink = 1 if name == "minilm" else 3
@@ -73,8 +89,9 @@ def main(argv=None) -> None:
         ref, ours = (m.to(args.device) for m in pair(name, num_labels=2))
         if args.compile:  # minibert's auto runs padded sdpa inside a compiled graph (packing is data-dependent)
             ref, ours = torch.compile(ref, dynamic=True), torch.compile(ours, dynamic=True)
-        for dtype in args.dtypes.split(","):
+        for dtype in dtypes:
             for data_name, texts in data.items():
+                print(f"{name} {data_name} {dtype}: {len(texts)} texts, warm-up and {reps} repetitions", flush=True)
                 by_length = sorted(texts, key=lambda s: len(hf_tok.tokenize(s)))
                 fns = {}
                 for recipe in ("classic", "dynamic"):
@@ -94,18 +111,17 @@ def main(argv=None) -> None:
                 times = interleaved({k: (lambda f=f: f(None)) for k, f in fns.items()}, reps, warmup=0)
                 rate = {k: len(texts) / median(v) for k, v in times.items()}
                 for recipe in ("classic", "dynamic"):
-                    rows.append(dict(model=name, data=data_name, n=len(texts), dtype=dtype, recipe=recipe,
-                                     hf=rate[f"hf {recipe}"], mb=rate[f"mb {recipe}"],
-                                     ratio=rate[f"mb {recipe}"] / rate[f"hf {recipe}"],
-                                     hf_sorted=rate.get("hf sorted", float("nan")),
-                                     mb_vs_hf_sorted=rate[f"mb {recipe}"] / rate.get("hf sorted", float("nan")),
-                                     max_logit_diff=diff, argmax_agree=agree, compiled=args.compile,
-                                     hf_compile_s=compile_s[f"hf {recipe}"], mb_compile_s=compile_s[f"mb {recipe}"]))
-                print(table(rows[-2:], COLUMNS), flush=True)
+                    row = dict(model=name, data=data_name, n=len(texts), dtype=dtype, recipe=recipe,
+                               hf=rate[f"hf {recipe}"], mb=rate[f"mb {recipe}"],
+                               ratio=rate[f"mb {recipe}"] / rate[f"hf {recipe}"],
+                               hf_sorted=rate.get("hf sorted", float("nan")),
+                               mb_vs_hf_sorted=rate[f"mb {recipe}"] / rate.get("hf sorted", float("nan")),
+                               max_logit_diff=diff, argmax_agree=agree, compiled=args.compile,
+                               hf_compile_s=compile_s[f"hf {recipe}"], mb_compile_s=compile_s[f"mb {recipe}"])
+                    run.add(row, COLUMNS)
     print("\nsentences/s (median of interleaved repetitions; tokenise + forward)\n")
-    print(table(rows, COLUMNS))
-    name = "inference_" + args.models.replace(",", "_") + ("_compiled" if args.compile else "")
-    print("wrote", write_json(name, {"rows": rows, "reps": reps}))
+    print(table(run.rows, COLUMNS))
+    run.finish(reps=reps)
 
 
 COLUMNS = ["model", "data", "n", "dtype", "recipe", "hf", "mb", "ratio", "hf_sorted", "mb_vs_hf_sorted",

@@ -20,7 +20,20 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import imdb, interleaved, median, peak_mb, setup, sst2, table, tokenizers, write_json
+from common import (
+    Run,
+    add_run_arguments,
+    bf16_allowed,
+    dtypes_to_run,
+    imdb,
+    interleaved,
+    median,
+    peak_mb,
+    setup,
+    sst2,
+    table,
+    tokenizers,
+)
 from einops import rearrange
 
 import minibert
@@ -79,8 +92,7 @@ def mask_of(lengths: list[int], seq_len: int) -> torch.Tensor:
     return torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]
 
 
-def bench_attention(grid, dtypes, reps) -> list[dict]:
-    rows = []
+def bench_attention(run: Run, grid, dtypes, reps) -> None:
     heads, dim = 12, 32  # MiniLM's
     for name, (lengths, seq_len) in grid.items():
         mask = mask_of(lengths, seq_len)
@@ -100,13 +112,11 @@ def bench_attention(grid, dtypes, reps) -> list[dict]:
                     out = fn().float()
                     if kname.startswith("unpadded"):
                         out = rearrange(repad(out, packing), "b t h d -> b h t d")
-                    rows.append(dict(part="attention", grid=name, dtype=dtype, kernel=kname,
-                                     ms=median(times[kname]) * 1e3,
-                                     tokens_per_s=packing.total / median(times[kname]),
-                                     max_diff_vs_math=(out - ref)[keep].abs().max().item(),
-                                     peak_mb=peak_mb(fn)))
-            print(table(rows[-len(fns):], COLUMNS), flush=True)
-    return rows
+                    run.add(dict(part="attention", grid=name, dtype=dtype, kernel=kname,
+                                 ms=median(times[kname]) * 1e3,
+                                 tokens_per_s=packing.total / median(times[kname]),
+                                 max_diff_vs_math=(out - ref)[keep].abs().max().item(),
+                                 peak_mb=peak_mb(fn)), COLUMNS)
 
 
 def same_weight_encoders(impls: tuple[str, ...], train: bool) -> dict[str, minibert.BertModel]:
@@ -119,8 +129,7 @@ def same_weight_encoders(impls: tuple[str, ...], train: bool) -> dict[str, minib
     return models
 
 
-def bench_encoder(grid, dtypes, reps) -> list[dict]:
-    rows = []
+def bench_encoder(run: Run, grid, dtypes, reps) -> None:
     models = same_weight_encoders(("math", "sdpa", "unpadded"), train=False)
     for name, (lengths, seq_len) in grid.items():
         mask = mask_of(lengths, seq_len).long()
@@ -131,18 +140,15 @@ def bench_encoder(grid, dtypes, reps) -> list[dict]:
                 ref = fns["math"]().float()
                 times = interleaved(fns, reps, warmup=1)
                 for impl, fn in fns.items():
-                    rows.append(dict(part="encoder", grid=name, dtype=dtype, kernel=impl,
-                                     ms=median(times[impl]) * 1e3,
-                                     tokens_per_s=int(mask.sum()) / median(times[impl]),
-                                     max_diff_vs_math=(fn().float() - ref)[mask.bool()].abs().max().item(),
-                                     peak_mb=peak_mb(fn)))
-            print(table(rows[-len(fns):], COLUMNS), flush=True)
-    return rows
+                    run.add(dict(part="encoder", grid=name, dtype=dtype, kernel=impl,
+                                 ms=median(times[impl]) * 1e3,
+                                 tokens_per_s=int(mask.sum()) / median(times[impl]),
+                                 max_diff_vs_math=(fn().float() - ref)[mask.bool()].abs().max().item(),
+                                 peak_mb=peak_mb(fn)), COLUMNS)
 
 
-def bench_qkv(reps) -> list[dict]:
+def bench_qkv(run: Run, reps) -> None:
     """One (hidden -> 3 hidden) matmul against three (hidden -> hidden) ones, on SST-2-sized packed tokens."""
-    rows = []
     for hidden, tokens in ((384, 712), (768, 712), (768, 1024)):
         x = torch.randn(tokens, hidden)
         fused = torch.nn.Linear(hidden, 3 * hidden)
@@ -151,19 +157,16 @@ def bench_qkv(reps) -> list[dict]:
         with torch.inference_mode():
             times = interleaved(fns, reps * 3, warmup=2)
         for impl in fns:
-            rows.append(dict(part="qkv", grid=f"{tokens} tokens x {hidden}", dtype="fp32", kernel=impl,
-                             ms=median(times[impl]) * 1e3, tokens_per_s=tokens / median(times[impl])))
-    print(table(rows, COLUMNS), flush=True)
-    return rows
+            run.add(dict(part="qkv", grid=f"{tokens} tokens x {hidden}", dtype="fp32", kernel=impl,
+                         ms=median(times[impl]) * 1e3, tokens_per_s=tokens / median(times[impl])), COLUMNS)
 
 
-def bench_crossover(dtypes, reps) -> list[dict]:
+def bench_crossover(run: Run, dtypes, reps) -> None:
     """Where packing starts to pay: a MiniLM training forward + backward on batches of 32 whose lengths are spread
     evenly below the longest, so that a given share of the batch is padding, per kernel. The per-sequence attention
     calls of `unpadded` cost a fixed amount per sequence; what packing saves grows with the padding per sequence;
     `auto` packs from `AUTO_MIN_PADDING_PER_SEQUENCE` (float32) or `..._LOW_PRECISION` (bf16) padding positions per
     sequence on."""
-    rows = []
     models = same_weight_encoders(("sdpa", "unpadded", "auto"), train=True)
     for longest in (32, 64, 128):
         for fraction in (0.05, 0.1, 0.2, 0.4):
@@ -179,19 +182,16 @@ def bench_crossover(dtypes, reps) -> list[dict]:
                 fns = {impl: (lambda m=m: step(m)) for impl, m in models.items()}
                 times = interleaved(fns, reps, warmup=1)
                 for impl in fns:
-                    rows.append(dict(part="crossover", grid=f"32 x {longest}, {per_sequence:.1f} padding/sequence",
-                                     dtype=dtype, kernel=impl, ms=median(times[impl]) * 1e3,
-                                     tokens_per_s=int(mask.sum()) / median(times[impl])))
-                print(table(rows[-len(fns):], COLUMNS), flush=True)
-    return rows
+                    run.add(dict(part="crossover", grid=f"32 x {longest}, {per_sequence:.1f} padding/sequence",
+                                 dtype=dtype, kernel=impl, ms=median(times[impl]) * 1e3,
+                                 tokens_per_s=int(mask.sum()) / median(times[impl])), COLUMNS)
 
 
-def bench_low_precision(reps) -> list[dict]:
+def bench_low_precision(run: Run, reps) -> None:
     """The padded kernels in bf16 on CPU: `math` (bf16 matmuls, float32 softmax) against `sdpa`, inference and
     training (dropout 0.1, forward + backward), for MiniLM's and bert-base's head sizes, a quarter of each batch's
     sequences a quarter shorter. `scores` = batch x heads x longest², the size of the score matrix `math`
     materialises: the number behind `attention.AUTO_MATH_MAX_SCORES`."""
-    rows = []
     heads = 12
     for dim, batch, lengths in ((32, 32, (16, 32, 64, 128, 256)), (64, 8, (64, 128, 256, 512))):
         for seq_len in lengths:
@@ -211,12 +211,10 @@ def bench_low_precision(reps) -> list[dict]:
                 fns = {name: (lambda f=KERNELS[name]: call(f)) for name in ("math", "sdpa")}
                 times = interleaved(fns, reps, warmup=1)
                 for name in fns:
-                    rows.append(dict(part="low-precision", grid=f"{batch}x{heads}x{seq_len}, d {dim}"
-                                     + (", train" if train else ""), dtype="bf16", kernel=name,
-                                     ms=median(times[name]) * 1e3, scores=batch * heads * seq_len * seq_len,
-                                     math_over_sdpa=median(times["math"]) / median(times["sdpa"])))
-                print(table(rows[-2:], COLUMNS + ["scores", "math_over_sdpa"]), flush=True)
-    return rows
+                    run.add(dict(part="low-precision", grid=f"{batch}x{heads}x{seq_len}, d {dim}"
+                                 + (", train" if train else ""), dtype="bf16", kernel=name,
+                                 ms=median(times[name]) * 1e3, scores=batch * heads * seq_len * seq_len,
+                                 math_over_sdpa=median(times["math"]) / median(times["sdpa"])), LOW_PRECISION_COLUMNS)
 
 
 def minibert_config():
@@ -226,6 +224,7 @@ def minibert_config():
 
 
 COLUMNS = ["part", "grid", "dtype", "kernel", "ms", "tokens_per_s", "max_diff_vs_math", "peak_mb"]
+LOW_PRECISION_COLUMNS = COLUMNS[:5] + ["scores", "math_over_sdpa"]
 
 
 def main(argv=None) -> None:
@@ -236,21 +235,24 @@ def main(argv=None) -> None:
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--only", default="", help="comma-separated parts: attention, encoder, qkv, crossover, "
                         "low-precision")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     setup(args.threads)
+    run = Run("kernels", args)
     reps = 2 if args.quick else args.reps
     start = time.perf_counter()
-    dtypes = args.dtypes.split(",")
-    parts = {"attention": lambda: bench_attention(grids(args.quick), dtypes, reps),
-             "encoder": lambda: bench_encoder(grids(args.quick), dtypes, max(2, reps // 2)),
-             "qkv": lambda: bench_qkv(reps),
-             "crossover": lambda: bench_crossover(dtypes, max(3, reps // 2)),
-             "low-precision": lambda: bench_low_precision(reps)}
-    rows = [row for name in (args.only.split(",") if args.only else parts) for row in parts[name]()]
+    dtypes = dtypes_to_run(args.dtypes, args)
+    parts = {"attention": lambda: bench_attention(run, grids(args.quick), dtypes, reps),
+             "encoder": lambda: bench_encoder(run, grids(args.quick), dtypes, max(2, reps // 2)),
+             "qkv": lambda: bench_qkv(run, reps),
+             "crossover": lambda: bench_crossover(run, dtypes, max(3, reps // 2)),
+             "low-precision": lambda: bench_low_precision(run, reps)}
+    for name in args.only.split(",") if args.only else parts:
+        if name != "low-precision" or "bf16" in dtypes or bf16_allowed(args, "the low-precision part (bf16 only)"):
+            parts[name]()
     print(f"\n(ms: median of interleaved repetitions; {time.perf_counter() - start:.0f} s in all)\n")
-    print(table(rows, COLUMNS + (["scores", "math_over_sdpa"] if any("scores" in r for r in rows) else [])))
-    name = "kernels" + ("_" + args.only.replace(",", "_") if args.only else "")
-    print("wrote", write_json(name, {"rows": rows, "reps": reps}))
+    print(table(run.rows, COLUMNS + (LOW_PRECISION_COLUMNS[5:] if any("scores" in r for r in run.rows) else [])))
+    run.finish(reps=reps)
 
 
 if __name__ == "__main__":

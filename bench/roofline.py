@@ -15,7 +15,7 @@ import argparse
 import copy
 
 import torch
-from common import amp, interleaved, median, pair, setup, table, write_json
+from common import Run, add_run_arguments, amp, bf16_allowed, interleaved, median, pair, setup, table
 
 SHAPES = [(1024, 768, 3072), (1024, 3072, 768), (1024, 768, 2304), (2048, 1024, 4096)]  # (m, k, n)
 
@@ -47,18 +47,26 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     setup(args.threads)
+    run = Run("roofline", args)
     reps = 2 if args.quick else args.reps
     ref, ours = (m.to(args.device) for m in pair("bert-base", head="BertModel"))
     flops = forward_flops(ref.config, args.batch, args.seq)
     ids = torch.randint(1000, 30000, (args.batch, args.seq), device=args.device)
     ids[:, 0] = 101
     mask = torch.ones_like(ids)
-    rows = []
-    peaks = {dtype: matmul_peak(dtype, reps * 2, args.device) for dtype in (torch.float32, torch.bfloat16)}
+    print(f"bert-base forward {args.batch} x {args.seq}: {flops / 1e9:.1f} GFLOP", flush=True)
     # bf16: autocast over float32 weights (what fine-tuning runs), and weights stored in bf16 (inference only)
-    for dtype, torch_dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("bf16 weights", torch.bfloat16)):
+    runs = [("fp32", torch.float32)]
+    if bf16_allowed(args, "the bf16 matmul peak and forwards"):
+        runs += [("bf16", torch.bfloat16), ("bf16 weights", torch.bfloat16)]
+    peaks = {}
+    for torch_dtype in dict.fromkeys(t for _, t in runs):
+        peaks[torch_dtype] = matmul_peak(torch_dtype, reps * 2, args.device)
+        print(f"{torch_dtype} matmul peak: {peaks[torch_dtype][0]:.0f} GFLOP/s at {peaks[torch_dtype][1]}", flush=True)
+    for dtype, torch_dtype in runs:
         peak, where = peaks[torch_dtype]
         hf, mb = (copy.deepcopy(m).to(torch.bfloat16) for m in (ref, ours)) if dtype == "bf16 weights" else (ref, ours)
         fns = {"transformers": lambda hf=hf: hf(input_ids=ids, attention_mask=mask),
@@ -67,12 +75,11 @@ def main(argv=None) -> None:
             times = interleaved(fns, reps, warmup=1)
         for lib, ts in times.items():
             achieved = flops / median(ts) / 1e9
-            rows.append(dict(dtype=dtype, matmul_peak_gflops=peak, peak_shape=where, library=lib,
-                             forward_ms=median(ts) * 1e3, gflops=achieved, fraction_of_peak=achieved / peak))
-        print(table(rows[-2:], COLUMNS), flush=True)
+            run.add(dict(dtype=dtype, matmul_peak_gflops=peak, peak_shape=where, library=lib,
+                         forward_ms=median(ts) * 1e3, gflops=achieved, fraction_of_peak=achieved / peak), COLUMNS)
     print(f"\nbert-base forward {args.batch} x {args.seq}: {flops / 1e9:.1f} GFLOP\n")
-    print(table(rows, COLUMNS))
-    print("wrote", write_json("roofline", {"rows": rows, "flops": flops, "reps": reps}))
+    print(table(run.rows, COLUMNS))
+    run.finish(flops=flops, reps=reps)
 
 
 COLUMNS = ["dtype", "matmul_peak_gflops", "peak_shape", "library", "forward_ms", "gflops", "fraction_of_peak"]

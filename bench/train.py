@@ -19,7 +19,21 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import amp, batches, interleaved, median, pair, peak_mb, setup, sst2, table, tokenizers, write_json
+from common import (
+    Run,
+    add_run_arguments,
+    amp,
+    batches,
+    dtypes_to_run,
+    interleaved,
+    median,
+    pair,
+    peak_mb,
+    setup,
+    sst2,
+    table,
+    tokenizers,
+)
 
 from minibert.batches import length_grouped_batches
 
@@ -85,8 +99,10 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--order", choices=["file", "grouped"], default="file")
     parser.add_argument("--profile", action="store_true", help="also print where each library's step time goes")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     setup(args.threads)
+    run = Run("train", args)
     reps, steps = (1, 2) if args.quick else (args.reps, args.steps)
     hf_tok, our_tok = tokenizers(args.model)
     import csv
@@ -103,8 +119,8 @@ def main(argv=None) -> None:
         order = [i for b in length_grouped_batches(lengths, args.batch, seed=0, epoch=0) for i in b][:n]
     groups = batches([texts[i] for i in order], args.batch)
     labels = [torch.tensor(g) for g in batches([label_of[i] for i in order], args.batch)]
-    rows, profiles = [], []
-    for dtype in args.dtypes.split(","):
+    profiles = []
+    for dtype in dtypes_to_run(args.dtypes, args):
         ref, ours = (m.to(args.device) for m in pair(args.model, num_labels=2, train=True))
         fns = {"transformers": make_step(ref, hf_tok, groups, labels, dtype, False, args.device),
                "minibert": make_step(ours, our_tok, groups, labels, dtype, True, args.device)}
@@ -115,21 +131,19 @@ def main(argv=None) -> None:
         memory = {k: peak_mb(lambda fn=fn: fn(update=False)) for k, fn in fns.items()}
         times = interleaved({k: (lambda fn=fn: [fn() for _ in range(steps)]) for k, fn in fns.items()}, reps, 0)
         rate = {k: args.batch * steps / median(v) for k, v in times.items()}
-        rows.append(dict(model=args.model, dtype=dtype, batch=args.batch, order=args.order,
-                         hf_samples_s=rate["transformers"], mb_samples_s=rate["minibert"],
-                         ratio=rate["minibert"] / rate["transformers"],
-                         hf_peak_mb=memory["transformers"], mb_peak_mb=memory["minibert"],
-                         memory_ratio=memory["minibert"] / memory["transformers"]))
-        print(table(rows[-1:], COLUMNS), flush=True)
+        run.add(dict(model=args.model, dtype=dtype, batch=args.batch, order=args.order,
+                     hf_samples_s=rate["transformers"], mb_samples_s=rate["minibert"],
+                     ratio=rate["minibert"] / rate["transformers"],
+                     hf_peak_mb=memory["transformers"], mb_peak_mb=memory["minibert"],
+                     memory_ratio=memory["minibert"] / memory["transformers"]), COLUMNS)
         if args.profile:
             kinds = {k: profile_kinds(fn, steps) for k, fn in fns.items()}
             profiles.append({"dtype": dtype, **kinds})
             print(table([{"kind": kind, **{f"{lib} ms/step": kinds[lib][kind] for lib in kinds}}
                          for kind in kinds["minibert"]], ["kind"] + [f"{lib} ms/step" for lib in kinds]), flush=True)
     print("\nfine-tuning steps, samples/s (median of interleaved repetitions) and peak live tensor memory\n")
-    print(table(rows, COLUMNS))
-    print("wrote", write_json(f"train_{args.order}", {"rows": rows, "profiles": profiles, "reps": reps,
-                                                             "steps": steps}))
+    print(table(run.rows, COLUMNS))
+    run.finish(profiles=profiles, reps=reps, steps=steps)
 
 
 COLUMNS = ["model", "dtype", "batch", "order", "hf_samples_s", "mb_samples_s", "ratio", "hf_peak_mb", "mb_peak_mb",

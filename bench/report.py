@@ -1,0 +1,291 @@
+"""Writes the tables of bench/README.md from the recorded runs in bench/results/*.json.
+
+Each table shows, per configuration (its key columns, on one machine, at one thread count), the row of the newest
+complete run that measured it; the runs behind a table are listed right above it with their command, commit, time,
+threads, CPU model, `torch.backends.cpu.get_cpu_capability()` and whether bf16 is native there. Earlier runs stay
+out of the tables (the generated history lists their files). Only the blocks between `<!-- generated:NAME -->` and
+`<!-- end -->` are rewritten; the prose around them is hand-written.
+
+    python bench/report.py            # rewrite bench/README.md
+    python bench/report.py --check    # exit 1 if bench/README.md is not what the results give
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mdtable import header_lines, row_line
+
+BENCH = Path(__file__).resolve().parent
+BLOCK = re.compile(r"(<!-- generated:([\w-]+) -->\n)(.*?)(<!-- end -->)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One generated table: the rows of `script` that `where` keeps (after `reshape`, per run), one per `key`."""
+
+    name: str
+    script: str
+    key: tuple[str, ...]  # a row's configuration: looked up in the row, else in the run's arguments
+    columns: tuple[tuple[str, str], ...]  # (field, header)
+    where: Callable[[dict], bool] = lambda row: True
+    reshape: Callable[[list[dict]], list[dict]] | None = None
+    run_hint: str = ""  # the command that fills an empty table
+
+
+def pivot(by: tuple[str, ...], kernels: tuple[str, ...], ratio: tuple[str, str] | None = None):
+    """Rows per kernel -> one row per `by` with a "<kernel> ms" column each (and `ratio` = first ÷ second)."""
+    def reshape(rows: list[dict]) -> list[dict]:
+        out: dict[tuple, dict] = {}
+        for row in rows:
+            merged = out.setdefault(tuple(row[k] for k in by), {k: row[k] for k in by})
+            merged.update({k: v for k, v in row.items() if k not in ("kernel", "ms", "tokens_per_s")})
+            merged[f"{row['kernel']} ms"] = row["ms"]
+        for merged in out.values():
+            if ratio and all(f"{k} ms" in merged for k in ratio):
+                merged["ratio"] = merged[f"{ratio[0]} ms"] / merged[f"{ratio[1]} ms"]
+        return [m for m in out.values() if all(f"{k} ms" in m for k in kernels)]
+
+    return reshape
+
+
+INFERENCE_COLUMNS = (("model", "model"), ("data", "data"), ("n", "texts"), ("dtype", "dtype"), ("recipe", "recipe"),
+                     ("hf", "transformers /s"), ("mb", "minibert /s"), ("ratio", "ratio"))
+KERNEL_COLUMNS = (("grid", "grid"), ("dtype", "dtype"), ("kernel", "kernel"), ("ms", "ms"),
+                  ("tokens_per_s", "real tokens/s"), ("max_diff_vs_math", "max diff vs math"), ("peak_mb", "peak MB"))
+
+
+def part(name: str) -> Callable[[dict], bool]:
+    return lambda row: row.get("part") == name
+
+
+TABLES = [
+    Table("inference", "inference", ("model", "data", "n", "dtype", "recipe"),
+          INFERENCE_COLUMNS + (("hf_sorted", "transformers, sorted /s"),
+                               ("mb_vs_hf_sorted", "minibert ÷ transformers sorted"),
+                               ("max_logit_diff", "max logit diff"), ("argmax_agree", "argmax agree")),
+          where=lambda row: not row.get("compiled"), run_hint="python bench/inference.py --quick --threads 1"),
+    Table("inference-compiled", "inference", ("model", "data", "n", "dtype", "recipe"),
+          INFERENCE_COLUMNS + (("hf_compile_s", "transformers compile s"), ("mb_compile_s", "minibert compile s")),
+          where=lambda row: bool(row.get("compiled")),
+          run_hint="python bench/inference.py --models minilm --dtypes fp32 --compile --quick --threads 1"),
+    Table("train", "train", ("model", "dtype", "batch", "order"),
+          (("model", "model"), ("dtype", "dtype"), ("batch", "batch"), ("order", "order"),
+           ("hf_samples_s", "transformers samples/s"), ("mb_samples_s", "minibert samples/s"), ("ratio", "ratio"),
+           ("hf_peak_mb", "transformers peak MB"), ("mb_peak_mb", "minibert peak MB"),
+           ("memory_ratio", "memory ratio")), run_hint="python bench/train.py --quick --order file"),
+    Table("roofline", "roofline", ("batch", "seq", "dtype", "library"),
+          (("dtype", "dtype"), ("matmul_peak_gflops", "matmul peak GFLOP/s"), ("peak_shape", "at"),
+           ("library", "library"), ("forward_ms", "forward ms"), ("gflops", "GFLOP/s"),
+           ("fraction_of_peak", "fraction of peak")), run_hint="python bench/roofline.py --quick --threads 1"),
+    Table("kernels-attention", "kernels", ("grid", "dtype", "kernel"), KERNEL_COLUMNS, where=part("attention"),
+          run_hint="python bench/kernels.py --quick --only attention"),
+    Table("kernels-encoder", "kernels", ("grid", "dtype", "kernel"), KERNEL_COLUMNS, where=part("encoder"),
+          run_hint="python bench/kernels.py --quick --only encoder"),
+    Table("kernels-qkv", "kernels", ("grid", "kernel"), (("grid", "shape"), ("kernel", "projection"), ("ms", "ms")),
+          where=part("qkv"), run_hint="python bench/kernels.py --quick --only qkv"),
+    Table("kernels-crossover", "kernels", ("grid", "dtype"),
+          (("grid", "batch, padding"), ("dtype", "dtype"), ("sdpa ms", "sdpa ms"), ("unpadded ms", "unpadded ms"),
+           ("ratio", "unpadded ÷ sdpa"), ("auto ms", "auto ms")),
+          where=part("crossover"), reshape=pivot(("grid", "dtype"), ("sdpa", "unpadded", "auto"), ("unpadded", "sdpa")),
+          run_hint="python bench/kernels.py --quick --only crossover"),
+    Table("kernels-low-precision", "kernels", ("grid",),
+          (("grid", "batch x heads x length, head dim"), ("scores", "score elements"), ("math ms", "math ms"),
+           ("sdpa ms", "sdpa ms"), ("ratio", "math ÷ sdpa")),
+          where=part("low-precision"), reshape=pivot(("grid",), ("math", "sdpa"), ("math", "sdpa")),
+          run_hint="python bench/kernels.py --quick --only low-precision"),
+]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal from the issues, read off the current rows of `table` that match `where` (one line per machine)."""
+
+    workload: str
+    table: str
+    where: dict
+    field: str
+    at_least: float
+
+
+TARGETS = [
+    Target("SST-2 dev, MiniLM, fp32, dynamic padding, batch 32, file order: minibert ÷ transformers", "inference",
+           {"model": "minilm", "data": "sst2-dev", "dtype": "fp32", "recipe": "dynamic"}, "ratio", 1.5),
+    Target("same, bert-base", "inference",
+           {"model": "bert-base", "data": "sst2-dev", "dtype": "fp32", "recipe": "dynamic"}, "ratio", 1.5),
+    Target("same, MiniLM bf16 autocast, against transformers bf16 on length-sorted batches", "inference",
+           {"model": "minilm", "data": "sst2-dev", "dtype": "bf16", "recipe": "dynamic"}, "mb_vs_hf_sorted", 1.0),
+    Target("classic recipe (pad to 128, batch 16), SST-2 dev, MiniLM fp32", "inference",
+           {"model": "minilm", "data": "sst2-dev", "dtype": "fp32", "recipe": "classic"}, "ratio", 5.0),
+    Target("classic recipe, bert-base fp32", "inference",
+           {"model": "bert-base", "data": "sst2-dev", "dtype": "fp32", "recipe": "classic"}, "ratio", 5.0),
+    Target("fine-tuning step, SST-2 batches of 32 in file order, MiniLM fp32", "train",
+           {"model": "minilm", "dtype": "fp32", "order": "file"}, "ratio", 1.3),
+    Target("same, batches length-grouped as `minibert.finetune` makes them", "train",
+           {"model": "minilm", "dtype": "fp32", "order": "grouped"}, "ratio", 1.3),
+    Target("bert-base 8 x 128 forward, minibert's fraction of the fp32 matmul peak", "roofline",
+           {"dtype": "fp32", "library": "minibert"}, "fraction_of_peak", 0.9),
+    Target("same, bf16 weights", "roofline", {"dtype": "bf16 weights", "library": "minibert"}, "fraction_of_peak",
+           0.85),
+]
+
+
+def render_targets(runs: list[dict]) -> str:
+    """The targets against the current tables' rows: the figure, the run it comes from, met or missed."""
+    tables = {table.name: current_rows(table, runs) for table in TABLES}
+    numbers: dict[str, int] = {}
+    lines = []
+    for target in TARGETS:
+        matches = [(run, row) for run, row in tables[target.table]
+                   if all(row.get(k) == v for k, v in target.where.items())]
+        for run, row in matches:
+            number = numbers.setdefault(run["file"], len(numbers) + 1)
+            cpu = f"{short_machine(run)}, {threads_of(run)}"
+            lines.append(row_line([target.workload, row[target.field], f">= {target.at_least:g}",
+                                   "met" if row[target.field] >= target.at_least else "**missed**", cpu,
+                                   f"[{number}]"]))
+        if not matches:
+            lines.append(row_line([target.workload, "–", f">= {target.at_least:g}", "not measured", "", ""]))
+    by_file = {run["file"]: run for rows in tables.values() for run, _ in rows}
+    head = ["Runs behind this table:", ""] + [run_line(n, by_file[f]) for f, n in numbers.items()] + [""]
+    return "\n".join(head + header_lines(["workload", "figure", "target", "", "on", "run"]) + lines) + "\n"
+
+
+def load_runs(folder: Path) -> list[dict]:
+    """Every run recorded in `folder`, oldest first (by start time, then file name)."""
+    runs = []
+    for path in sorted(folder.glob("*.json")):
+        run = json.loads(path.read_text())
+        if "script" not in run or "machine" not in run:  # not a record of common.Run
+            continue
+        runs.append({**run, "file": path.name})
+    return sorted(runs, key=lambda r: (r.get("started_utc") or "", r["file"]))
+
+
+def machine_of(run: dict) -> tuple:
+    """What makes two runs' figures comparable: the CPU (model, capability, native bf16), the GPU, the threads."""
+    m = run["machine"]
+    gpu = m.get("gpu") if str(run.get("args", {}).get("device", "cpu")).startswith("cuda") else None
+    return m["cpu"], m["cpu_capability"], m["native_bf16"], gpu, m["threads"]
+
+
+def short_machine(run: dict) -> str:
+    """CPU model and capability (and the GPU of a CUDA run): the column that tells a table's machines apart."""
+    gpu = machine_of(run)[3]
+    return f"{run['machine']['cpu']}, {run['machine']['cpu_capability']}" + (f", {gpu}" if gpu else "")
+
+
+def cpu_label(run: dict) -> str:
+    m = run["machine"]
+    flags = ", ".join(f for f in m.get("cpu_flags", []) if "bf16" in f or f.startswith("amx")) or "no bf16 flags"
+    label = f"{m['cpu']} ({m['cpu_capability']}; {flags}; native bf16: {'yes' if m['native_bf16'] else 'no'})"
+    return label + (f", GPU {machine_of(run)[3]}" if machine_of(run)[3] else "")
+
+
+def threads_of(run: dict) -> str:
+    n = run["machine"]["threads"]
+    return f"{n} thread" + ("s" if n != 1 else "")
+
+
+def run_line(number: int, run: dict) -> str:
+    m = run["machine"]
+    commit = f"`{run['commit']}`" + (" (uncommitted changes)" if run.get("dirty") else "")
+    when = (run.get("started_utc") or "?").replace("T", " ").replace("Z", " UTC")
+    threads = threads_of(run)
+    load = f"load {m['load_avg_1m']}-{run.get('load_avg_1m_end', '?')} on {m['cores']} cores"
+    return (f"- [{number}] `{run['command']}`: commit {commit}, {when}, {threads}, {cpu_label(run)}, "
+            f"torch {m['torch']}, transformers {m['transformers']}, {load}; `results/{run['file']}`")
+
+
+def current_rows(table: Table, runs: list[dict]) -> list[tuple[dict, dict]]:
+    """(run, row) for each configuration of `table`: the newest complete run's row, in run then row order."""
+    newest: dict[tuple, tuple[int, int, dict, dict]] = {}
+    for run_index, run in enumerate(runs):
+        if run["script"] != table.script or not run.get("complete"):
+            continue
+        rows = [row for row in run["rows"] if table.where(row)]
+        for row_index, row in enumerate(table.reshape(rows) if table.reshape else rows):
+            key = machine_of(run) + tuple(row.get(k, run.get("args", {}).get(k)) for k in table.key)
+            newest[key] = (run_index, row_index, run, row)
+    chosen = sorted(newest.values(), key=lambda t: (t[0], t[1]))
+    machines = list(dict.fromkeys(machine_of(run)[:4] for _, _, run, _ in chosen))  # grouped by CPU, then run order
+    chosen.sort(key=lambda t: (machines.index(machine_of(t[2])[:4]), t[0], t[1]))
+    return [(run, row) for _, _, run, row in chosen]
+
+
+def render(table: Table, runs: list[dict]) -> str:
+    chosen = current_rows(table, runs)
+    if not chosen:
+        return f"_No run recorded yet: `{table.run_hint}` fills this table._\n"
+    numbers: dict[str, int] = {}
+    for run, _ in chosen:
+        numbers.setdefault(run["file"], len(numbers) + 1)
+    by_file = {run["file"]: run for run, _ in chosen}
+    lines = ["Runs behind this table (newest per configuration, machine and threads):", ""]
+    lines += [run_line(n, by_file[f]) for f, n in numbers.items()]
+    several_machines = len({machine_of(run)[:4] for run, _ in chosen}) > 1
+    lines += [""] + header_lines(["run"] + (["machine"] if several_machines else []) + [h for _, h in table.columns])
+    for run, row in chosen:
+        where = [short_machine(run)] if several_machines else []
+        lines.append(row_line([f"[{numbers[run['file']]}]"] + where + [row.get(f, "") for f, _ in table.columns]))
+    return "\n".join(lines) + "\n"
+
+
+def render_history(runs: list[dict]) -> str:
+    """Every recorded run that no current table shows (superseded by a newer run, or cut short)."""
+    shown = {run["file"] for table in TABLES for run, _ in current_rows(table, runs)}
+    older = [run for run in runs if run["file"] not in shown]
+    if not older:
+        return "_None: every recorded run is behind a current table._\n"
+    lines = []
+    scripts = {table.script for table in TABLES}
+    for run in older:
+        why = ("cut short" if not run.get("complete") else "superseded" if run["script"] in scripts
+               else "no table for this script here yet")
+        lines.append(f"- `results/{run['file']}` ({why}): `{run['command']}`, commit `{run['commit']}`, "
+                     f"{threads_of(run)}, {cpu_label(run)}")
+    return "\n".join(lines) + "\n"
+
+
+def generate(readme: str, runs: list[dict]) -> str:
+    """`readme` with every generated block rewritten; an unknown block name or a table without one is an error."""
+    blocks = {table.name: render(table, runs) for table in TABLES}
+    blocks |= {"targets": render_targets(runs), "history": render_history(runs)}
+    found = {m.group(2) for m in BLOCK.finditer(readme)}
+    if unknown := found - set(blocks):
+        raise SystemExit(f"bench/README.md has generated blocks report.py does not know: {sorted(unknown)}; "
+                         f"known: {sorted(blocks)}")
+    if missing := set(blocks) - found:
+        raise SystemExit(f"bench/README.md lacks the blocks {sorted(missing)}: add `<!-- generated:NAME -->` and "
+                         "`<!-- end -->` lines where each table belongs")
+    return BLOCK.sub(lambda m: m.group(1) + blocks[m.group(2)] + m.group(4), readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if README.md is out of date")
+    parser.add_argument("--results", type=Path, default=BENCH / "results")
+    parser.add_argument("--readme", type=Path, default=BENCH / "README.md")
+    args = parser.parse_args(argv)
+    old = args.readme.read_text()
+    new = generate(old, load_runs(args.results))
+    if args.check:
+        if new != old:
+            print(f"{args.readme} is out of date with {args.results}: run `python bench/report.py`", file=sys.stderr)
+            return 1
+        print(f"{args.readme} matches {args.results}")
+        return 0
+    if new != old:
+        args.readme.write_text(new)
+    print(f"{'rewrote' if new != old else 'unchanged:'} {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
