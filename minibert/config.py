@@ -100,7 +100,7 @@ class BertConfig:
 
     def __post_init__(self) -> None:
         if self.id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            self.id2label = _int_keys(self.id2label)
             self.num_labels = len(self.id2label)
         if self.label2id is not None:
             self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
@@ -219,3 +219,16 @@ class BertConfig:
 
     def to_json(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _int_keys(id2label: Any) -> dict[int, str]:
+    """config.json's id2label: an object whose keys are class ids ("0", "1", ...); anything else is refused."""
+    if not isinstance(id2label, dict):
+        raise MinibertError(f"id2label in config.json is a {type(id2label).__name__}, not an object such as "
+                            '{"0": "negative", "1": "positive"}; fix config.json.')
+    try:
+        return {int(k): str(v) for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        bad = next(k for k in id2label if not str(k).strip().lstrip("-").isdigit())
+        raise MinibertError(f"id2label in config.json has the key {bad!r}, which is not a class id; its keys must "
+                            'be integers such as "0" and "1" (fix config.json).') from None

@@ -95,6 +95,10 @@ def _read_delimited(path: Path, text: str, delimiter: str, quoting: bool) -> Tab
                 continue
             if header is None:
                 header = [name.strip() for name in row]
+                twice = sorted({name for name in header if header.count(name) > 1})
+                if twice:
+                    raise MinibertError(f"the header of {path} names column {twice[0]!r} more than once; rename one "
+                                        "of them (a row would silently keep only the last).")
                 continue
             if len(row) != len(header):
                 hint = " (an unquoted quote or delimiter inside a text?)" if quoting else ""
@@ -114,7 +118,9 @@ def _read_delimited(path: Path, text: str, delimiter: str, quoting: bool) -> Tab
 
 def _read_jsonl(path: Path, text: str) -> Table:
     records, lines, columns, blank = [], [], {}, 0
-    for number, line in enumerate(text.splitlines(), 1):
+    # JSON Lines ends lines with \n alone: str.splitlines() would also split at U+2028/U+2029 (and other
+    # separators) that json.dumps(ensure_ascii=False) leaves raw inside strings
+    for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), 1):
         if not line.strip():
             blank += 1
             continue
@@ -239,6 +245,13 @@ def _text(value: Any, path: str, line: int, column: str) -> str:
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
+def _missing(label: Any) -> bool:
+    """A label that is no label: null, empty, or NaN (how pandas writes a missing value, as a float or "nan")."""
+    if label is None or (isinstance(label, float) and label != label):
+        return True
+    return isinstance(label, str) and label.strip().lower() in ("", "nan")
+
+
 def examples_from(table: Table, columns: Columns) -> Examples:
     texts, pairs, labels = [], [] if columns.pair else None, [] if columns.label else None
     for record, line in zip(table.records, table.lines):
@@ -250,9 +263,9 @@ def examples_from(table: Table, columns: Columns) -> Examples:
             pairs.append(_text(record[columns.pair], table.path, line, columns.pair))
         if labels is not None:
             value = record[columns.label]
-            if value is None or (isinstance(value, str) and not value.strip()):
-                raise MinibertError(f"line {line} of {table.path} has no label in column {columns.label!r}; fill it "
-                                    "in or remove the row.")
+            if _missing(value):
+                raise MinibertError(f"line {line} of {table.path} has no label (empty, null or NaN) in column "
+                                    f"{columns.label!r}; fill it in or remove the row.")
             names = table.class_names.get(columns.label)
             if names and isinstance(value, int) and 0 <= value < len(names):
                 value = names[value]

@@ -33,6 +33,7 @@ from minibert.command import exit_status, fit_max_length, load_options, run_comm
 from minibert.data import Examples, hub_dataset_files, read_examples, read_hub_split, split_off
 from minibert.devices import PRECISIONS, Dist, setup_distributed
 from minibert.errors import MinibertError
+from minibert.hub import local_folder_or_repo_id
 from minibert.labels import PROBLEM_TYPES, Labels
 from minibert.metrics import best_key, evaluate_classifier
 from minibert.models import BertForSequenceClassification
@@ -181,6 +182,8 @@ def check_paths(opts: Options) -> None:
             run_folder.check_readable_file(Path(path), flag)
     if opts.output_dir:
         run_folder.check_writable_folder(Path(opts.output_dir), "--output-dir")
+    if not opts.resume:
+        local_folder_or_repo_id(opts.model, "config.json and the weights")  # a bad local path, before the data
     if opts.resume == "auto" and not opts.output_dir:
         raise MinibertError("--resume auto needs --output-dir, the run folder to look for checkpoints in.")
 
@@ -190,6 +193,7 @@ def finetune(opts: Options, d: Dist) -> Summary:
     resume = None
     if opts.resume:
         resume = run_folder.find_checkpoint(Path(opts.output_dir) if opts.resume == "auto" else Path(opts.resume))
+        run_folder.load_state(resume)  # refuse a state file that is unsafe or corrupt before any other work
     source = str(resume) if resume else opts.model
     train_ex, val_ex, test_ex, data_name = load_splits(opts, d.main)
     opts = replace(opts, max_length=fit_max_length(source, opts.max_length, d.main))

@@ -38,15 +38,16 @@ def _number(value: Any) -> float | int | None:
 
 
 def _name(value: Any) -> str:
-    number = _number(value)
-    if isinstance(number, int) or (isinstance(number, float) and number.is_integer()):
-        return str(int(number))
+    """A class name: text as written ("007" and "7" are two classes), numbers from JSON/parquet as integers when
+    they are whole (1 and 1.0 are one class)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+        return str(int(value))
     return str(value).strip()
 
 
 def _name_order(name: str) -> tuple:
     number = _number(name)
-    return (0, number, "") if number is not None else (1, 0, name)  # 0..10 in numeric order, then names
+    return (0, number, name) if number is not None else (1, 0, name)  # 0..10 in numeric order, then names
 
 
 def _as_list(value: Any) -> list | None:

@@ -170,6 +170,7 @@ class BertModel(BertPreTrainedModel):
                 "positions; truncate it (e.g. tokenizer(..., truncation=True, max_length=512))."
             )
         reference = input_ids if input_ids is not None else inputs_embeds
+        attention_mask = key_mask_2d(attention_mask) if attention_mask is not None else None
         first_token_only = first_token_only and not (output_hidden_states or output_attentions)
         plan = self.attention_plan(attention_mask, reference, output_attentions)
         if plan.packing is not None:
@@ -231,6 +232,31 @@ class BertModel(BertPreTrainedModel):
         if hidden_states is not None:
             hidden_states = [repad(h, packing) for h in hidden_states]
         return (x if first_token_only else repad(x, packing)), hidden_states
+
+
+def key_mask_2d(mask: torch.Tensor) -> torch.Tensor:
+    """The (b, s) 0/1 key mask of an attention_mask in one of the forms transformers accepts: (b, s) 0/1; or 4-d
+    (b, 1, 1, s) / (b, 1, t, s), boolean (True = attend) or additive float (0 = attend, very negative = masked),
+    as long as every query sees the same keys. Per-query masks are refused: this encoder has no use for them."""
+    if mask.dim() == 2:
+        return mask
+    if mask.dim() != 4 or mask.shape[1] != 1:
+        raise MinibertError(f"attention_mask has shape {tuple(mask.shape)}; pass (batch, seq) with 1 for tokens and "
+                            "0 for padding (or transformers' (batch, 1, 1, seq) form).")
+    if mask.dtype == torch.bool:
+        keep = mask
+    elif mask.is_floating_point():
+        masked = mask <= torch.finfo(mask.dtype).min / 2
+        if not (masked | (mask == 0)).all():
+            raise MinibertError("a 4-d float attention_mask must be additive (0 to attend, a very negative value "
+                                "to mask); pass a (batch, seq) 0/1 mask instead.")
+        keep = ~masked
+    else:
+        keep = mask != 0
+    if not (keep == keep[:, :, :1]).all():
+        raise MinibertError("attention_mask gives queries different keys (a per-query 4-d mask), which this encoder "
+                            "does not support; pass a (batch, seq) 0/1 mask.")
+    return keep[:, 0, 0].long()
 
 
 def _classifier_dropout(config: BertConfig) -> nn.Dropout:

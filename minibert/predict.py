@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from minibert import run_folder
 from minibert.attention import ATTN_IMPLS
 from minibert.batches import Encoded, collate, encode, sorted_batches
+from minibert.checkpoint_files import read_shapes, resolve_checkpoint
 from minibert.cli import option, options_parser
 from minibert.command import run_command
 from minibert.data import LABEL_NAMES, Examples, choose_columns, examples_from, find_column, read_table
@@ -116,11 +117,21 @@ def results(logits: torch.Tensor, labels: Labels, all_scores: bool) -> list[dict
     return out
 
 
+def check_has_classifier(folder: Path) -> None:
+    """A model without a trained classification head would label texts at random: refuse it up front."""
+    shapes = read_shapes(resolve_checkpoint(folder).weight_files)
+    if shapes is not None and not any(name.endswith("classifier.weight") for name in shapes):
+        raise MinibertError(f"{folder} has no classification head (no classifier.weight): it is not a fine-tuned "
+                            "classifier; fine-tune it first with python -m minibert.finetune, or use "
+                            "python -m minibert.embed for sentence embeddings.")
+
+
 def predict(opts: Options) -> list[dict[str, Any]]:
     check_paths(opts)
     device = choose_device(opts.device)
     amp = autocast_dtype(opts.precision, device)
     folder = model_folder(Path(opts.model))
+    check_has_classifier(folder)
     tokenizer = BertTokenizer.from_pretrained(folder)
     model = BertForSequenceClassification.from_pretrained(folder, attn_impl=opts.attn_impl).to(device)
     labels = Labels.from_config(model.config.problem_type, model.config.id2label)

@@ -245,8 +245,8 @@ def load_hf_state_dict(
         )
     if unexpected:
         logger.info("%s: the checkpoint's %s not used by this class.", type(model).__name__, _heads(unexpected))
-    if initialised:
-        logger.warning("%s: newly initialised (not in the checkpoint): %s; fine-tune before use.",
+    if initialised:  # expected when fine-tuning starts, so said quietly; predict refuses a head-less model itself
+        logger.info("%s: newly initialised (not in the checkpoint): %s; fine-tune before use.",
                        type(model).__name__, ", ".join(initialised))
 
 

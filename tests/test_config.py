@@ -169,3 +169,12 @@ def test_code_fields_are_ignored_with_a_warning(caplog):
         minibert.BertConfig.from_dict({**TINY, "auto_map": {"AutoModel": "evil.EvilModel"}})
     assert "auto_map" in caplog.text and "never imports" in caplog.text
 
+
+
+@pytest.mark.parametrize(("id2label", "says"), [
+    (["neg", "pos"], "id2label in config.json is a list, not an object"),
+    ({"neg": "0", "pos": "1"}, "id2label in config.json has the key 'neg', which is not a class id")])
+def test_id2label_that_is_not_ids_to_names_is_one_sentence(tmp_path, id2label, says):
+    (tmp_path / "config.json").write_text(json.dumps({**minibert.BertConfig().to_dict(), "id2label": id2label}))
+    with pytest.raises(MinibertError, match=says):
+        minibert.BertConfig.from_json(tmp_path / "config.json")

@@ -142,7 +142,7 @@ def test_null_text_in_jsonl_is_rejected_with_line(tmp_path: Path) -> None:
 
 
 def test_missing_label_is_rejected_with_line(tmp_path: Path) -> None:
-    with pytest.raises(MinibertError, match=r"line 3 of .*d\.csv has no label in column 'label'"):
+    with pytest.raises(MinibertError, match=r"line 3 of .*d\.csv has no label \(empty, null or NaN\) in column"):
         read_examples(write(tmp_path / "d.csv", "text,label\na,1\nb,\n"))
 
 
@@ -250,3 +250,33 @@ def test_text_pairs_are_detected(tmp_path: Path) -> None:
     examples, columns = read_examples(path)
     assert (columns.text, columns.pair) == ("sentence1", "sentence2")
     assert examples.pairs == ["A person rests."]
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(MinibertError, match="the header of .*d.csv names column 'text' more than once"):
+        read_table(write(tmp_path / "d.csv", "text,label,text\na,1,b\n"))
+
+
+@pytest.mark.parametrize("label", ["NaN", "nan", float("nan"), None])
+def test_nan_labels_are_missing_values_not_a_class(tmp_path: Path, label) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "a", "label": 1}) + "\n" + json.dumps({"text": "b", "label": label}) + "\n")
+    with pytest.raises(MinibertError, match=r"line 2 of .* has no label \(empty, null or NaN\)"):
+        read_examples(path)
+
+
+def test_labels_are_compared_as_written(tmp_path: Path) -> None:
+    examples, _ = read_examples(write(tmp_path / "d.csv", "text,label\na,007\nb,7\nc,7\n"))
+    assert Labels.from_training(examples.labels).names == ["007", "7"]  # two classes (numeric order, then text)
+    path = tmp_path / "j.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in [("a", 1), ("b", 1.0), ("c", 2)]))
+    examples, _ = read_examples(path)
+    assert Labels.from_training(examples.labels).names == ["1", "2"]  # JSON numbers 1 and 1.0 are one class
+
+
+def test_jsonl_strings_may_hold_raw_line_separators(tmp_path: Path) -> None:
+    rows = [{"text": "one\u2028two\u2029three\x85four", "label": "a"}, {"text": "plain", "label": "b"}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    examples, _ = read_examples(path)
+    assert examples.texts == [r["text"] for r in rows] and examples.sources[1][1] == 2

@@ -263,7 +263,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(param.grad, plain[name], atol=1e-6, rtol=1e-5)
 
 
-def test_math_and_sdpa_agree_on_bert_base_config():
+def test_every_kernel_matches_transformers_on_bert_base_config():
     """Full-size (bert-base) random weights: both kernels against transformers, padded batch, lengths 1..128."""
     ref = hf_model("BertModel")
     ids, mask, types = padded_batch(30522, [128, 77, 1, 30])
@@ -379,3 +379,28 @@ def test_init_like_transformers():
     assert model.bert.embeddings.word.weight[0].abs().max().item() == 0.0  # padding row
     assert torch.equal(model.bert.embeddings.norm.weight, torch.ones(256))
     assert model.mlm.bias.abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("form", ["bool_b11s", "bool_b1ts", "additive_b11s", "int_b11s"])
+def test_four_dimensional_masks_as_transformers_accepts_them(tmp_path, form):
+    ref, ours = pair_from_disk("BertModel", tmp_path, attn_impl="auto", **TINY)
+    ids, mask, types = padded_batch(TINY["vocab_size"], [7, 3, 5], 8)
+    keep = mask.bool()[:, None, None, :]
+    four = {"bool_b11s": keep, "bool_b1ts": keep.expand(-1, 1, 8, -1),
+            "additive_b11s": (~keep).float() * torch.finfo(torch.float32).min, "int_b11s": keep.long()}[form]
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        got = ours(ids, four, types)
+    assert_close_on_tokens(got.last_hidden_state, expected.last_hidden_state, mask)
+
+
+def test_per_query_masks_and_odd_shapes_are_refused():
+    model = minibert.BertModel(minibert.BertConfig(**TINY)).eval()
+    ids = torch.ones(2, 4, dtype=torch.long)
+    causal = torch.ones(4, 4).tril().bool()[None, None].expand(2, 1, 4, 4)
+    with pytest.raises(minibert.MinibertError, match="per-query 4-d mask"):
+        model(ids, causal)
+    with pytest.raises(minibert.MinibertError, match=r"attention_mask has shape \(2, 4, 1\)"):
+        model(ids, torch.ones(2, 4, 1))
+    with pytest.raises(minibert.MinibertError, match="must be additive"):
+        model(ids, torch.full((2, 1, 1, 4), 0.5))
