@@ -18,10 +18,9 @@ from minibert.config import BertConfig
 from minibert.errors import MinibertError
 from minibert.padding import packing_from_mask, repad, unpad
 from minibert.weights import load_hf_state_dict
+from tests.reference import TINY
 
 ATOL = 1e-5
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, type_vocab_size=2)
 IMPLS = ["math", "sdpa", "unpadded", "auto"]
 
 

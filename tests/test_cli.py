@@ -80,7 +80,7 @@ def test_predict_refuses_a_device_it_cannot_use(run, capsys, device, says) -> No
     assert line.startswith("error: ") and says in line
 
 
-# --- hardening 12: long texts, huge words, batch of one, partial final batch ------------------------------------
+# --- long texts, huge words, batch of one, partial final batch ------------------------------------
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 64])

@@ -10,9 +10,7 @@ import torch
 
 import minibert
 from minibert.config import BertConfig
-
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, type_vocab_size=2)
+from tests.reference import TINY
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "math", "auto"])

@@ -18,7 +18,7 @@ import minibert
 from minibert import MinibertError
 from minibert.config import ACTIVATIONS, LEARNED_ACTIVATIONS, NO_EFFECT_FIELDS, UNIMPLEMENTED_FIELDS
 from minibert.encoder import ACTIVATION_FUNCTIONS
-from tests.test_models import ATOL, TINY, assert_close_on_tokens, hf_model, padded_batch
+from tests.reference import ATOL, TINY, assert_close_on_tokens, hf_model, padded_batch
 
 # Fields older transformers versions wrote into BERT config.json files (still found on the Hub).
 OLDER_FIELDS = ("position_embedding_type", "pruned_heads", "torchscript", "torch_dtype", "gradient_checkpointing",

@@ -44,7 +44,7 @@ def test_unknown_extension(tmp_path: Path) -> None:
         read_table(write(tmp_path / "d.txt", "x"))
 
 
-# --- hardening 8: empty files, missing columns ---------------------------------------------------------------
+# --- empty files, missing columns ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n  \n"])
@@ -73,7 +73,7 @@ def test_missing_column_lists_the_existing_ones(tmp_path: Path) -> None:
         read_examples(path)
 
 
-# --- hardening 9: ragged rows, quotes, encodings, line ends --------------------------------------------------
+# --- ragged rows, quotes, encodings, line ends --------------------------------------------------
 
 
 def test_ragged_csv_row_names_file_and_line(tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_sst2_reads_every_line(shared_dir: Path) -> None:
     assert len(examples) == len(lines) - 1
 
 
-# --- hardening 10: texts that look like missing values -------------------------------------------------------
+# --- texts that look like missing values -------------------------------------------------------
 
 
 def test_na_like_texts_stay_text(tmp_path: Path, caplog) -> None:
@@ -146,7 +146,7 @@ def test_missing_label_is_rejected_with_line(tmp_path: Path) -> None:
         read_examples(write(tmp_path / "d.csv", "text,label\na,1\nb,\n"))
 
 
-# --- hardening 11: labels ------------------------------------------------------------------------------------
+# --- labels ------------------------------------------------------------------------------------
 
 
 def examples_with(tmp_path: Path, labels: list, name: str = "t.jsonl"):

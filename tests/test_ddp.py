@@ -94,7 +94,7 @@ def test_two_processes_train_identically(uninterrupted, capsys: pytest.CaptureFi
     assert complete[-1].name == "checkpoint-8"
     state = run_folder.load_state(complete[-1])
     assert state["fingerprint"]["world_size"] == 2 and len(state["rng"]) == 2
-    # hardening 17: resuming in one process what ran in two would not be the same run
+    # resuming in one process what ran in two would not be the same run
     assert finetune.main(["--resume", str(tmp_path / "run")]) == 1
     assert "world_size (2 then, 1 now)" in capsys.readouterr().err
 

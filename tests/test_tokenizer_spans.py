@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from minibert.encoding import CharSpan
 from minibert.errors import MinibertError
 from minibert.tokenizer import BertTokenizer
-from tests.test_tokenizer import TORTURE, read_imdb
+from tests.texts import TORTURE, read_imdb
 from tests.vocab import sentences, vocab_dir, write_small_vocab  # noqa: F401 - fixtures
 
 SPANS = {"return_offsets_mapping": True, "return_special_tokens_mask": True, "return_length": True}

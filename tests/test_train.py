@@ -65,7 +65,7 @@ def interrupt_at_forward(monkeypatch: pytest.MonkeyPatch, n: int, sig: int = sig
     monkeypatch.setattr(finetune, "train", wrapped)
 
 
-# --- hardening 16: SIGINT / SIGTERM then --resume is bit-identical ---------------------------------------------
+# --- SIGINT / SIGTERM then --resume is bit-identical ---------------------------------------------
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -101,7 +101,7 @@ def test_resume_auto_needs_output_dir_and_finds_newest(setup, tmp_path, capsys) 
     assert f"resumed from {tmp_path / 'r' / 'checkpoint-12'}" in capsys.readouterr().err
 
 
-# --- hardening 13: complete-or-absent checkpoints, pruning after the new one -----------------------------------
+# --- complete-or-absent checkpoints, pruning after the new one -----------------------------------
 
 
 def test_checkpoints_are_complete_hf_folders_and_pruned(setup, tmp_path) -> None:
@@ -134,7 +134,7 @@ def test_find_checkpoint_skips_incomplete_ones(tmp_path, caplog) -> None:
         run_folder.find_checkpoint(tmp_path / "checkpoint-2" / "nothing")
 
 
-# --- hardening 14: SIGKILL while saving --------------------------------------------------------------------------
+# --- SIGKILL while saving --------------------------------------------------------------------------
 
 KILL_DRIVER = """
 import sys, time, pathlib
@@ -177,7 +177,7 @@ def test_sigkill_while_saving_keeps_previous_checkpoint(setup, tmp_path, capsys,
     assert [r["step"] for r in logged if "eval" not in r] == list(range(1, 13))  # steps 5-7 of the killed run forgotten
 
 
-# --- hardening 15: disk full while saving ------------------------------------------------------------------------
+# --- disk full while saving ------------------------------------------------------------------------
 
 
 def test_disk_full_while_saving_keeps_previous_checkpoint(setup, tmp_path, monkeypatch, capsys) -> None:
@@ -203,7 +203,7 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(setup, tmp_path, monke
     assert all(torch.isfinite(t).all() for t in params(out / "checkpoint-4").values())
 
 
-# --- hardening 17: resume with other data / batch size -------------------------------------------------------
+# --- resume with other data / batch size -------------------------------------------------------
 
 
 def test_resume_with_other_batch_size_or_data_is_refused_unless_allowed(setup, tmp_path, capsys, caplog) -> None:
@@ -248,7 +248,7 @@ def test_resume_applies_a_harmless_change_with_a_warning(setup, tmp_path, capsys
     assert sorted(losses(out)) == [1, 2, 3, 6]  # steps 4-6 logged once, every 3 steps from now on
 
 
-# --- hardening 18: a NaN loss stops the run, no NaN checkpoint -------------------------------------------------
+# --- a NaN loss stops the run, no NaN checkpoint -------------------------------------------------
 
 
 def test_nan_loss_stops_without_writing_nan(setup, tmp_path, monkeypatch, capsys) -> None:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 import minibert
 from minibert import MinibertError
 from tests.fake_hub import FakeHub
-from tests.test_models import ATOL, TINY, assert_close_on_tokens, hf_model, padded_batch
+from tests.reference import ATOL, TINY, assert_close_on_tokens, hf_model, padded_batch
 
 
 def write_checkpoint(folder: Path, state: dict[str, torch.Tensor], config: dict, fmt: str = "safetensors") -> Path:
