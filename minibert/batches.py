@@ -16,20 +16,28 @@ import torch
 from tqdm.auto import tqdm
 
 from minibert.data import Examples
+from minibert.errors import MinibertError
+from minibert.long_text import SUN_ET_AL_HEAD, encode_long
 from minibert.tokenizer import MIN_TEXTS_PER_WORKER
 
 
 @dataclass
 class Encoded:
-    """Token ids without padding, one list per example, and the label tensor (None for prediction).
+    """Token ids without padding, one list per sequence, and the label tensor (None for prediction).
 
-    As training data for the loop (`train.TrainData`): length-grouped batches, padded to their longest example.
+    A long document cut into windows (`--long-text chunks`) is several sequences: `doc_index[i]` is sequence i's
+    document, each window carries its document's label, and `document_labels` keeps one label per document for
+    the metrics (the windows' logits are pooled per document first). Otherwise sequences are examples.
+
+    As training data for the loop (`train.TrainData`): length-grouped batches, padded to their longest sequence.
     """
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]]
     labels: torch.Tensor | None
     pad_token_id: int = 0
+    doc_index: list[int] | None = None
+    document_labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -38,6 +46,10 @@ class Encoded:
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
+    @property
+    def num_documents(self) -> int:
+        return len(self) if self.doc_index is None else (max(self.doc_index) + 1 if self.doc_index else 0)
+
     def epoch_batches(self, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> list[list[int]]:
         return length_grouped_batches(self.lengths, batch_size, seed, epoch, rank, world_size)
 
@@ -45,26 +57,53 @@ class Encoded:
         return collate(self, indices)
 
 
+@dataclass
+class LongText:
+    """How texts longer than max_length become sequences (`--long-text`, `--head-tokens`, `--stride`)."""
+
+    how: str = "truncate"  # truncate | head-tail | chunks
+    head_tokens: int = SUN_ET_AL_HEAD
+    stride: int = 128
+
+
+def check_long_text(how: str, head_tokens: int, stride: int, max_length: int) -> None:
+    """The long-text flags against --max-length ([CLS] and [SEP] take two of its tokens), before any work."""
+    room = max_length - 2
+    if how == "head-tail" and head_tokens > room:
+        raise MinibertError(f"--head-tokens {head_tokens} leaves no room within --max-length {max_length} ({room} "
+                            "tokens besides [CLS] and [SEP]); use fewer head tokens.")
+    if how == "chunks" and stride >= room:
+        raise MinibertError(f"--stride {stride} must be smaller than the {room} tokens a window of --max-length "
+                            f"{max_length} holds besides [CLS] and [SEP], or windows would not advance.")
+
+
 # Tokenising shows a progress bar from this many examples on (a few seconds of work).
 PROGRESS_FROM = 20_000
 
 
 def encode(tokenizer: Any, examples: Examples, max_length: int, labels: torch.Tensor | None = None,
-           num_workers: int = 1, progress: bool = True, what: str = "tokenizing") -> Encoded:
-    """Tokenize every example once, truncated to `max_length`; padding waits for the batch."""
+           num_workers: int = 1, progress: bool = True, what: str = "tokenizing",
+           long_text: LongText | None = None) -> Encoded:
+    """Tokenize every example once (truncated, head+tail, or cut into windows); padding waits for the batch."""
+    long_text = long_text or LongText()
     step = max(PROGRESS_FROM, MIN_TEXTS_PER_WORKER * num_workers)
     input_ids: list[list[int]] = []
     token_type_ids: list[list[int]] = []
+    doc_index: list[int] = []
     show = progress and len(examples) >= PROGRESS_FROM
     with tqdm(total=len(examples), desc=what, unit=" texts", disable=not show, file=sys.stderr) as bar:
         for start in range(0, len(examples), step):
             pairs = examples.pairs[start:start + step] if examples.pairs is not None else None
-            enc = tokenizer.encode_batch(examples.texts[start:start + step], pairs, max_length=max_length,
-                                         truncation=True, num_workers=num_workers)
-            input_ids += enc["input_ids"]
-            token_type_ids += enc["token_type_ids"]
-            bar.update(len(enc["input_ids"]))
-    return Encoded(input_ids, token_type_ids, labels, tokenizer.pad_token_id)
+            part = encode_long(tokenizer, examples.texts[start:start + step], pairs, max_length, long_text.how,
+                               long_text.head_tokens, long_text.stride, num_workers)
+            input_ids += part.input_ids
+            token_type_ids += part.token_type_ids
+            doc_index += [start + i for i in part.doc_index]
+            bar.update(min(step, len(examples) - start))
+    if long_text.how != "chunks":
+        return Encoded(input_ids, token_type_ids, labels, tokenizer.pad_token_id)
+    windows = None if labels is None else labels[torch.tensor(doc_index, dtype=torch.long)]
+    return Encoded(input_ids, token_type_ids, windows, tokenizer.pad_token_id, doc_index, labels)
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, rank: int = 0,

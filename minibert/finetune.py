@@ -27,7 +27,7 @@ import torch
 
 from minibert import run_folder
 from minibert.attention import ATTN_IMPLS
-from minibert.batches import Encoded, encode
+from minibert.batches import Encoded, LongText, check_long_text, encode
 from minibert.cli import int_list, option, options_parser
 from minibert.command import exit_status, fit_max_length, load_options, run_command, save_options
 from minibert.data import Examples, hub_dataset_files, read_examples, read_hub_split, split_off
@@ -35,6 +35,7 @@ from minibert.devices import PRECISIONS, Dist, setup_distributed
 from minibert.errors import MinibertError
 from minibert.hub import local_folder_or_repo_id
 from minibert.labels import PROBLEM_TYPES, Labels
+from minibert.long_text import LONG_TEXT_MODES, SUN_ET_AL_HEAD
 from minibert.metrics import best_key, evaluate_classifier
 from minibert.models import BertForSequenceClassification
 from minibert.plot import plot_metrics
@@ -66,6 +67,15 @@ class Options:
                                choices=("auto", *PROBLEM_TYPES))
     max_length: int = option(128, "tokens per example, specials included (longer texts are truncated; at most "
                                   "the model's max_position_embeddings)", at_least=2)
+    long_text: str = option("truncate", "texts longer than --max-length: keep the first tokens (truncate), the first "
+                                        "--head-tokens and the last ones (head-tail), or cut them into windows "
+                                        "overlapping by --stride, each labelled with its document's label, whose "
+                                        "logits are pooled per document in evaluation (chunks)",
+                            choices=LONG_TEXT_MODES)
+    head_tokens: int = option(SUN_ET_AL_HEAD, "head-tail: tokens kept from the start (the rest from the end)",
+                              at_least=0)
+    stride: int = option(128, "chunks: tokens each window shares with the previous one", at_least=0)
+    pool: str = option("mean", "chunks: how a document's window logits are pooled", choices=("mean", "max"))
     batch_size: int = option(32, "examples per batch and per process", at_least=1)
     grad_accum: int = option(1, "batches accumulated per optimizer step", at_least=1)
     epochs: int = option(3, "passes over the training data", at_least=1)
@@ -161,7 +171,8 @@ def fingerprint(train: Examples, labels: Labels, opts: Options) -> dict[str, obj
     for i in range(len(train)):
         row = (train.texts[i], train.pairs[i] if train.pairs else None, train.labels[i])
         digest.update(repr(row).encode())
-    return {"data": digest.hexdigest()[:16], "max_length": opts.max_length, "labels": labels.names}
+    return {"data": digest.hexdigest()[:16], "max_length": opts.max_length, "labels": labels.names,
+            "long_text": [opts.long_text, opts.head_tokens, opts.stride]}
 
 
 # --- one run -----------------------------------------------------------------------------------------------------
@@ -184,6 +195,7 @@ def check_paths(opts: Options) -> None:
         run_folder.check_writable_folder(Path(opts.output_dir), "--output-dir")
     if not opts.resume:
         local_folder_or_repo_id(opts.model, "config.json and the weights")  # a bad local path, before the data
+    check_long_text(opts.long_text, opts.head_tokens, opts.stride, opts.max_length)
     if opts.resume == "auto" and not opts.output_dir:
         raise MinibertError("--resume auto needs --output-dir, the run folder to look for checkpoints in.")
 
@@ -218,15 +230,24 @@ def finetune(opts: Options, d: Dist) -> Summary:
     if d.main:
         print(f"{labels.problem_type}: {labels.num_labels} label(s) {', '.join(labels.names)}; "
               f"{len(train_ex)} training rows, {len(val_ex) if val_ex else 0} validation rows.", file=sys.stderr)
+    if opts.long_text == "chunks" and labels.problem_type != "single_label_classification" and d.main:
+        logger.warning("--long-text chunks pools window logits per document; with %s labels it averages their "
+                       "scores, which is rarely what you want.", labels.problem_type)
+
+    long_text = LongText(opts.long_text, opts.head_tokens, opts.stride)
 
     def tokens(examples: Examples, y: torch.Tensor, what: str) -> Encoded:
-        return encode(tokenizer, examples, opts.max_length, y, opts.num_workers, not opts.no_progress, what)
+        return encode(tokenizer, examples, opts.max_length, y, opts.num_workers, not opts.no_progress, what,
+                      long_text)
 
     train_data = tokens(train_ex, train_y, "tokenizing training data")
+    if opts.long_text == "chunks" and d.main:
+        print(f"--long-text chunks: {len(train_data)} windows of at most {opts.max_length} tokens (stride "
+              f"{opts.stride}) from {len(train_ex)} training rows.", file=sys.stderr)
     evaluate = None
     if val_ex:
         evaluate = partial(evaluate_classifier, data=tokens(val_ex, val_y, "tokenizing validation data"),
-                           batch_size=opts.batch_size, problem_type=labels.problem_type)
+                           batch_size=opts.batch_size, problem_type=labels.problem_type, pool=opts.pool)
 
     def save_model(folder: Path) -> None:
         model.save_pretrained(folder)
@@ -252,7 +273,7 @@ def finetune(opts: Options, d: Dist) -> Summary:
         best = BertForSequenceClassification.from_pretrained(summary.best_dir, attn_impl=opts.attn_impl).to(d.device)
         amp = torch.bfloat16 if summary.precision == "bf16 autocast" else None
         test = evaluate_classifier(best, d, amp, data=tokens(test_ex, test_y, "tokenizing test data"),
-                                   batch_size=opts.batch_size, problem_type=labels.problem_type)
+                                   batch_size=opts.batch_size, problem_type=labels.problem_type, pool=opts.pool)
         if d.main:
             print(f"test ({summary.precision}, as validation): "
                   + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if not isinstance(v, bool)), file=sys.stderr)

@@ -10,6 +10,7 @@ from torch import nn
 
 from minibert.batches import Encoded, collate, sorted_batches
 from minibert.devices import Dist
+from minibert.long_text import pool_windows
 
 
 def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> dict[str, float]:
@@ -44,10 +45,12 @@ def best_key(problem_type: str) -> tuple[str, float]:
 
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, d: Dist, amp: torch.dtype | None, *, data: Encoded, batch_size: int,
-                        problem_type: str) -> dict[str, float]:
+                        problem_type: str, pool: str = "mean") -> dict[str, float]:
     """Loss and metrics over the whole evaluation set: each rank runs its share, the results are gathered.
 
-    `amp` is the training run's autocast dtype, so validation and test numbers come from the same arithmetic."""
+    `amp` is the training run's autocast dtype, so validation and test numbers come from the same arithmetic.
+    For documents cut into windows, the loss is the windows' and the metrics are the documents': each document's
+    windows' logits pooled (`pool`: mean or max) against its label."""
     model.eval()
     parts = []
     for indices in sorted_batches(data.lengths, batch_size, d.rank, d.world_size):
@@ -61,5 +64,8 @@ def evaluate_classifier(model: nn.Module, d: Dist, amp: torch.dtype | None, *, d
         parts = [p for rank_parts in gathered for p in rank_parts]
     order = [i for indices, _, _ in parts for i in indices]
     logits = torch.cat([lg for _, lg, _ in parts])[torch.argsort(torch.tensor(order))]
-    metrics = compute_metrics(logits, data.labels, problem_type)
+    labels = data.labels
+    if data.doc_index is not None:
+        logits, labels = pool_windows(logits, data.doc_index, data.num_documents, pool), data.document_labels
+    metrics = compute_metrics(logits, labels, problem_type)
     return {"loss": sum(loss for _, _, loss in parts) / len(data), **metrics}

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from minibert import run_folder
 from minibert.attention import ATTN_IMPLS
-from minibert.batches import Encoded, collate, encode, sorted_batches
+from minibert.batches import Encoded, LongText, check_long_text, collate, encode, sorted_batches
 from minibert.checkpoint_files import read_shapes, resolve_checkpoint
 from minibert.cli import option, options_parser
 from minibert.command import run_command
@@ -27,6 +27,7 @@ from minibert.devices import PRECISIONS, autocast_dtype, choose_device, precisio
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
 from minibert.labels import Labels
+from minibert.long_text import LONG_TEXT_MODES, SUN_ET_AL_HEAD, pool_windows
 from minibert.metrics import compute_metrics
 from minibert.models import BertForSequenceClassification
 from minibert.tokenizer import BertTokenizer
@@ -43,7 +44,15 @@ class Options:
     label_column: str | None = option(None, "gold label column: if present, unknown labels are listed and accuracy "
                                             "printed")
     output: str | None = option(None, "write the JSON lines here (default: stdout); written whole at the end")
-    batch_size: int = option(64, "examples per forward pass", at_least=1)
+    long_text: str = option("truncate", "texts longer than --max-length: keep the first tokens (truncate), the first "
+                                        "--head-tokens and the last ones (head-tail), or score every window of "
+                                        "--max-length tokens overlapping by --stride and pool them (chunks); use "
+                                        "what the model was fine-tuned with", choices=LONG_TEXT_MODES)
+    head_tokens: int = option(SUN_ET_AL_HEAD, "head-tail: tokens kept from the start (the rest from the end)",
+                              at_least=0)
+    stride: int = option(128, "chunks: tokens each window shares with the previous one", at_least=0)
+    pool: str = option("mean", "chunks: how a document's window logits are pooled", choices=("mean", "max"))
+    batch_size: int = option(64, "sequences per forward pass", at_least=1)
     max_length: int = option(512, "tokens per example, specials included (longer texts are truncated; at most the "
                                   "model's max_position_embeddings)", at_least=2)
     all_scores: bool = option(False, "also output the probability of every label")
@@ -140,7 +149,10 @@ def predict(opts: Options) -> list[dict[str, Any]]:
     if opts.max_length > limit:
         print(f"--max-length {opts.max_length} is more than the model's {limit} positions; using {limit}.",
               file=sys.stderr)
-    data: Encoded = encode(tokenizer, examples, min(opts.max_length, limit), progress=not opts.no_progress)
+    max_length = min(opts.max_length, limit)
+    check_long_text(opts.long_text, opts.head_tokens, opts.stride, max_length)
+    data: Encoded = encode(tokenizer, examples, max_length, progress=not opts.no_progress,
+                           long_text=LongText(opts.long_text, opts.head_tokens, opts.stride))
     logits = torch.empty(len(data), model.config.num_labels)
     batches = sorted_batches(data.lengths, opts.batch_size)
     show = not opts.no_progress and len(batches) > 1
@@ -149,6 +161,8 @@ def predict(opts: Options) -> list[dict[str, Any]]:
                             file=sys.stderr):
             batch = {k: v.to(device) for k, v in collate(data, indices).items()}
             logits[indices] = model(**batch).logits.float().cpu()
+    if data.doc_index is not None:  # windows of long texts: one answer per input row
+        logits = pool_windows(logits, data.doc_index, len(examples), opts.pool)
     if examples.labels is not None:  # gold labels given: score them, listing any the model never saw
         try:
             gold = labels.encode(examples, "prediction")

@@ -24,10 +24,12 @@ FINETUNE_BAD = {  # flag: bad values (each a usage error: exit 2, one line that 
     "--warmup-ratio": ["-0.1", "nan"], "--max-grad-norm": ["-1"], "--validation-split": ["-0.5"],
     "--eval-every": ["-1"], "--save-every": ["-1"], "--keep-checkpoints": ["-1"], "--num-workers": ["0"],
     "--max-steps": ["-1"], "--seed": ["x"], "--precision": ["fp8"], "--attn-impl": ["flash"],
-    "--problem-type": ["ranking"],
+    "--problem-type": ["ranking"], "--long-text": ["middle"], "--head-tokens": ["-1"], "--stride": ["-1"],
+    "--pool": ["sum"],
 }
 PREDICT_BAD = {"--batch-size": ["0", "-1"], "--max-length": ["1", "0"], "--precision": ["fp16"],
-               "--attn-impl": ["flash"]}
+               "--attn-impl": ["flash"], "--long-text": ["middle"], "--head-tokens": ["-1"], "--stride": ["-1"],
+               "--pool": ["sum"]}
 
 
 @pytest.fixture

@@ -1,0 +1,133 @@
+"""`--long-text` in finetune and predict: windows labelled with their document's label, their logits pooled per
+document, one answer per input row; head-tail and truncate through the same path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from minibert import finetune, predict
+from minibert.batches import LongText, encode
+from minibert.data import Examples
+from minibert.devices import Dist
+from minibert.long_text import head_tail_inputs
+from minibert.metrics import evaluate_classifier
+from minibert.models import BertForSequenceClassification
+from minibert.tokenizer import BertTokenizer
+from tests.tiny import NEGATIVE, POSITIVE, write_csv, write_tiny_model
+
+
+def long_rows(n: int) -> list[tuple[str, str]]:
+    """Documents of 40-160 words whose sentiment words sit at the end (what truncation cuts off)."""
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        filler = " ".join(["the film was a movie"] * (8 + 24 * (i % 4)))
+        words = " ".join((POSITIVE if label == "pos" else NEGATIVE)[j % 7] for j in range(5))
+        rows.append((f"{filler} {words}", label))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("long")
+    return {"model": write_tiny_model(root / "model"), "train": write_csv(root / "train.csv", long_rows(24)),
+            "dev": write_csv(root / "dev.csv", long_rows(8)), "root": root}
+
+
+def test_truncate_is_plain_truncation(setup) -> None:
+    tok = BertTokenizer.from_pretrained(setup["model"])
+    texts = [t for t, _ in long_rows(6)]
+    enc = encode(tok, Examples(texts, None, None), 32, long_text=LongText("truncate"))
+    assert enc.input_ids == tok(texts, truncation=True, max_length=32)["input_ids"] and enc.doc_index is None
+
+
+def test_chunks_label_every_window_and_keep_one_label_per_document(setup) -> None:
+    tok = BertTokenizer.from_pretrained(setup["model"])
+    texts = [t for t, _ in long_rows(4)]
+    labels = torch.tensor([1, 0, 1, 0])
+    enc = encode(tok, Examples(texts, None, None), 32, labels, long_text=LongText("chunks", stride=8))
+    whole = tok(texts)["input_ids"]
+    windows = [sum(1 for d in enc.doc_index if d == i) for i in range(4)]
+    assert windows == [max(1, -(-(len(ids) - 2 - 30) // 22) + 1) for ids in whole]  # ceil((n-30)/22) + 1 windows
+    assert enc.labels.tolist() == [int(labels[d]) for d in enc.doc_index]
+    assert torch.equal(enc.document_labels, labels) and enc.num_documents == 4
+    assert all(len(ids) <= 32 for ids in enc.input_ids)
+
+
+def test_evaluation_scores_documents_from_pooled_window_logits(setup) -> None:
+    """A model that scores each window by hand: document 0 is right only when its windows are pooled."""
+    class Scripted(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, token_type_ids, labels):
+            # window score: + for windows whose first real token after [CLS] is even, - otherwise
+            sign = (input_ids[:, 1] % 2 == 0).float() * 2 - 1
+            logits = torch.stack([-sign, sign], dim=1) * attention_mask.sum(1, keepdim=True)
+            return type("Out", (), {"logits": logits, "loss": torch.tensor(0.0)})()
+
+    tok = BertTokenizer.from_pretrained(setup["model"])
+    texts = [t for t, _ in long_rows(4)]
+    enc = encode(tok, Examples(texts, None, None), 32, torch.tensor([1, 0, 1, 0]),
+                 long_text=LongText("chunks", stride=8))
+    metrics = evaluate_classifier(Scripted(), Dist(), None, data=enc, batch_size=3,
+                                  problem_type="single_label_classification")
+    window_logits = torch.cat([Scripted()(**{k: v for k, v in enc.collate([i]).items()}).logits
+                               for i in range(len(enc))])
+    pooled = torch.stack([window_logits[[i for i, d in enumerate(enc.doc_index) if d == doc]].mean(0)
+                          for doc in range(4)])
+    expected = (pooled.argmax(-1) == torch.tensor([1, 0, 1, 0])).float().mean().item()
+    assert metrics["accuracy"] == pytest.approx(expected)
+
+
+def test_finetune_and_predict_with_chunks(setup, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--validation-file",
+                          str(setup["dev"]), "--output-dir", str(out), "--max-length", "32", "--long-text", "chunks",
+                          "--stride", "8", "--epochs", "1", "--batch-size", "8", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "--long-text chunks: " in err and "windows of at most 32 tokens (stride 8) from 24 training rows" in err
+    pred = tmp_path / "p.jsonl"
+    assert predict.main(["--model", str(out), "--input", str(setup["dev"]), "--output", str(pred), "--max-length",
+                         "32", "--long-text", "chunks", "--stride", "8", "--all-scores", "--precision", "fp32"]) == 0
+    rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    assert len(rows) == 8  # one answer per document, not per window
+    model = BertForSequenceClassification.from_pretrained(out / "best")
+    tok = BertTokenizer.from_pretrained(out / "best")
+    texts = [t for t, _ in long_rows(8)]
+    enc = encode(tok, Examples(texts, None, None), 32, long_text=LongText("chunks", stride=8))
+    with torch.no_grad():
+        logits = torch.cat([model(**enc.collate([i])).logits for i in range(len(enc))])
+    for doc, row in enumerate(rows):
+        mean = logits[[i for i, d in enumerate(enc.doc_index) if d == doc]].mean(0).softmax(-1)
+        assert row["scores"]["pos"] == pytest.approx(mean[model.config.label2id["pos"]].item(), abs=1e-5)
+
+
+def test_predict_head_tail_reads_the_end(setup, tmp_path) -> None:
+    out = tmp_path / "run"
+    assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--output-dir",
+                          str(out), "--max-length", "24", "--long-text", "head-tail", "--head-tokens", "6",
+                          "--max-steps", "2", "--no-progress"]) == 0
+    pred = tmp_path / "p.jsonl"
+    assert predict.main(["--model", str(out), "--input", str(setup["dev"]), "--output", str(pred), "--max-length",
+                         "24", "--long-text", "head-tail", "--head-tokens", "6", "--all-scores", "--precision",
+                         "fp32"]) == 0
+    rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    model = BertForSequenceClassification.from_pretrained(out / "best")
+    tok = BertTokenizer.from_pretrained(out / "best")
+    inputs = head_tail_inputs(tok, [t for t, _ in long_rows(8)], max_length=24, head=6)
+    assert all(len(ids) == 24 for ids in inputs.input_ids)
+    with torch.no_grad():
+        for i, row in enumerate(rows):
+            probs = model(torch.tensor([inputs.input_ids[i]])).logits.softmax(-1)[0]
+            assert row["scores"]["neg"] == pytest.approx(probs[model.config.label2id["neg"]].item(), abs=1e-5)
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (["--long-text", "head-tail", "--head-tokens", "40"], "--head-tokens 40 leaves no room within --max-length 32"),
+    (["--long-text", "chunks", "--stride", "30"], "--stride 30 must be smaller than the 30 tokens")])
+def test_long_text_flags_are_checked_against_max_length(setup, tmp_path, capsys, extra, says) -> None:
+    assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--output-dir",
+                          str(tmp_path / "o"), "--max-length", "32", *extra]) == 1
+    assert says in capsys.readouterr().err and not (tmp_path / "o").exists()
