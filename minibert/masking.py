@@ -86,13 +86,11 @@ class Masker:
 
 
 class MaskedSequences:
-    """Packed sequences (n, max_length) as the training loop draws them: `epoch_batches` says which sequences go
-    together, `collate` masks them afresh with the generator of (seed, epoch, batch number, indices)."""
+    """Packed sequences (n, max_length) as the training loop draws them (`train.TrainData`): `epoch_batches` says
+    which sequences go together, `collate` masks them afresh with the generator of its key and indices."""
 
-    def __init__(self, sequences: np.ndarray, masker: Masker, batch_size: int, seed: int) -> None:
-        if batch_size < 1:
-            raise MinibertError(f"--batch-size must be at least 1, not {batch_size}.")
-        self.sequences, self.masker, self.batch_size, self.seed = sequences, masker, batch_size, seed
+    def __init__(self, sequences: np.ndarray, masker: Masker) -> None:
+        self.sequences, self.masker = sequences, masker
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -101,27 +99,25 @@ class MaskedSequences:
     def tokens(self) -> int:
         return self.sequences.size
 
-    def epoch_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+    def epoch_batches(self, batch_size: int, seed: int, epoch: int, rank: int = 0,
+                      world_size: int = 1) -> list[list[int]]:
         """This rank's batches of one epoch, shuffled from (seed, epoch) alone; the list is first made a multiple of
         `world_size` by repeating its first batches, so that every rank takes the same number of steps."""
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.sequences)).tolist()
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.sequences)).tolist()
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         batches += batches[: (-len(batches)) % world_size]
         return batches[rank::world_size]
 
-    def eval_batches(self, rank: int = 0, world_size: int = 1) -> list[list[int]]:
-        """Every sequence once over all ranks, in order (evaluation masks with a fixed key, see `eval_key`)."""
+    def eval_batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+        """Every sequence once over all ranks, in order; evaluation masks with the key (seed, -1, batch number), so
+        every evaluation sees the same masks and the losses compare."""
         n = len(self.sequences)
-        batches = [list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size)]
+        batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
         return batches[rank::world_size]
 
-    @staticmethod
-    def eval_key(batch: int) -> tuple[int, int]:
-        """The masking key of evaluation batch `batch`: the same masks at every evaluation, so losses compare."""
-        return (-1, batch)
-
-    def collate(self, indices: Sequence[int], key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """input_ids (masked) and labels, both (len(indices), max_length); no padding, so no attention_mask."""
+    def collate(self, indices: Sequence[int], key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        """key = (seed, epoch, batch number) -> input_ids (masked) and labels, both (len(indices), max_length); no
+        padding, so no attention_mask."""
         ids = torch.from_numpy(self.sequences[list(indices)].astype(np.int64))
-        input_ids, labels = self.masker.mask(ids, masking_generator(self.seed, *key, indices))
+        input_ids, labels = self.masker.mask(ids, masking_generator(*key, indices))
         return {"input_ids": input_ids, "labels": labels}

@@ -122,18 +122,18 @@ def test_masks_depend_on_the_key_alone(tokenizer):
 
 def test_data_object_batches_and_collates(tokenizer):
     seqs = random_batch(tokenizer, 23, 16).numpy().astype(np.int32)
-    data = MaskedSequences(seqs, Masker.for_tokenizer(tokenizer), batch_size=4, seed=5)
-    epoch0 = data.epoch_batches(0)
+    data = MaskedSequences(seqs, Masker.for_tokenizer(tokenizer))
+    epoch0 = data.epoch_batches(4, 5, 0)
     assert sorted(i for b in epoch0 for i in b) == list(range(23))
-    assert epoch0 == data.epoch_batches(0) and epoch0 != data.epoch_batches(1)
-    ranks = [data.epoch_batches(0, r, 2) for r in range(2)]
+    assert epoch0 == data.epoch_batches(4, 5, 0) and epoch0 != data.epoch_batches(4, 5, 1)
+    ranks = [data.epoch_batches(4, 5, 0, r, 2) for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == 3 and ranks[0] + ranks[1] != epoch0
-    assert sorted(i for b in data.eval_batches() for i in b) == list(range(23))
-    batch = data.collate(epoch0[0], (0, 0))
+    assert sorted(i for b in data.eval_batches(4) for i in b) == list(range(23))
+    batch = data.collate(epoch0[0], (5, 0, 0))
     assert set(batch) == {"input_ids", "labels"} and batch["input_ids"].shape == (4, 16)
-    again = data.collate(epoch0[0], (0, 0))
+    again = data.collate(epoch0[0], (5, 0, 0))
     assert torch.equal(batch["input_ids"], again["input_ids"])
-    assert not torch.equal(batch["labels"], data.collate(epoch0[0], (1, 0))["labels"])
+    assert not torch.equal(batch["labels"], data.collate(epoch0[0], (5, 1, 0))["labels"])
 
 
 def test_probability_is_checked():

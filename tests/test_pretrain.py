@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 import minibert
+from minibert import pretrain
 from minibert.masking import Masker, masking_generator
 from minibert.weights import name_table
 from tests.test_models import TINY, hf_model
@@ -56,3 +58,90 @@ def test_masked_only_needs_labels():
     model = minibert.BertForMaskedLM(minibert.BertConfig(**TINY))
     with pytest.raises(minibert.MinibertError, match="needs labels"):
         model(torch.ones(1, 4, dtype=torch.long), masked_only=True)
+
+
+def test_from_scratch_init_statistics_match_transformers():
+    """Every tensor of a from-scratch model: the same mean, std and exact zeros/ones as transformers' _init_weights
+    gives its namesake (N(0, 0.02) matrices and embeddings, zero biases and padding row, unit LayerNorm)."""
+    config = dict(vocab_size=2000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=512, max_position_embeddings=512)
+    torch.manual_seed(0)
+    ref = transformers.BertForMaskedLM(transformers.BertConfig(**config))
+    ref_state = ref.state_dict()
+    torch.manual_seed(1)
+    ours = pretrain.build_model(pretrain.parse_args(["--config", "tiny", "--tokenizer", "x", "--train-file", "x"]),
+                                FakeTokenizer(2000))
+    assert (ours.config.hidden_size, ours.config.num_hidden_layers, ours.config.num_attention_heads,
+            ours.config.intermediate_size) == (128, 2, 2, 512)
+    params = dict(ours.named_parameters())
+    checked = 0
+    for our_name, hf_names in name_table(ours):
+        for hf_name, got in zip(hf_names, params[our_name].detach().chunk(len(hf_names), dim=0)):
+            expected = ref_state[hf_name]
+            assert got.shape == expected.shape, hf_name
+            if expected.std() == 0:  # constants: zero biases, unit LayerNorm weights
+                assert torch.equal(got, expected), hf_name
+            else:
+                assert got.std().item() == pytest.approx(expected.std().item(), rel=0.1), hf_name
+                assert abs(got.mean().item()) < 3 * expected.std().item() / got.numel() ** 0.5 + 1e-6, hf_name
+            checked += 1
+    tied = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")  # the same tensors as others
+    assert checked == len([n for n in ref_state if "position_ids" not in n and n not in tied])
+    assert ours.bert.embeddings.word.weight[0].abs().max() == 0  # the padding row, as transformers zeroes it
+
+
+class FakeTokenizer:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@pytest.mark.parametrize("preset,shape", [("tiny", (2, 128, 2, 512)), ("mini", (4, 256, 4, 1024)),
+                                          ("small", (4, 512, 8, 2048)), ("medium", (8, 512, 8, 2048)),
+                                          ("base", (12, 768, 12, 3072))])
+def test_presets_are_googles_small_berts(preset, shape):
+    config = pretrain.config_for(preset, 30522, 128)
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+            config.intermediate_size) == shape
+    assert config.vocab_size == 30522
+
+
+def test_config_file_and_bad_config(tmp_path):
+    path = tmp_path / "config.json"
+    minibert.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=1, num_attention_heads=1,
+                        intermediate_size=128).to_json(path)
+    assert pretrain.config_for(str(path), 99, 128).hidden_size == 64
+    with pytest.raises(minibert.MinibertError, match="vocab_size 100 but the tokenizer has 500"):
+        pretrain.config_for(str(path), 500, 128)
+    with pytest.raises(minibert.MinibertError, match="neither a preset"):
+        pretrain.config_for("huge", 500, 128)
+
+
+def test_option_parsing_requires_a_start(capsys):
+    with pytest.raises(SystemExit):
+        pretrain.parse_args(["--train-file", "t.txt"])
+    assert "pass --model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pretrain.parse_args(["--config", "mini", "--train-file", "t.txt"])
+    assert "--config needs --tokenizer" in capsys.readouterr().err
+    opts = pretrain.parse_args(["--model", "m", "--train-file", "t.txt", "--whole-word-masking", "--max-length", "64"])
+    assert opts.whole_word_masking and opts.max_length == 64 and opts.mlm_probability == 0.15
+
+
+def test_checkpoint_without_mlm_head_gets_one_like_transformers(minilm_dir, caplog):
+    """all-MiniLM-L6-v2 has no MLM head: it is initialised as transformers does and decodes with the word embeddings."""
+    ours = pretrain.build_model(pretrain.parse_args(["--model", str(minilm_dir), "--train-file", "x"]),
+                                FakeTokenizer(30522))
+    assert "newly initialised" in caplog.text and "cls.predictions" in caplog.text
+    ref = transformers.BertForMaskedLM.from_pretrained(minilm_dir)
+    assert ref.cls.predictions.decoder.weight is ref.bert.embeddings.word_embeddings.weight
+    head = ours.mlm
+    assert head.dense.weight.std().item() == pytest.approx(ref.cls.predictions.transform.dense.weight.std().item(),
+                                                           rel=0.05)
+    assert torch.equal(head.dense.bias, ref.cls.predictions.transform.dense.bias)
+    assert torch.equal(head.norm.weight, ref.cls.predictions.transform.LayerNorm.weight)
+    assert torch.equal(head.bias, ref.cls.predictions.bias)
+    # the encoder is the checkpoint's, and the decoder is the (tied) word-embedding matrix
+    assert torch.equal(ours.bert.embeddings.word.weight, ref.bert.embeddings.word_embeddings.weight)
