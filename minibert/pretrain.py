@@ -21,19 +21,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
-from minibert import checkpoint
+from minibert import run_folder
 from minibert.attention import ATTN_IMPLS
-from minibert.cli import options_parser
+from minibert.cli import option, options_parser
+from minibert.command import exit_status, load_options, run_command, save_options
 from minibert.config import BertConfig
+from minibert.devices import PRECISIONS, Dist, setup_distributed
 from minibert.documents import Documents, fingerprint, load_documents, pack, split_documents
 from minibert.errors import MinibertError
 from minibert.masking import MaskedSequences, Masker
 from minibert.models import BertForMaskedLM
+from minibert.plot import plot_metrics
 from minibert.tokenizer import BertTokenizer
-from minibert.train import Dist, Summary, TrainOptions, plot_metrics, setup_distributed, train
+from minibert.train import Summary, TrainOptions, train
 
 logger = logging.getLogger("minibert")
 
@@ -43,86 +48,72 @@ PRESETS = {"tiny": (2, 128), "mini": (4, 256), "small": (4, 512), "medium": (8, 
 
 @dataclass
 class Options:
-    model: str | None = None
-    config: str | None = None
-    tokenizer: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    validation_split: float = 0.01
-    text_column: str | None = None
-    max_length: int = 128
-    mlm_probability: float = 0.15
-    whole_word_masking: bool = False
-    batch_size: int = 32
-    grad_accum: int = 1
-    epochs: int = 1
-    max_steps: int = 0
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_grad_norm: float = 1.0
-    precision: str = "auto"
-    attn_impl: str = "auto"
-    seed: int = 42
-    max_eval_samples: int = 0
-    eval_every: int = 0
-    save_every: int = 0
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    output_dir: str | None = None
-    resume: str | None = None
-    allow_resume_mismatch: bool = False
-    num_workers: int = 1
-    no_progress: bool = False
-    debug: bool = False
+    model: str | None = option(None, "Hub id or local folder of a BERT checkpoint to continue pre-training (an MLM "
+                                     "head is added if it has none)")
+    config: str | None = option(None, "train from scratch: a config.json, or a preset (" + ", ".join(PRESETS)
+                                + ": Google's small BERTs)")
+    tokenizer: str | None = option(None, "with --config: Hub id or folder of the tokenizer (its vocabulary sets "
+                                         "vocab_size)")
+    train_file: str | None = option(None, "text: .txt (one document per line), .txt.gz, .jsonl or .parquet")
+    validation_file: str | None = option(None, "validation text (same formats); without it --validation-split "
+                                               "holds out documents")
+    validation_split: float = option(0.01, "fraction of the training documents held out for validation when there "
+                                           "is no validation file", at_least=0.0)
+    text_column: str | None = option(None, "text column of a .jsonl/.parquet file (default: detected among text, "
+                                           "sentence, review, ...)")
+    max_length: int = option(128, "tokens per packed sequence, [CLS] and [SEP] included", at_least=3)
+    mlm_probability: float = option(0.15, "fraction of the tokens masked (BERT: 0.15; MosaicBERT: 0.3)", above=0.0)
+    whole_word_masking: bool = option(False, "mask all the WordPieces of a chosen word together")
+    batch_size: int = option(32, "sequences per batch and per process", at_least=1)
+    grad_accum: int = option(1, "batches accumulated per optimizer step", at_least=1)
+    epochs: int = option(1, "passes over the training data", at_least=1)
+    max_steps: int = option(0, "stop after this many optimizer steps (0: run all --epochs)", at_least=0)
+    lr: float = option(1e-4, "peak learning rate of AdamW (from scratch, small models take 5e-4 to 1e-3)",
+                       above=0.0)
+    weight_decay: float = option(0.01, "AdamW weight decay (never applied to biases and LayerNorm)", at_least=0.0)
+    warmup_ratio: float = option(0.06, "fraction of the steps spent warming the learning rate up from 0",
+                                 at_least=0.0)
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)", at_least=0.0)
+    precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, "
+                                    "else fp32)", choices=PRECISIONS)
+    attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
+    seed: int = option(42, "random seed (initialisation, data order, masks, dropout)")
+    max_eval_samples: int = option(0, "evaluate on at most N validation sequences (0: all)", at_least=0)
+    eval_every: int = option(0, "also evaluate (and checkpoint) every N steps (0: once per epoch)", at_least=0)
+    save_every: int = option(0, "also checkpoint every N steps (0: at evaluations only)", at_least=0)
+    keep_checkpoints: int = option(2, "complete checkpoints kept in the run folder (0: all)", at_least=0)
+    log_every: int = option(10, "write the training loss to metrics.jsonl every N steps", at_least=1)
+    output_dir: str | None = option(None, "run folder (default: weights/<model>-mlm-<data>-<time>)")
+    overwrite: bool = option(False, "replace the earlier run in a non-empty --output-dir")
+    resume: str | None = option(None, "continue a run: its run folder (the flags it started with are reused), a "
+                                      "checkpoint folder, or auto (the newest in --output-dir)")
+    allow_resume_mismatch: bool = option(False, "resume even if data, batch size or world size differ (the result "
+                                                "is then not exact)")
+    num_workers: int = option(1, "processes used to tokenize", at_least=1)
+    no_progress: bool = option(False, "no progress bar")
+    debug: bool = option(False, "show the full traceback of errors")
 
 
-HELP = {
-    "model": "Hub id or local folder of a BERT checkpoint to continue pre-training (an MLM head is added if missing)",
-    "config": f"train from scratch: a config.json, or a preset ({', '.join(PRESETS)}: Google's small BERTs)",
-    "tokenizer": "with --config: Hub id or folder of the tokenizer (its vocabulary sets vocab_size)",
-    "train_file": "text: .txt (one document per line), .txt.gz, .jsonl or .parquet",
-    "validation_file": "validation text (same formats); without it --validation-split holds out documents",
-    "validation_split": "fraction of the training documents held out for validation when there is no validation file",
-    "text_column": "text column of a .jsonl/.parquet file (default: detected among text, sentence, review, ...)",
-    "max_length": "tokens per packed sequence, [CLS] and [SEP] included",
-    "mlm_probability": "fraction of the tokens masked (BERT: 0.15; MosaicBERT: 0.3)",
-    "whole_word_masking": "mask all the WordPieces of a chosen word together",
-    "batch_size": "sequences per batch and per process",
-    "grad_accum": "batches accumulated per optimizer step",
-    "epochs": "passes over the training data",
-    "max_steps": "stop after this many optimizer steps (0: run all --epochs)",
-    "lr": "peak learning rate of AdamW (from scratch, small models take 5e-4 to 1e-3)",
-    "weight_decay": "AdamW weight decay (never applied to biases and LayerNorm)",
-    "warmup_ratio": "fraction of the steps spent warming the learning rate up from 0",
-    "max_grad_norm": "clip the gradient norm to this (0: no clipping)",
-    "precision": "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, else fp32)",
-    "attn_impl": "attention kernel: auto, math, sdpa or unpadded",
-    "seed": "random seed (initialisation, data order, masks, dropout)",
-    "max_eval_samples": "evaluate on at most N validation sequences (0: all)",
-    "eval_every": "also evaluate (and checkpoint) every N steps (0: once per epoch)",
-    "save_every": "also checkpoint every N steps (0: at evaluations only)",
-    "keep_checkpoints": "complete checkpoints kept in the run folder",
-    "log_every": "write the training loss to metrics.jsonl every N steps",
-    "output_dir": "run folder (default: weights/<model>-mlm-<data>-<time>)",
-    "resume": "continue a run: a run folder, a checkpoint folder, or auto (newest in --output-dir)",
-    "allow_resume_mismatch": "resume even if data, batch size or world size differ (the result is then not exact)",
-    "num_workers": "processes used to tokenize",
-    "no_progress": "no progress bar",
-    "debug": "show the full traceback of errors",
-}
-CHOICES = {"precision": ("auto", "bf16", "fp32"), "attn_impl": sorted(ATTN_IMPLS)}
+# What --resume RUN may change, and what the optimizer and schedule were built from (see command.load_options)
+RESUME_MAY_CHANGE = {"max_grad_norm", "precision", "attn_impl", "eval_every", "save_every", "keep_checkpoints",
+                     "log_every", "num_workers", "no_progress", "debug", "allow_resume_mismatch"}
+RESUME_SCHEDULE = {"model", "config", "tokenizer", "lr", "weight_decay", "warmup_ratio", "epochs", "max_steps", "seed"}
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    parser = options_parser(Options, "python -m minibert.pretrain", __doc__, HELP, CHOICES)
+    """The options of this run; with --resume RUN, the flags the run started with, then the ones given again."""
+    parser = options_parser(Options, "python -m minibert.pretrain", __doc__)
     opts = Options(**vars(parser.parse_args(argv)))
-    if (opts.model is None) == (opts.config is None) and not opts.resume:
-        parser.error("pass --model (continue pre-training a checkpoint) or --config (start from scratch), not both.")
-    if opts.config is not None and opts.tokenizer is None and not opts.resume:
-        parser.error("--config needs --tokenizer: a from-scratch model still needs a vocabulary.")
+    if opts.resume and opts.resume != "auto":
+        return load_options(Options, opts, parser, argv, RESUME_MAY_CHANGE, RESUME_SCHEDULE)
+    if (opts.model is None) == (opts.config is None):
+        parser.error("pass --model (continue pre-training a checkpoint) or --config (start from scratch), not both")
+    if opts.config is not None and opts.tokenizer is None:
+        parser.error("--config needs --tokenizer: a model from scratch still needs a vocabulary")
     if not opts.train_file:
-        parser.error("--train-file is required: the text to pre-train on.")
+        parser.error("--train-file is required: the text to pre-train on")
+    if opts.mlm_probability >= 1:
+        parser.error(f"--mlm-probability must be below 1, got {opts.mlm_probability}")
     return opts
 
 
@@ -166,20 +157,33 @@ def build_model(opts: Options, tokenizer: BertTokenizer) -> BertForMaskedLM:
 # --- data and evaluation ---------------------------------------------------------------------------------------
 
 
-def sequences_of(docs: Documents, tokenizer: BertTokenizer, max_length: int) -> Any:
+def sequences_of(docs: Documents, tokenizer: BertTokenizer, max_length: int) -> np.ndarray:
     return pack(docs, max_length, tokenizer.cls_token_id, tokenizer.sep_token_id)
 
 
+class MaskedOnly(nn.Module):
+    """What the loop trains: it calls `model(**batch).loss`; this runs the BertForMaskedLM with its decoder on the
+    masked positions only (`masked_only=True`), the one difference from transformers' call."""
+
+    def __init__(self, model: BertForMaskedLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch: torch.Tensor) -> Any:
+        return self.model(**batch, masked_only=True)
+
+
 @torch.no_grad()
-def evaluate_mlm(model: torch.nn.Module, data: MaskedSequences, d: Dist, amp: torch.dtype | None) -> dict[str, float]:
-    """MLM loss (per masked token) and masked-token accuracy over the validation sequences, the same masks at every
-    evaluation; each rank runs its share and the sums are reduced."""
+def evaluate_mlm(model: nn.Module, data: MaskedSequences, batch_size: int, seed: int, d: Dist,
+                 amp: torch.dtype | None) -> dict[str, float]:
+    """MLM loss (per masked token) and masked-token accuracy over the validation sequences, with the same masks at
+    every evaluation; each rank runs its share and the sums are reduced. `model` is a `MaskedOnly`."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct predictions, masked tokens
-    for b, indices in enumerate(data.eval_batches(d.rank, d.world_size)):
-        batch = {k: v.to(d.device) for k, v in data.collate(indices, data.eval_key(b)).items()}
+    for b, indices in enumerate(data.eval_batches(batch_size, d.rank, d.world_size)):
+        batch = {k: v.to(d.device) for k, v in data.collate(indices, (seed, -1, b)).items()}
         with torch.autocast(d.device.type, dtype=amp, enabled=amp is not None):
-            out = model(**batch, masked_only=True)
+            out = model(**batch)
         labels = batch["labels"][batch["labels"] != -100]
         sums += torch.tensor([out.loss.float().item() * len(labels),
                               (out.logits.argmax(-1) == labels).sum().item(), len(labels)], dtype=torch.float64)
@@ -202,9 +206,6 @@ def data_fingerprint(tokenizer: BertTokenizer, opts: Options) -> dict[str, objec
 def run_dir_for(opts: Options) -> Path:
     if opts.output_dir:
         return Path(opts.output_dir)
-    if opts.resume and opts.resume != "auto":
-        resume = Path(opts.resume)
-        return resume.parent if (resume / checkpoint.STATE_FILE).is_file() else resume
     start = Path(opts.model).name if opts.model else Path(opts.config).stem
     data = Path(opts.train_file).name.split(".")[0]
     return Path("weights") / f"{start}-mlm-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -214,12 +215,14 @@ def run_dir_for(opts: Options) -> Path:
 
 
 def pretrain(opts: Options, d: Dist) -> Summary:
-    run_dir = run_dir_for(opts)
     resume = None
     if opts.resume:
         if opts.resume == "auto" and not opts.output_dir:
             raise MinibertError("--resume auto needs --output-dir, the run folder to look for checkpoints in.")
-        resume = checkpoint.find_checkpoint(run_dir if opts.resume == "auto" else Path(opts.resume))
+        resume = run_folder.find_checkpoint(Path(opts.output_dir) if opts.resume == "auto" else Path(opts.resume))
+    run_dir = resume.parent if resume else run_dir_for(opts)
+    if not resume and d.main:
+        run_folder.prepare_new_run(run_dir, opts.overwrite)
     tokenizer = BertTokenizer.from_pretrained(resume or opts.tokenizer or opts.model)
     if resume:
         model = BertForMaskedLM.from_pretrained(resume, attn_impl=opts.attn_impl).train()
@@ -238,12 +241,11 @@ def pretrain(opts: Options, d: Dist) -> Summary:
     else:
         train_docs, val_docs = split_documents(train_docs, opts.validation_split, opts.seed)
     masker = Masker.for_tokenizer(tokenizer, opts.mlm_probability, opts.whole_word_masking)
-    train_data = MaskedSequences(sequences_of(train_docs, tokenizer, opts.max_length), masker, opts.batch_size,
-                                 opts.seed)
+    train_data = MaskedSequences(sequences_of(train_docs, tokenizer, opts.max_length), masker)
     val_data = None
     if val_docs is not None and len(val_docs.tokens) >= opts.max_length - 2:
         val_seqs = sequences_of(val_docs, tokenizer, opts.max_length)
-        val_data = MaskedSequences(val_seqs[: opts.max_eval_samples or None], masker, opts.batch_size, opts.seed)
+        val_data = MaskedSequences(val_seqs[: opts.max_eval_samples or None], masker)
     if d.main:
         print(f"{len(train_docs)} documents ({'from the cache' if cached else 'tokenised'}) -> {len(train_data)} "
               f"sequences of {opts.max_length} tokens ({train_data.tokens:,} tokens); validation: "
@@ -259,47 +261,45 @@ def pretrain(opts: Options, d: Dist) -> Summary:
         grad_accum=opts.grad_accum, lr=opts.lr, weight_decay=opts.weight_decay, warmup_ratio=opts.warmup_ratio,
         max_grad_norm=opts.max_grad_norm, precision=opts.precision, seed=opts.seed, eval_every=opts.eval_every,
         save_every=opts.save_every, keep_checkpoints=opts.keep_checkpoints, log_every=opts.log_every,
-        pad_token_id=tokenizer.pad_token_id, resume=resume, allow_resume_mismatch=opts.allow_resume_mismatch,
+        best_metric="loss", greater_is_better=False, resume=resume, allow_resume_mismatch=opts.allow_resume_mismatch,
         fingerprint=data_fingerprint(tokenizer, opts))
     evaluate = None
     if val_data is not None:
-        def evaluate(m: torch.nn.Module, dd: Dist, amp: torch.dtype | None) -> dict[str, float]:
-            return evaluate_mlm(m, val_data, dd, amp)
-    summary = train(model, train_data, evaluate, train_opts, save_model, d, progress=not opts.no_progress)
+        def evaluate(m: nn.Module, dd: Dist, amp: torch.dtype | None) -> dict[str, float]:
+            return evaluate_mlm(m, val_data, opts.batch_size, opts.seed, dd, amp)
+    if not resume and d.main:
+        save_options(run_dir, opts)  # what --resume RUN alone continues with
+    summary = train(MaskedOnly(model), train_data, evaluate, train_opts, save_model, d,
+                    progress=not opts.no_progress)
     if summary.interrupted:
         if d.main:
-            print(f"interrupted at step {summary.steps}; continue with: --resume {run_dir}", file=sys.stderr)
+            print(f"interrupted by {summary.stop_signal} at step {summary.steps}, checkpoint saved; continue with: "
+                  f"python -m minibert.pretrain --resume {run_dir}", file=sys.stderr)
         return summary
     if d.main:
-        plot = plot_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else None
+        plot = plot_metrics(run_dir) if (run_dir / run_folder.METRICS_FILE).is_file() else None
         best = ", ".join(f"{k} {v:.4f}" for k, v in (summary.best_metric or {}).items())
-        print(f"done: {summary.steps} steps in {summary.wall_s:.1f} s ({summary.samples_per_s:.1f} sequences/s); "
+        print(f"done: {summary.steps} steps in {summary.wall_s:.1f} s ({summary.samples_per_s:.1f} sequences/s, "
+              f"{summary.precision}); "
               f"best: {best or 'no validation data'}; model in {summary.best_dir}"
               + (f"; plot in {plot}" if plot else ""), file=sys.stderr)
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(argv)
-    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+def run(opts: Options) -> int:
+    d = setup_distributed()
     try:
-        d = setup_distributed()
         if not d.main:
-            logging.getLogger("minibert").setLevel(logging.ERROR)
-        pretrain(opts, d)
-    except MinibertError as e:
-        if opts.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("aborted without saving; the last checkpoint is unchanged.", file=sys.stderr)
-        return 130
+            logging.getLogger("minibert").setLevel(logging.ERROR)  # say things once, from rank 0
+        return exit_status(pretrain(opts, d))
     finally:
         if torch.distributed.is_initialized():
-            gc.collect()  # see finetune.main: DDP's wrapper is freed only by the cyclic collector
+            gc.collect()  # see finetune.run: DDP's wrapper is freed only by the cyclic collector
             torch.distributed.destroy_process_group()
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(lambda: parse_args(argv), run, argv)
 
 
 if __name__ == "__main__":
