@@ -7,6 +7,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -267,3 +269,35 @@ def test_interrupt_then_resume_is_bit_exact(setup, tmp_path, monkeypatch, capsys
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert logged(tmp_path / "a")[0] == logged(tmp_path / "b")[0]
+
+
+DDP_DRIVER = """
+import os, sys, torch
+from minibert import pretrain
+real = pretrain.train
+def wrapped(model, *a, **k):
+    summary = real(model, *a, **k)
+    torch.save(model.state_dict(), os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
+    return summary
+pretrain.train = wrapped
+sys.exit(pretrain.main(sys.argv[2:]))
+"""
+
+
+def test_two_processes_under_torchrun(setup, tmp_path):
+    """DDP (gloo): rank 0 tokenises into the cache and the other reads it; both end with the same weights, and the
+    validation metrics are reduced over both ranks' shares."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(DDP_DRIVER)
+    env = {**os.environ, "MINIBERT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(driver),
+           str(tmp_path), *cli(setup, tmp_path / "run", "--max-steps", "6", "--eval-every", "3")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    _, evals = logged(tmp_path / "run")
+    assert len(evals) >= 2 and all(0 <= e["accuracy"] <= 1 for e in evals)
+    assert len(list((tmp_path / "cache" / "documents").glob("*.npz"))) == 1
