@@ -22,8 +22,8 @@ import gzip
 
 import torch
 from common import SHARED, amp, interleaved, median, pair, setup, table, tokenizers, write_json
-from minibert.devices import cpu_has_bf16
 
+from minibert.devices import cpu_has_bf16
 from minibert.documents import pack, tokenize_documents
 from minibert.masking import MaskedSequences, Masker
 

@@ -17,12 +17,12 @@ import transformers
 from safetensors.torch import load_file
 
 import minibert
-from minibert import pretrain
+from minibert import finetune, pretrain
 from minibert import train as train_module
 from minibert.masking import Masker, masking_generator
 from minibert.weights import name_table
 from tests.test_models import TINY, hf_model
-from tests.tiny import WORDS, write_tiny_model
+from tests.tiny import WORDS, sentiment_rows, write_csv, write_tiny_model
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
@@ -211,8 +211,10 @@ def test_tiny_run_from_scratch_learns_and_saves_a_normal_checkpoint(setup, tmp_p
     ids = torch.tensor([minibert.BertTokenizer.from_pretrained(best).encode("the movie was [MASK] fun")])
     with torch.no_grad():
         assert torch.allclose(ours(ids).logits, ref(input_ids=ids).logits, atol=1e-5)
-    # and fine-tuning starts from it (the MLM head is left out, a classifier is added)
-    minibert.BertForSequenceClassification.from_pretrained(best, num_labels=2)
+    # and `minibert.finetune` starts from it (the MLM head is left out, a classifier is added)
+    rows = write_csv(tmp_path / "sentiment.csv", sentiment_rows(40))
+    assert finetune.main(["--model", str(best), "--train-file", str(rows), "--output-dir", str(tmp_path / "ft"),
+                          "--max-steps", "2", "--batch-size", "8", "--no-progress"]) == 0
     assert "tokenised" in capsys.readouterr().err
 
     # a second run reads the tokens from the cache
@@ -273,7 +275,7 @@ def test_interrupt_then_resume_is_bit_exact(setup, tmp_path, monkeypatch, capsys
 
 DDP_DRIVER = """
 import os, sys, torch
-from minibert import pretrain
+from minibert import finetune, pretrain
 real = pretrain.train
 def wrapped(model, *a, **k):
     summary = real(model, *a, **k)
@@ -301,3 +303,17 @@ def test_two_processes_under_torchrun(setup, tmp_path):
     _, evals = logged(tmp_path / "run")
     assert len(evals) >= 2 and all(0 <= e["accuracy"] <= 1 for e in evals)
     assert len(list((tmp_path / "cache" / "documents").glob("*.npz"))) == 1
+
+
+def test_user_mistakes_exit_1_with_one_sentence(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MINIBERT_CACHE", str(tmp_path / "cache"))
+    missing = cli(setup, tmp_path / "r1")
+    missing[missing.index("--train-file") + 1] = str(tmp_path / "nope.txt")
+    assert pretrain.main(missing) == 1
+    assert "nope.txt does not exist" in capsys.readouterr().err
+    short = tmp_path / "short.txt"
+    short.write_text("good movie\n")
+    args = cli(setup, tmp_path / "r2", "--validation-split", "0")
+    args[args.index("--train-file") + 1] = str(short)
+    assert pretrain.main(args) == 1
+    assert "not enough for one sequence" in capsys.readouterr().err
