@@ -11,7 +11,7 @@ end with a [SEP] between two documents, and the stream is cut into sequences `[C
 A long document continues over several sequences, short ones share a sequence, every sequence has exactly
 `max_length` tokens (no batch carries padding) and no token is dropped but the last incomplete sequence. The cut falls
 where the length is reached, so a sentence may continue in the next sequence: the price of zero padding (RoBERTa's
-FULL-SENTENCES instead pads or drops the remainder; it measured no difference between the two).
+FULL-SENTENCES keeps sentences whole instead, so its sequences end short of the length and batches carry padding).
 """
 
 from __future__ import annotations
