@@ -4,6 +4,7 @@ and the command line (presets, a tiny run whose loss falls, exact resume, the sa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -21,7 +22,7 @@ from minibert import finetune, pretrain
 from minibert import train as train_module
 from minibert.masking import Masker, masking_generator
 from minibert.weights import name_table
-from tests.test_models import TINY, hf_model
+from tests.reference import TINY, hf_model
 from tests.tiny import WORDS, sentiment_rows, write_csv, write_tiny_model
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -143,6 +144,7 @@ def test_option_parsing_requires_a_start(capsys):
 
 def test_checkpoint_without_mlm_head_gets_one_like_transformers(minilm_dir, caplog):
     """all-MiniLM-L6-v2 has no MLM head: it is initialised as transformers does and decodes with the word embeddings."""
+    caplog.set_level(logging.INFO, logger="minibert")
     ours = pretrain.build_model(pretrain.parse_args(["--model", str(minilm_dir), "--train-file", "x"]),
                                 FakeTokenizer(30522))
     assert "newly initialised" in caplog.text and "cls.predictions" in caplog.text
