@@ -499,11 +499,22 @@ class BertForMaskedLM(BertPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        masked_only: bool = False,
     ) -> ModelOutput:
+        """`masked_only=True` (with labels, for training): the head and its vocabulary-wide decoder run only on the
+        positions whose label is not -100, so logits are (n_masked, vocab), the rows of `labels[labels != -100]` in
+        order. Loss and gradients are those of the full (b, t, vocab) logits, whose other rows the loss ignores."""
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         position_ids=position_ids, inputs_embeds=inputs_embeds,
                         output_hidden_states=output_hidden_states, output_attentions=output_attentions)
-        logits = self.mlm(out.last_hidden_state, self.bert.embeddings.word.weight)  # (b, t, vocab)
+        hidden = out.last_hidden_state  # (b, t, hidden)
+        if masked_only:
+            if labels is None:
+                raise MinibertError("masked_only=True needs labels: they say which positions are masked.")
+            labels = labels.reshape(-1)
+            keep = (labels != -100).nonzero().squeeze(1)  # one host sync: the number of masked tokens
+            hidden, labels = hidden.reshape(-1, hidden.shape[-1])[keep], labels[keep]  # (n_masked, hidden)
+        logits = self.mlm(hidden, self.bert.embeddings.word.weight)  # (b, t, vocab) or (n_masked, vocab)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1))
