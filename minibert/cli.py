@@ -23,10 +23,11 @@ from typing import Any, NoReturn
 
 
 def option(default: Any, help: str, *, choices: Collection[str] | None = None, at_least: float | None = None,
-           above: float | None = None, parse: Callable[[str], Any] | None = None, required: bool = False) -> Any:
+           above: float | None = None, at_most: float | None = None, parse: Callable[[str], Any] | None = None,
+           required: bool = False) -> Any:
     """A dataclass field that is also a flag: its default, help text, allowed choices and numeric limits."""
-    meta = {"help": help, "choices": choices, "at_least": at_least, "above": above, "parse": parse,
-            "required": required}
+    meta = {"help": help, "choices": choices, "at_least": at_least, "above": above, "at_most": at_most,
+            "parse": parse, "required": required}
     return field(default=default, metadata=meta)
 
 
@@ -62,6 +63,8 @@ def _converter(kind: Any, meta: dict[str, Any]) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"must be at least {meta['at_least']}, got {text}")
         if meta["above"] is not None and value <= meta["above"]:
             raise argparse.ArgumentTypeError(f"must be greater than {meta['above']}, got {text}")
+        if meta["at_most"] is not None and value > meta["at_most"]:
+            raise argparse.ArgumentTypeError(f"must be at most {meta['at_most']}, got {text}")
         return value
 
     return convert

@@ -60,7 +60,7 @@ class Options:
                                                 "when the text is sentence1)")
     label_column: str | None = option(None, "label column (default: detected among label, labels, sentiment, ...)")
     validation_split: float = option(0.1, "fraction of the training rows held out for validation when there is "
-                                          "no validation data", at_least=0.0)
+                                          "no validation data", at_least=0.0, at_most=0.9)
     quoted_tsv: bool = option(False, "process quotes in TSV files (off by default: SST-2-style texts contain bare "
                                      "quotes)")
     problem_type: str = option("auto", "auto (from the labels: ints/strings, lists, floats), or force one",
@@ -83,7 +83,7 @@ class Options:
     lr: float = option(2e-5, "peak learning rate of AdamW", above=0.0)
     weight_decay: float = option(0.01, "AdamW weight decay (never applied to biases and LayerNorm)", at_least=0.0)
     warmup_ratio: float = option(0.1, "fraction of the steps spent warming the learning rate up from 0",
-                                 at_least=0.0)
+                                 at_least=0.0, at_most=1.0)
     max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)", at_least=0.0)
     precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, "
                                     "else fp32)", choices=PRECISIONS)

@@ -58,11 +58,12 @@ class Options:
     validation_file: str | None = option(None, "validation text (same formats); without it --validation-split "
                                                "holds out documents")
     validation_split: float = option(0.01, "fraction of the training documents held out for validation when there "
-                                           "is no validation file", at_least=0.0)
+                                           "is no validation file", at_least=0.0, at_most=0.9)
     text_column: str | None = option(None, "text column of a .jsonl/.parquet file (default: detected among text, "
                                            "sentence, review, ...)")
     max_length: int = option(128, "tokens per packed sequence, [CLS] and [SEP] included", at_least=3)
-    mlm_probability: float = option(0.15, "fraction of the tokens masked (BERT: 0.15; MosaicBERT: 0.3)", above=0.0)
+    mlm_probability: float = option(0.15, "fraction of the tokens masked (BERT: 0.15; MosaicBERT: 0.3)", above=0.0,
+                                   at_most=1.0)
     whole_word_masking: bool = option(False, "mask all the WordPieces of a chosen word together")
     batch_size: int = option(32, "sequences per batch and per process", at_least=1)
     grad_accum: int = option(1, "batches accumulated per optimizer step", at_least=1)
@@ -72,7 +73,7 @@ class Options:
                        above=0.0)
     weight_decay: float = option(0.01, "AdamW weight decay (never applied to biases and LayerNorm)", at_least=0.0)
     warmup_ratio: float = option(0.06, "fraction of the steps spent warming the learning rate up from 0",
-                                 at_least=0.0)
+                                 at_least=0.0, at_most=1.0)
     max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)", at_least=0.0)
     precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, "
                                     "else fp32)", choices=PRECISIONS)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from minibert import finetune, predict
+from minibert import finetune, predict, pretrain
 from tests.tiny import sentiment_rows, write_csv, write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,12 +21,15 @@ FINETUNE_BAD = {  # flag: bad values (each a usage error: exit 2, one line that 
     "--batch-size": ["0", "-1", "x"], "--grad-accum": ["0"], "--log-every": ["0"], "--lr": ["nan", "-1", "0", "inf"],
     "--weight-decay": ["nan", "-0.1"], "--seeds": ["1,x", ",", ""], "--epochs": ["0"],
     "--max-train-samples": ["-1"], "--max-eval-samples": ["-1"], "--max-length": ["0", "1", "-5"],
-    "--warmup-ratio": ["-0.1", "nan"], "--max-grad-norm": ["-1"], "--validation-split": ["-0.5"],
+    "--warmup-ratio": ["-0.1", "nan", "1.5"], "--max-grad-norm": ["-1"], "--validation-split": ["-0.5", "1"],
     "--eval-every": ["-1"], "--save-every": ["-1"], "--keep-checkpoints": ["-1"], "--num-workers": ["0"],
     "--max-steps": ["-1"], "--seed": ["x"], "--precision": ["fp8"], "--attn-impl": ["flash"],
     "--problem-type": ["ranking"], "--long-text": ["middle"], "--head-tokens": ["-1"], "--stride": ["-1"],
     "--pool": ["sum"],
 }
+PRETRAIN_BAD = {flag: values for flag, values in FINETUNE_BAD.items()
+                if "--" + flag[2:].replace("-", "_") in {"--" + f.name for f in fields(pretrain.Options)}}
+PRETRAIN_BAD.update({"--max-length": ["2", "0"], "--mlm-probability": ["0", "1.5", "nan"]})
 PREDICT_BAD = {"--batch-size": ["0", "-1"], "--max-length": ["1", "0"], "--precision": ["fp16"],
                "--attn-impl": ["flash"], "--long-text": ["middle"], "--head-tokens": ["-1"], "--stride": ["-1"],
                "--pool": ["sum"]}
@@ -57,6 +60,12 @@ def test_finetune_bad_flag_values_are_one_line_exit_2(flag, value, capsys, no_mo
     assert line.startswith(f"error: argument {flag}: ") and line.endswith("see python -m minibert.finetune --help.")
 
 
+@pytest.mark.parametrize(("flag", "value"), [(f, v) for f, values in PRETRAIN_BAD.items() for v in values])
+def test_pretrain_bad_flag_values_are_one_line_exit_2(flag, value, capsys) -> None:
+    line = usage_error(pretrain.main, ["--train-file", "x.txt", flag, value], capsys)
+    assert line.startswith(f"error: argument {flag}: ") and line.endswith("see python -m minibert.pretrain --help.")
+
+
 @pytest.mark.parametrize(("flag", "value"), [(f, v) for f, values in PREDICT_BAD.items() for v in values])
 def test_predict_bad_flag_values_are_one_line_exit_2(flag, value, capsys, no_model_loading) -> None:
     line = usage_error(predict.main, ["--model", "m", flag, value], capsys)
@@ -65,7 +74,8 @@ def test_predict_bad_flag_values_are_one_line_exit_2(flag, value, capsys, no_mod
 
 def test_every_numeric_flag_is_in_the_table() -> None:
     """A new int/float option must come with a bad value in the table above."""
-    for options, table in ((finetune.Options, FINETUNE_BAD), (predict.Options, PREDICT_BAD)):
+    for options, table in ((finetune.Options, FINETUNE_BAD), (predict.Options, PREDICT_BAD),
+                           (pretrain.Options, PRETRAIN_BAD)):
         bounded = {"--" + f.name.replace("_", "-") for f in fields(options)
                    if f.metadata.get("at_least") is not None or f.metadata.get("above") is not None
                    or f.metadata.get("choices")}
