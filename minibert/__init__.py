@@ -2,7 +2,7 @@
 
 from minibert.config import BertConfig
 from minibert.errors import MinibertError
-from minibert.models import (
+from minibert.heads import (
     BertForMaskedLM,
     BertForMultipleChoice,
     BertForNextSentencePrediction,
@@ -10,9 +10,8 @@ from minibert.models import (
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
-    BertModel,
-    BertPreTrainedModel,
 )
+from minibert.models import BertModel, BertPreTrainedModel
 from minibert.tokenizer import BertTokenizer
 
 __all__ = [

@@ -33,11 +33,11 @@ from minibert.command import exit_status, fit_max_length, load_options, run_comm
 from minibert.data import Examples, hub_dataset_files, read_examples, read_hub_split, split_off
 from minibert.devices import PRECISIONS, Dist, setup_distributed
 from minibert.errors import MinibertError
+from minibert.heads import BertForSequenceClassification
 from minibert.hub import local_folder_or_repo_id
 from minibert.labels import PROBLEM_TYPES, Labels
 from minibert.long_text import LONG_TEXT_MODES, SUN_ET_AL_HEAD
 from minibert.metrics import best_key, evaluate_classifier
-from minibert.models import BertForSequenceClassification
 from minibert.plot import plot_metrics
 from minibert.tokenizer import BertTokenizer
 from minibert.train import Summary, TrainOptions, train

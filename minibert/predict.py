@@ -26,10 +26,10 @@ from minibert.data import LABEL_NAMES, Examples, choose_columns, examples_from, 
 from minibert.devices import PRECISIONS, autocast_dtype, choose_device, precision_name
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
+from minibert.heads import BertForSequenceClassification
 from minibert.labels import Labels
 from minibert.long_text import LONG_TEXT_MODES, SUN_ET_AL_HEAD, pool_windows
 from minibert.metrics import compute_metrics
-from minibert.models import BertForSequenceClassification
 from minibert.tokenizer import BertTokenizer
 
 

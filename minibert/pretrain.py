@@ -34,8 +34,8 @@ from minibert.config import BertConfig
 from minibert.devices import PRECISIONS, Dist, setup_distributed
 from minibert.documents import Documents, fingerprint, load_documents, pack, split_documents
 from minibert.errors import MinibertError
+from minibert.heads import BertForMaskedLM
 from minibert.masking import MaskedSequences, Masker
-from minibert.models import BertForMaskedLM
 from minibert.plot import plot_metrics
 from minibert.tokenizer import BertTokenizer
 from minibert.train import Summary, TrainOptions, train

@@ -13,9 +13,9 @@ from minibert import finetune, predict
 from minibert.batches import LongText, encode
 from minibert.data import Examples
 from minibert.devices import Dist
+from minibert.heads import BertForSequenceClassification
 from minibert.long_text import head_tail_inputs
 from minibert.metrics import evaluate_classifier
-from minibert.models import BertForSequenceClassification
 from minibert.tokenizer import BertTokenizer
 from tests.tiny import NEGATIVE, POSITIVE, write_csv, write_tiny_model
 

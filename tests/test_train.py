@@ -282,7 +282,7 @@ def test_nan_loss_stops_without_writing_nan(setup, tmp_path, monkeypatch, capsys
 
 
 def test_weight_decay_skips_biases_and_layernorm(setup) -> None:
-    from minibert.models import BertForSequenceClassification
+    from minibert.heads import BertForSequenceClassification
 
     model = BertForSequenceClassification.from_pretrained(setup["model"])
     decay, no_decay = train.param_groups(model, 0.01)

@@ -268,7 +268,7 @@ def test_config_that_does_not_fit_the_weights(saved):
 def test_classifier_of_another_size(saved, caplog):
     with pytest.raises(MinibertError, match="'classifier.weight' has shape .*ignore_mismatched_sizes=True"):
         minibert.BertForSequenceClassification.from_pretrained(saved, num_labels=5)
-    with caplog.at_level(logging.WARNING, logger="minibert"):
+    with caplog.at_level(logging.INFO, logger="minibert"):
         model = minibert.BertForSequenceClassification.from_pretrained(saved, num_labels=5,
                                                                       ignore_mismatched_sizes=True)
     assert model.classifier.weight.shape == (5, TINY["hidden_size"])

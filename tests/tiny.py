@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from minibert.config import BertConfig
-from minibert.models import BertForSequenceClassification
+from minibert.heads import BertForSequenceClassification
 
 WORDS = ("good great fine fun love best nice bad awful boring worst hate dull poor movie film plot actor the a is "
          "was and not very it this").split()
