@@ -13,6 +13,7 @@ from minibert.models import (
     BertModel,
     BertPreTrainedModel,
 )
+from minibert.pooling import SentenceEncoder, embed
 from minibert.tokenizer import BertTokenizer
 
 __all__ = [
@@ -28,4 +29,6 @@ __all__ = [
     "BertPreTrainedModel",
     "BertTokenizer",
     "MinibertError",
+    "SentenceEncoder",
+    "embed",
 ]
