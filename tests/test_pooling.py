@@ -127,12 +127,13 @@ def test_plan_batches_and_run_offline() -> None:
     assert run_offline(rows, lambda batch: [len(r) for r in batch], 60) == lengths
 
 
-def test_embed_cli_writes_what_encode_returns(tmp_path: Path, tiny: Path, capsys: pytest.CaptureFixture) -> None:
+def test_embed_cli_writes_what_encode_returns(tmp_path: Path, tiny: Path, capsys: pytest.CaptureFixture,
+                                              caplog: pytest.LogCaptureFixture) -> None:
     texts = ["good movie", "the plot was awful", "fine"]
     (tmp_path / "in.csv").write_text("text\n" + "\n".join(texts) + "\n")
     out = tmp_path / "out.jsonl"
     assert embed_main(["--model", str(tiny), "--input", str(tmp_path / "in.csv"), "--output", str(out)]) == 0
-    assert "no sentence-transformers pooling files" in capsys.readouterr().err
+    assert "no sentence-transformers pooling files" in caplog.text
     written = torch.tensor([json.loads(line)["embedding"] for line in out.read_text().splitlines()])
     expected = SentenceEncoder.from_pretrained(tiny).encode(texts)
     assert (written - expected).abs().max().item() < 1e-6
