@@ -74,11 +74,12 @@ def test_minilm_equals_sentence_transformers(tmp_path: Path, minilm_dir: Path, s
     assert torch.allclose(ours.norm(dim=1), torch.ones(len(texts)), atol=1e-6)
 
 
+@pytest.mark.parametrize("attn_impl", ["sdpa", "unpadded"])  # padding positions hold values, or zeros
 @pytest.mark.parametrize("mode", ["cls", "mean", "max", "mean_sqrt_len"])
-def test_pooling_modes_by_hand(tmp_path: Path, tiny: Path, mode: str) -> None:
-    """Each mode on a padded, packed batch equals the same formula applied to each text run alone."""
+def test_pooling_modes_by_hand(tmp_path: Path, tiny: Path, mode: str, attn_impl: str) -> None:
+    """Each mode on a padded or packed batch equals the same formula applied to each text run alone."""
     folder = write_st_layout(tmp_path / mode, tiny, mode=mode, normalize=False, max_seq_length=64)
-    encoder = SentenceEncoder.from_pretrained(folder)
+    encoder = SentenceEncoder.from_pretrained(folder, attn_impl=attn_impl)
     assert (encoder.pooling.mode, encoder.pooling.normalize, encoder.max_length) == (mode, False, 64)
     texts = ["good", "the movie was very fun and the plot was great", "bad film", "not dull " * 50]
     ours = encoder.encode(texts)
