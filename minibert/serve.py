@@ -10,6 +10,8 @@ prometheus-client). SIGTERM or Ctrl-C stops accepting, finishes the accepted req
 signal exits at once.
 """
 
+from __future__ import annotations
+
 import asyncio
 import json
 import logging
@@ -30,6 +32,12 @@ from minibert.cli import options_parser
 from minibert.engine import Engine, TooLong
 from minibert.errors import MinibertError
 from minibert.serve_metrics import Metrics
+
+try:  # at module level: FastAPI reads the routes' annotations from this module's names
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+except ImportError:  # the serve extra is missing: require_serve_extra() says so before any route is built
+    Request = HTMLResponse = JSONResponse = Response = Any  # type: ignore[misc,assignment]
 
 logger = logging.getLogger("minibert.serve")
 PAGE = "serve_page.html"
@@ -183,8 +191,7 @@ def create_app(engine: Engine, opts: Options) -> Any:
     require_serve_extra()
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi import FastAPI
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from pydantic import BaseModel, ConfigDict
     from starlette.exceptions import HTTPException
