@@ -23,6 +23,13 @@ MODULES = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.mo
            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
 
 
+def write_tiny_encoder(folder: Path) -> Path:
+    """tiny.py's random BERT saved as a plain encoder (architectures BertModel), as embedding models are."""
+    write_tiny_model(folder)
+    BertModel.from_pretrained(folder, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
 def pooling_config(mode: str, dim: int) -> dict:
     keys = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens",
             "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
@@ -55,7 +62,7 @@ def sst2_texts(shared_dir: Path, n: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def test_minilm_equals_sentence_transformers(tmp_path: Path, minilm_dir: Path, shared_dir: Path) -> None:

@@ -27,7 +27,7 @@ from minibert.pooling import SentenceEncoder  # noqa: E402
 from minibert.predict import main as predict_main  # noqa: E402
 from minibert.serve import Options, create_app  # noqa: E402
 from minibert.tokenizer import BertTokenizer  # noqa: E402
-from tests.test_pooling import write_st_layout  # noqa: E402
+from tests.test_pooling import write_st_layout, write_tiny_encoder  # noqa: E402
 from tests.tiny import write_csv, write_tiny_model  # noqa: E402
 
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
@@ -154,9 +154,10 @@ def test_embed_equals_sentence_transformers(tmp_path: Path, minilm_dir: Path, sh
 
 
 def test_embed_tiny_layout_and_default_pooling(tmp_path: Path, tiny_classifier: Path, client: TestClient) -> None:
-    folder = write_st_layout(tmp_path / "st", write_tiny_model(tmp_path / "base"), mode="cls", normalize=False)
+    folder = write_st_layout(tmp_path / "st", write_tiny_encoder(tmp_path / "base"), mode="cls", normalize=False)
     with client_for(folder) as c:
         served = torch.tensor(c.post("/embed", json={"inputs": TEXTS}).json()["embeddings"])
+        assert c.get("/info").json()["task"] == "embedding"
     assert (served - SentenceEncoder.from_pretrained(folder).encode(TEXTS)).abs().max().item() < 1e-6
     # a classifier folder has no pooling files: the answer says which pooling it used
     body = client.post("/embed", json={"inputs": TEXTS[:2]}).json()
