@@ -129,16 +129,17 @@ class BatchStats:
 class Batcher:
     """The worker thread and its queue. `forward(kind, rows)` runs in the worker only and returns one result per row.
 
+    `threads`: torch threads for the worker (0: torch's default).
     `order`: "arrival" fills a batch in arrival order; "longest" takes the oldest text, then the longest waiting
     ones (batches of similar lengths, less padding; the oldest-first rule keeps short texts from starving).
     """
 
     def __init__(self, forward: Callable[[str, list[Row]], Sequence[Any]], max_batch_tokens: int = 8192,
                  max_wait_ms: float = 5.0, max_queue: int = 4096, order: str = "arrival",
-                 on_batch: Callable[[BatchStats], None] | None = None) -> None:
+                 on_batch: Callable[[BatchStats], None] | None = None, threads: int = 0) -> None:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}")
-        self.forward, self.on_batch, self.order = forward, on_batch, order
+        self.forward, self.on_batch, self.order, self.threads = forward, on_batch, order, threads
         self.max_batch_tokens, self.max_wait, self.max_queue = max_batch_tokens, max_wait_ms / 1000, max_queue
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
@@ -188,6 +189,8 @@ class Batcher:
     # --- the worker ----------------------------------------------------------------------------------------------
 
     def _work(self) -> None:
+        if self.threads > 0:  # torch's thread count is per thread (OpenMP): set it where the model runs
+            torch.set_num_threads(self.threads)
         while True:
             with self._cond:
                 while not self._queue and not self._closing:

@@ -100,7 +100,7 @@ class Engine:
                 "max_length": self.max_length, "kernel": self.attn_impl, "precision": self.precision,
                 "pooling": {"mode": self.encoder.pooling.mode, "normalize": self.encoder.pooling.normalize,
                             "source": self.encoder.pooling.source},
-                "hidden_size": self.config.hidden_size, "threads": torch.get_num_threads()}
+                "hidden_size": self.config.hidden_size}
 
     def tokenize(self, kind: str, texts: Sequence[str], pairs: Sequence[str] | None, truncate: bool) -> Tokenized:
         """Rows for `kind`, truncated to its limit; with `truncate=False` a longer text raises `TooLong`."""

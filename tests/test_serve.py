@@ -367,3 +367,10 @@ def test_batcher_queue_limit_cancel_errors_and_drain() -> None:
     late = batcher.submit("predict", rows_of(4))  # the worker survived the failed batch
     batcher.close(drain=True)
     assert late.future.result(0) == [4]
+
+
+def test_batcher_sets_torch_threads_in_its_worker() -> None:
+    for threads in (1, 2):
+        batcher = Batcher(lambda kind, rows: [torch.get_num_threads()] * len(rows), threads=threads)
+        assert batcher.submit("predict", rows_of(1)).future.result(5) == [threads]
+        batcher.close()
