@@ -253,12 +253,21 @@ def create_app(engine: Engine, opts: Options) -> Any:
                 raise ApiError(503, "the server is shutting down; send the request elsewhere or later.") from None
             result = asyncio.wrap_future(ticket.future)
             watcher = asyncio.ensure_future(disconnected(request))
-            await asyncio.wait({result, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({result, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watcher.cancel()
             if not result.done():
                 batcher.cancel(ticket)
                 raise ClientGone
-            watcher.cancel()
-            outputs = result.result()
+            try:
+                outputs = result.result()
+            except Closed:
+                raise ApiError(503, "the server stopped before this request ran; send it again.") from None
+            except Exception as e:  # a bug or an out-of-memory in the forward: this request fails, the server serves on
+                logger.exception("the forward pass failed")
+                raise ApiError(500, f"the model failed on this request ({type(e).__name__}: {e}); the server "
+                                    "logged the details.") from None
         except ApiError as e:
             metrics.request(endpoint, e.status)
             return error(e.status, e.message, e.headers)

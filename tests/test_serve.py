@@ -266,6 +266,24 @@ def test_client_disconnect_drops_its_texts(tiny_classifier: Path) -> None:
         assert c.post("/predict", json={"inputs": ["good"]}).status_code == 200
 
 
+def test_failed_forward_is_a_500_and_the_server_serves_on(tiny_classifier: Path) -> None:
+    with client_for(tiny_classifier) as c:
+        batcher = c.app.state.batcher
+        forward = batcher.forward
+
+        def failing(kind: str, rows: list[Row]) -> list:
+            if any(len(r) == 3 for r in rows):  # [CLS] word [SEP]
+                raise RuntimeError("out of memory")
+            return forward(kind, rows)
+
+        batcher.forward = failing
+        failed = c.post("/predict", json={"inputs": ["good"]})
+        assert failed.status_code == 500
+        assert failed.json()["error"] == ("the model failed on this request (RuntimeError: out of memory); the server "
+                                          "logged the details.")
+        assert c.post("/predict", json={"inputs": ["good movie"]}).status_code == 200
+
+
 # --- health, info, metrics, page ---------------------------------------------------------------------------------
 
 def test_health_info_metrics_page(tiny_classifier: Path) -> None:
