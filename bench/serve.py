@@ -240,8 +240,18 @@ def soak(model_dir: Path, args: argparse.Namespace) -> dict:
     proc, url = start("minibert", model_dir, args.threads, args.precision, [])
     asyncio.run(load(url, texts, 64, 10, seed=1, bad_fraction=0.05, expected=expected))  # settle, then measure
     rss_start = rss_mb(proc.pid)
-    result = asyncio.run(load(url, texts, 64, args.soak, seed=2, bad_fraction=0.05, expected=expected))
-    result.update(rss_start_mb=rss_start, rss_end_mb=rss_mb(proc.pid), exit_code=stop(proc))
+    series: list[float] = []
+
+    async def watch_rss() -> dict:  # RSS every 10 s, to tell a leak (steady growth) from a plateau
+        task = asyncio.ensure_future(load(url, texts, 64, args.soak, seed=2, bad_fraction=0.05, expected=expected))
+        while not task.done():
+            series.append(round(rss_mb(proc.pid), 1))
+            await asyncio.wait({task}, timeout=10)
+        return task.result()
+
+    result = asyncio.run(watch_rss())
+    result.update(rss_start_mb=rss_start, rss_end_mb=rss_mb(proc.pid), rss_every_10s_mb=series,
+                  exit_code=stop(proc))
     result["rss_growth"] = result["rss_end_mb"] / rss_start - 1
     return result
 
