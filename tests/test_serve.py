@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -312,6 +313,17 @@ def test_health_info_metrics_page(tiny_classifier: Path) -> None:
         assert page.status_code == 200 and "<script>" in page.text and "/predict" in page.text
         assert set(c.get("/openapi.json").json()["paths"]) >= {"/predict", "/embed", "/health", "/info", "/metrics"}
         assert c.get("/docs").status_code == 200
+
+
+def test_missing_serve_extra_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    from minibert.errors import MinibertError
+    from minibert.serve import require_serve_extra
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # what `import uvicorn` meets when it is not installed
+    with pytest.raises(MinibertError) as caught:
+        require_serve_extra()
+    assert str(caught.value) == ("python -m minibert.serve needs uvicorn, which is not installed; run pip install "
+                                 "'minibert[serve]' (fastapi, uvicorn, prometheus-client).")
 
 
 # --- the batcher alone -------------------------------------------------------------------------------------------
