@@ -17,39 +17,30 @@ from dataclasses import dataclass
 import torch
 
 from minibert.attention import ATTN_IMPLS
-from minibert.cli import options_parser
+from minibert.cli import option, options_parser
 from minibert.data import choose_columns, examples_from, read_table
+from minibert.devices import PRECISIONS, autocast_dtype
 from minibert.engine import resolve_folder
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
 from minibert.pooling import DEFAULT_BATCH_TOKENS, SentenceEncoder
-from minibert.train import autocast_dtype
 
 logger = logging.getLogger("minibert")
 
 
 @dataclass
 class Options:
-    model: str = ""
-    input: str = "-"
-    text_column: str | None = None
-    output: str | None = None
-    max_batch_tokens: int = DEFAULT_BATCH_TOKENS
-    attn_impl: str = "auto"
-    precision: str = "fp32"
-    debug: bool = False
-
-
-HELP = {
-    "model": "an embedding model folder (sentence-transformers layout or plain BERT) or a Hub id",
-    "input": "a .csv, .tsv, .jsonl or .parquet file (.gz accepted), or - for one text per line on stdin",
-    "text_column": "text column (default: detected among text, sentence, review, content, ...)",
-    "output": "write the JSON lines here (default: stdout)",
-    "max_batch_tokens": "real tokens per forward pass",
-    "attn_impl": "attention kernel: auto, math, sdpa or unpadded",
-    "precision": "fp32, bf16 autocast, or auto (bf16 where the CPU computes it natively)",
-    "debug": "show the full traceback of errors",
-}
+    model: str = option("", "an embedding model folder (sentence-transformers layout or plain BERT) or a Hub id",
+                        required=True)
+    input: str = option("-", "a .csv, .tsv, .jsonl or .parquet file (.gz accepted), or - for one text per line on "
+                             "stdin")
+    text_column: str | None = option(None, "text column (default: detected among text, sentence, review, ...)")
+    output: str | None = option(None, "write the JSON lines here (default: stdout)")
+    max_batch_tokens: int = option(DEFAULT_BATCH_TOKENS, "real tokens per forward pass", at_least=1)
+    attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
+    precision: str = option("fp32", "fp32, bf16 autocast, or auto (bf16 where the CPU computes it natively)",
+                            choices=PRECISIONS)
+    debug: bool = option(False, "show the full traceback of errors")
 
 
 def read_texts(path: str, column: str | None) -> list[str]:
@@ -68,10 +59,7 @@ def embed_file(opts: Options) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = options_parser(Options, "python -m minibert.embed", __doc__, HELP,
-                            {"attn_impl": sorted(ATTN_IMPLS), "precision": ("auto", "bf16", "fp32")},
-                            required={"model"})
-    opts = Options(**vars(parser.parse_args(argv)))
+    opts = Options(**vars(options_parser(Options, "python -m minibert.embed", __doc__).parse_args(argv)))
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
     try:
         lines = "".join(json.dumps({"embedding": v}) + "\n" for v in embed_file(opts).tolist())

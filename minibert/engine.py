@@ -19,16 +19,16 @@ import torch
 
 from minibert.attention import ATTN_IMPLS
 from minibert.batching import Row, collate_rows
+from minibert.checkpoint_files import resolve_checkpoint
 from minibert.config import BertConfig
-from minibert.data import Labels
+from minibert.devices import autocast_dtype
 from minibert.errors import MinibertError
 from minibert.hub import local_folder_or_repo_id
+from minibert.labels import Labels
 from minibert.models import BertForSequenceClassification, BertModel
 from minibert.pooling import SentenceEncoder, read_pooling
 from minibert.predict import model_folder, results
 from minibert.tokenizer import BertTokenizer
-from minibert.train import autocast_dtype
-from minibert.weights import resolve_checkpoint
 
 logger = logging.getLogger("minibert")
 KINDS = ("predict", "embed")

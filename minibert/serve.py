@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from minibert.attention import ATTN_IMPLS
-from minibert.batching import Batcher, Closed, QueueFull
-from minibert.cli import options_parser
+from minibert.batching import ORDERS, Batcher, Closed, QueueFull
+from minibert.cli import option, options_parser
+from minibert.devices import PRECISIONS
 from minibert.engine import Engine, TooLong
 from minibert.errors import MinibertError
 from minibert.serve_metrics import Metrics
@@ -46,49 +47,32 @@ PAGE = "serve_page.html"
 
 @dataclass
 class Options:
-    model: str = ""
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch_tokens: int = 8192
-    max_wait_ms: float = 2.0
-    max_queue: int = 4096
-    max_length: int = 512
-    max_inputs: int = 64
-    max_body_bytes: int = 1_000_000
-    no_truncate: bool = False
-    batch_order: str = "arrival"
-    precision: str = "auto"
-    attn_impl: str = "auto"
-    threads: int = 0
-    shutdown_timeout: float = 30.0
-    debug: bool = False
-
-
-HELP = {
-    "model": "a model folder (a minibert.finetune run folder uses its best/ model) or a Hub id",
-    "host": "address to listen on",
-    "port": "port to listen on",
-    "max_batch_tokens": "real tokens per forward pass, summed over the texts of all the requests batched together",
-    "max_wait_ms": "how long the oldest waiting text may wait for others to fill its batch",
-    "max_queue": "texts waiting at most; beyond, requests get 503 with Retry-After",
-    "max_length": "tokens per text; longer texts are truncated (see --no-truncate)",
-    "max_inputs": "texts per request at most (413 beyond)",
-    "max_body_bytes": "request body size at most (413 beyond)",
-    "no_truncate": "refuse texts longer than --max-length (422) instead of truncating them",
-    "batch_order": "arrival: fill batches in arrival order; longest: the oldest text, then the longest waiting",
-    "precision": "bf16 autocast, fp32, or auto (bf16 where the CPU computes it natively)",
-    "attn_impl": "attention kernel: auto, math, sdpa or unpadded",
-    "threads": "torch threads for the model (0: torch's default)",
-    "shutdown_timeout": "seconds to finish accepted requests after SIGTERM before closing their connections",
-    "debug": "show the full traceback of startup errors",
-}
+    model: str = option("", "a model folder (a minibert.finetune run folder uses its best/ model) or a Hub id",
+                        required=True)
+    host: str = option("127.0.0.1", "address to listen on")
+    port: int = option(8000, "port to listen on", at_least=0)
+    max_batch_tokens: int = option(8192, "real tokens per forward pass, summed over the texts of all the requests "
+                                         "batched together", at_least=1)
+    max_wait_ms: float = option(2.0, "how long the oldest waiting text may wait for others to fill its batch",
+                                at_least=0)
+    max_queue: int = option(4096, "texts waiting at most; beyond, requests get 503 with Retry-After", at_least=1)
+    max_length: int = option(512, "tokens per text; longer texts are truncated (see --no-truncate)", at_least=2)
+    max_inputs: int = option(64, "texts per request at most (413 beyond)", at_least=1)
+    max_body_bytes: int = option(1_000_000, "request body size at most (413 beyond)", at_least=1)
+    no_truncate: bool = option(False, "refuse texts longer than --max-length (422) instead of truncating them")
+    batch_order: str = option("arrival", "arrival: fill batches in arrival order; longest: the oldest text, then "
+                                         "the longest waiting", choices=ORDERS)
+    precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the CPU computes it natively)",
+                            choices=PRECISIONS)
+    attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
+    threads: int = option(0, "torch threads for the model (0: torch's default)", at_least=0)
+    shutdown_timeout: float = option(30.0, "seconds to finish accepted requests after SIGTERM before closing their "
+                                           "connections", at_least=0)
+    debug: bool = option(False, "show the full traceback of startup errors")
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    parser = options_parser(Options, "python -m minibert.serve", __doc__, HELP,
-                            {"attn_impl": sorted(ATTN_IMPLS), "precision": ("auto", "bf16", "fp32"),
-                             "batch_order": ("arrival", "longest")}, required={"model"})
-    return Options(**vars(parser.parse_args(argv)))
+    return Options(**vars(options_parser(Options, "python -m minibert.serve", __doc__).parse_args(argv)))
 
 
 def require_serve_extra() -> None:
