@@ -12,6 +12,7 @@ from minibert.heads import (
     BertForTokenClassification,
 )
 from minibert.models import BertModel, BertPreTrainedModel
+from minibert.pooling import SentenceEncoder, embed
 from minibert.tokenizer import BertTokenizer
 
 __all__ = [
@@ -27,4 +28,6 @@ __all__ = [
     "BertPreTrainedModel",
     "BertTokenizer",
     "MinibertError",
+    "SentenceEncoder",
+    "embed",
 ]

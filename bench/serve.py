@@ -1,0 +1,311 @@
+"""Load test of `python -m minibert.serve` against the server people write with transformers, on 127.0.0.1.
+
+    python bench/serve.py --seconds 20 --clients 1,8,64 --threads 1
+    python bench/serve.py --soak 300          # 64 clients, 5 % malformed requests, answers checked, RSS watched
+
+Servers, each its own process with the same torch threads and precision (fp32 by default):
+  minibert     python -m minibert.serve (dynamic batching by token budget, packed forward)
+  hf           transformers BertForSequenceClassification (sdpa) behind FastAPI, one forward per request
+               (a plain `def` route: FastAPI's thread pool runs the forwards side by side)
+  hf-batched   the same transformers model behind minibert's batcher (the batching win without the kernel's)
+Clients (asyncio + httpx) send 1-4 texts per request, SST-2 dev sentences or IMDB reviews, for a fixed time; the
+table gives texts/s and latency percentiles. The model is MiniLM-L6 with a seeded random 2-class head (speed does
+not depend on the head's values), or --model.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import MINILM, REPO, imdb, sst2, table, write_json
+
+HOST = "127.0.0.1"
+SERVERS = ("minibert", "hf", "hf-batched")
+
+
+# --- the servers (run in their own process: python bench/serve.py --serve NAME ...) -------------------------------
+
+def hf_app(model_dir: str):
+    """The server people write: tokenizer + model, one forward per request, no batching across requests."""
+    import torch
+    import transformers
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.BertForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    app = FastAPI()
+
+    class Request(BaseModel):
+        inputs: list[str]
+
+    @app.post("/predict")
+    def predict(request: Request) -> dict:
+        enc = tokenizer(request.inputs, padding=True, truncation=True, max_length=512, return_tensors="pt")
+        with torch.inference_mode():
+            probs = torch.softmax(model(**enc).logits, dim=-1).tolist()
+        results = []
+        for row in probs:
+            best = max(range(len(row)), key=row.__getitem__)
+            results.append({"label": names[best], "score": row[best], "scores": dict(zip(names, row))})
+        return {"results": results}
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    return app
+
+
+def hf_batched_app(model_dir: str, opts):
+    """minibert's app and batcher, with transformers' model doing the forward passes."""
+    import torch
+    import transformers
+
+    from minibert.batching import collate_rows
+    from minibert.engine import Engine
+    from minibert.predict import results
+    from minibert.serve import create_app
+
+    class HFEngine(Engine):
+        def __init__(self) -> None:
+            super().__init__(model_dir, opts.max_length, opts.precision)
+            self.hf = transformers.BertForSequenceClassification.from_pretrained(
+                model_dir, attn_implementation="sdpa").eval()
+
+        @torch.inference_mode()
+        def forward(self, kind: str, rows: list) -> list:
+            batch = collate_rows(rows, self.tokenizer.pad_token_id)
+            return results(self.hf(**batch).logits.float(), self.labels, all_scores=True)
+
+    engine = HFEngine()
+    engine.warm_up()
+    return create_app(engine, opts)
+
+
+def run_server(name: str, model_dir: str, port: int, threads: int) -> None:
+    import torch
+    import uvicorn
+
+    from minibert.serve import Options
+
+    torch.set_num_threads(threads)
+    opts = Options(model=model_dir, port=port, threads=threads, precision="fp32")
+    app = hf_app(model_dir) if name == "hf" else hf_batched_app(model_dir, opts)
+    uvicorn.run(app, host=HOST, port=port, log_level="warning")
+
+
+# --- the client side ---------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start(name: str, model_dir: Path, threads: int, precision: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = free_port()
+    if name == "minibert":
+        cmd = [sys.executable, "-m", "minibert.serve", "--model", str(model_dir), "--host", HOST, "--port", str(port),
+               "--threads", str(threads), "--precision", precision, *extra]
+    else:
+        cmd = [sys.executable, __file__, "--serve", name, "--model", str(model_dir), "--port", str(port),
+               "--threads", str(threads)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://{HOST}:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} server exited: {proc.stderr.read()}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise SystemExit(f"{name} server not healthy within 180 s")
+
+
+def stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+BAD_BODIES = [b"{", b'{"inputs": []}', b'{"inputs": [3]}', b'{"inputs": ["a"], "x": 1}', b"\xff\xfe"]
+
+
+async def load(url: str, texts: list[str], clients: int, seconds: float, seed: int = 0, bad_fraction: float = 0.0,
+               expected: dict[str, dict] | None = None) -> dict:
+    """`clients` loops posting 1-4 random texts each for `seconds`: texts/s, latency percentiles, errors."""
+    import httpx
+
+    latencies: list[float] = []
+    counts = {"texts": 0, "errors": 0, "bad_sent": 0, "bad_answered": 0, "wrong": 0}
+    max_diff = 0.0
+    stop_at = time.monotonic() + seconds
+
+    async def client(k: int, http: httpx.AsyncClient) -> None:
+        nonlocal max_diff
+        rng = random.Random(seed * 1000 + k)
+        while time.monotonic() < stop_at:
+            if rng.random() < bad_fraction:
+                counts["bad_sent"] += 1
+                r = await http.post(url + "/predict", content=rng.choice(BAD_BODIES), timeout=120)
+                counts["bad_answered"] += r.status_code in (400, 422)
+                continue
+            batch = [rng.choice(texts) for _ in range(rng.randint(1, 4))]
+            start = time.perf_counter()
+            try:
+                r = await http.post(url + "/predict", json={"inputs": batch}, timeout=120)
+            except httpx.HTTPError:
+                counts["errors"] += 1
+                continue
+            if r.status_code != 200:
+                counts["errors"] += 1
+                continue
+            latencies.append(time.perf_counter() - start)
+            counts["texts"] += len(batch)
+            if expected is not None:
+                for text, got in zip(batch, r.json()["results"]):
+                    want = expected[text]
+                    diff = max(abs(got["scores"][k] - want["scores"][k]) for k in want["scores"])
+                    max_diff = max(max_diff, diff)
+                    counts["wrong"] += got["label"] != want["label"] or diff > 1e-4
+
+    began = time.monotonic()
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=clients + 4)) as http:
+        await asyncio.gather(*(client(k, http) for k in range(clients)))
+    elapsed = time.monotonic() - began
+    ms = [1000 * x for x in latencies]
+    return {"texts_per_s": counts["texts"] / elapsed, "requests": len(ms), "p50_ms": percentile(ms, 0.5),
+            "p95_ms": percentile(ms, 0.95), "p99_ms": percentile(ms, 0.99), "max_score_diff": max_diff, **counts}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def build_model(folder: Path) -> Path:
+    """MiniLM-L6 with a seeded random 2-class head, saved with its tokenizer (a stand-in for a fine-tuned model)."""
+    import torch
+
+    from minibert import BertForSequenceClassification, BertTokenizer
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(MINILM, id2label={0: "negative", 1: "positive"},
+                                                          label2id={"negative": 0, "positive": 1})
+    model.save_pretrained(folder)
+    BertTokenizer.from_pretrained(MINILM).save_pretrained(folder)
+    return folder
+
+
+def soak(model_dir: Path, args: argparse.Namespace) -> dict:
+    """64 clients for args.soak seconds with 5 % malformed requests; every good answer against offline predict."""
+    from minibert.predict import main as predict_main
+
+    texts = sst2("dev")
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "in.txt", Path(tmp) / "out.jsonl"
+        inp.write_text("".join(t + "\n" for t in texts))
+        sys.stdin = open(inp)  # predict reads `-` from stdin
+        assert predict_main(["--model", str(model_dir), "--input", "-", "--output", str(out), "--all-scores",
+                             "--precision", args.precision]) == 0
+        expected = dict(zip(texts, (json.loads(line) for line in out.read_text().splitlines())))
+    proc, url = start("minibert", model_dir, args.threads, args.precision, [])
+    asyncio.run(load(url, texts, 64, 10, seed=1, bad_fraction=0.05, expected=expected))  # settle, then measure
+    rss_start = rss_mb(proc.pid)
+    series: list[float] = []
+
+    async def watch_rss() -> dict:  # RSS every 10 s, to tell a leak (steady growth) from a plateau
+        task = asyncio.ensure_future(load(url, texts, 64, args.soak, seed=2, bad_fraction=0.05, expected=expected))
+        while not task.done():
+            series.append(round(rss_mb(proc.pid), 1))
+            await asyncio.wait({task}, timeout=10)
+        return task.result()
+
+    result = asyncio.run(watch_rss())
+    result.update(rss_start_mb=rss_start, rss_end_mb=rss_mb(proc.pid), rss_every_10s_mb=series,
+                  exit_code=stop(proc))
+    result["rss_growth"] = result["rss_end_mb"] / rss_start - 1
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serve", choices=SERVERS[1:], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help="a classifier folder (default: MiniLM-L6 with a random head, in a tmp folder)")
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--data", default="sst2,imdb")
+    parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
+    parser.add_argument("--minibert-flags", default="", help="extra flags for minibert.serve, e.g. '--max-wait-ms 2'")
+    parser.add_argument("--soak", type=float, default=0, help="run the soak for this many seconds instead")
+    args = parser.parse_args()
+    if args.serve:
+        run_server(args.serve, args.model, args.port, args.threads)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(args.model) if args.model else build_model(Path(tmp) / "minilm-classifier")
+        if args.soak:
+            result = soak(model_dir, args)
+            print(json.dumps(result, indent=2))
+            write_json("serve_soak", {"soak": result})
+            return
+        data = {"sst2": sst2("dev"), "imdb": imdb(500)}
+        rows = []
+        for name in args.servers.split(","):
+            proc, url = start(name, model_dir, args.threads, args.precision, args.minibert_flags.split())
+            try:
+                for dataset in args.data.split(","):
+                    asyncio.run(load(url, data[dataset], 4, 3))  # warm-up
+                    for clients in map(int, args.clients.split(",")):
+                        r = asyncio.run(load(url, data[dataset], clients, args.seconds))
+                        rows.append({"server": name, "data": dataset, "clients": clients, **r})
+                        print(table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
+            finally:
+                stop(proc)
+    print(table(rows, COLUMNS))
+    for dataset in args.data.split(","):
+        for clients in map(int, args.clients.split(",")):
+            cell = {r["server"]: r for r in rows if r["data"] == dataset and r["clients"] == clients}
+            if "minibert" in cell and "hf" in cell:
+                ratios = [f"{cell['minibert']['texts_per_s'] / cell[o]['texts_per_s']:.2f}x {o}"
+                          for o in ("hf", "hf-batched") if o in cell]
+                print(f"{dataset} {clients} clients: minibert throughput {', '.join(ratios)}; p99 "
+                      f"{cell['minibert']['p99_ms']:.0f} ms vs hf {cell['hf']['p99_ms']:.0f} ms")
+    write_json("serve", {"rows": rows, "seconds": args.seconds})
+
+
+COLUMNS = ["server", "data", "clients", "texts_per_s", "p50_ms", "p95_ms", "p99_ms", "requests", "errors"]
+
+if __name__ == "__main__":
+    main()
