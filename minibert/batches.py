@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from minibert.batching import Row, collate_rows
 from minibert.data import Examples
 from minibert.errors import MinibertError
 from minibert.long_text import SUN_ET_AL_HEAD, encode_long
@@ -137,17 +138,10 @@ def sorted_batches(lengths: Sequence[int], batch_size: int, rank: int = 0, world
 
 
 def collate(data: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest example (dynamic padding); the mask marks the real tokens."""
-    width = max(len(data.input_ids[i]) for i in indices)
-    input_ids = torch.full((len(indices), width), data.pad_token_id, dtype=torch.long)
-    token_type_ids = torch.zeros((len(indices), width), dtype=torch.long)
-    attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
-    for row, i in enumerate(indices):
-        n = len(data.input_ids[i])
-        input_ids[row, :n] = torch.tensor(data.input_ids[i])
-        token_type_ids[row, :n] = torch.tensor(data.token_type_ids[i])
-        attention_mask[row, :n] = 1
-    batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+    """Pad a batch to its longest example (dynamic padding; the padding of `batching.collate_rows`, which serve's
+    batches use too); the mask marks the real tokens."""
+    rows = [Row(data.input_ids[i], data.token_type_ids[i]) for i in indices]
+    batch = collate_rows(rows, data.pad_token_id)
     if data.labels is not None:
         batch["labels"] = data.labels[list(indices)]
     return batch

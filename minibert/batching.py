@@ -48,12 +48,13 @@ def collate_rows(rows: Sequence[Row], pad_token_id: int, device: torch.device | 
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def plan_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
-    """Indices longest first, cut whenever the next text would overflow the budget (a text alone may exceed it)."""
+def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int | None = None) -> list[list[int]]:
+    """Indices longest first, cut whenever the next text would overflow the token budget (a text alone may exceed
+    it) or the batch would hold more than `max_batch_size` texts."""
     batches: list[list[int]] = []
     tokens = 0
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if batches and tokens + lengths[i] <= max_batch_tokens:
+        if batches and tokens + lengths[i] <= max_batch_tokens and len(batches[-1]) < (max_batch_size or len(lengths)):
             batches[-1].append(i)
             tokens += lengths[i]
         else:

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from minibert import run_folder
 from minibert.attention import ATTN_IMPLS
-from minibert.batches import Encoded, LongText, check_long_text, collate, encode, sorted_batches
+from minibert.batches import Encoded, LongText, check_long_text, collate, encode
+from minibert.batching import plan_batches
 from minibert.checkpoint_files import read_shapes, resolve_checkpoint
 from minibert.cli import option, options_parser
 from minibert.command import run_command
@@ -52,7 +53,10 @@ class Options:
                               at_least=0)
     stride: int = option(128, "chunks: tokens each window shares with the previous one", at_least=0)
     pool: str = option("mean", "chunks: how a document's window logits are pooled", choices=("mean", "max"))
-    batch_size: int = option(64, "sequences per forward pass", at_least=1)
+    batch_size: int = option(64, "at most this many sequences per forward pass", at_least=1)
+    max_batch_tokens: int = option(16384, "at most this many real tokens per forward pass (a longer text alone may "
+                                          "exceed it); batches are formed longest first, as the server forms them",
+                                   at_least=1)
     max_length: int = option(512, "tokens per example, specials included (longer texts are truncated; at most the "
                                   "model's max_position_embeddings)", at_least=2)
     all_scores: bool = option(False, "also output the probability of every label")
@@ -154,7 +158,7 @@ def predict(opts: Options) -> list[dict[str, Any]]:
     data: Encoded = encode(tokenizer, examples, max_length, progress=not opts.no_progress,
                            long_text=LongText(opts.long_text, opts.head_tokens, opts.stride))
     logits = torch.empty(len(data), model.config.num_labels)
-    batches = sorted_batches(data.lengths, opts.batch_size)
+    batches = plan_batches(data.lengths, opts.max_batch_tokens, opts.batch_size)
     show = not opts.no_progress and len(batches) > 1
     with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         for indices in tqdm(batches, desc=f"predicting ({precision_name(amp)})", unit="batch", disable=not show,

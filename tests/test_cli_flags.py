@@ -30,9 +30,9 @@ FINETUNE_BAD = {  # flag: bad values (each a usage error: exit 2, one line that 
 PRETRAIN_BAD = {flag: values for flag, values in FINETUNE_BAD.items()
                 if "--" + flag[2:].replace("-", "_") in {"--" + f.name for f in fields(pretrain.Options)}}
 PRETRAIN_BAD.update({"--max-length": ["2", "0"], "--mlm-probability": ["0", "1.5", "nan"]})
-PREDICT_BAD = {"--batch-size": ["0", "-1"], "--max-length": ["1", "0"], "--precision": ["fp16"],
-               "--attn-impl": ["flash"], "--long-text": ["middle"], "--head-tokens": ["-1"], "--stride": ["-1"],
-               "--pool": ["sum"]}
+PREDICT_BAD = {"--batch-size": ["0", "-1"], "--max-batch-tokens": ["0"], "--max-length": ["1", "0"],
+               "--precision": ["fp16"], "--attn-impl": ["flash"], "--long-text": ["middle"], "--head-tokens": ["-1"],
+               "--stride": ["-1"], "--pool": ["sum"]}
 
 
 @pytest.fixture

@@ -131,6 +131,7 @@ def test_plan_batches_and_run_offline() -> None:
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in b) <= 60 or len(b) == 1 for b in batches)
     assert batches == [[6], [1, 4], [2, 3, 0, 5]]  # longest first, cut where the next would overflow
+    assert plan_batches(lengths, 60, max_batch_size=2) == [[6], [1, 4], [2, 3], [0, 5]]  # and at 2 texts
     rows = [Row(list(range(n)), [0] * n) for n in lengths]
     assert run_offline(rows, lambda batch: [len(r) for r in batch], 60) == lengths
 
