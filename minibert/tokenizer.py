@@ -33,14 +33,18 @@ from typing import Any
 from minibert.encoding import BatchEncoding, Row, keep_lengths, pad_row, pair_windows, span_row, windows
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
-from minibert.hub import hub_errors, hub_file, local_folder_or_repo_id
+from minibert.tokenizer_files import (
+    CONFIG_FILE,
+    SPECIAL_TOKENS_FILE,
+    VOCAB_FILE,
+    read_settings,
+    read_vocab,
+    resolve_tokenizer_files,
+)
 from minibert.wordpiece import CONTINUATION, WordPiece
 
 logger = logging.getLogger("minibert")
 
-VOCAB_FILE = "vocab.txt"
-CONFIG_FILE = "tokenizer_config.json"
-SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 SPECIAL_TOKEN_NAMES = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 REQUIRED_SPECIAL_TOKENS = ("unk_token", "cls_token", "sep_token", "pad_token")
 NO_LIMIT = int(1e30)  # transformers' model_max_length when a config sets none
@@ -110,10 +114,7 @@ class BertTokenizer:
         """Load from a folder with `vocab.txt` (and optionally `tokenizer_config.json`, `special_tokens_map.json`),
         or from a Hub repo id; keyword arguments override the config (e.g. `model_max_length=128`)."""
         folder = resolve_tokenizer_files(name_or_path, revision, cache_dir)
-        settings: dict[str, Any] = {}
-        for name in (CONFIG_FILE, SPECIAL_TOKENS_FILE):
-            if (folder / name).is_file():
-                settings.update(_read_json(folder / name))
+        settings = read_settings(folder)
         kwargs = {key: settings[key] for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars",
                                                  "never_split", "model_max_length", "clean_up_tokenization_spaces")
                   if settings.get(key) is not None}
@@ -483,61 +484,6 @@ def truncate(a: list[int], b: list[int] | None, room: int, strategy: str) -> tup
     """Cut a text (or a pair) to `room` tokens, exactly as `tokenizers` does (see `keep_lengths`)."""
     keep_a, keep_b = keep_lengths(len(a), None if b is None else len(b), room, strategy)
     return a[:keep_a], None if b is None else b[:keep_b]
-
-
-def read_vocab(path: Path) -> dict[str, int]:
-    """vocab.txt: one token a line, its id the line number. Split on "\\n" only, since tokens may contain other
-    line breaks (U+2028, U+0085, vertical tab); a Windows "\\r" before the "\\n" is not part of the token."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MinibertError(f"{path} does not exist; a BERT tokenizer needs its vocab.txt.") from None
-    except IsADirectoryError:
-        raise MinibertError(f"{path} is a folder; pass its vocab.txt, or use BertTokenizer.from_pretrained on "
-                            "the folder.") from None
-    except UnicodeDecodeError:
-        raise MinibertError(f"{path} is not UTF-8 text; it is not a vocab.txt.") from None
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    if not lines:
-        raise MinibertError(f"{path} is empty; it should list one token per line.")
-    vocab: dict[str, int] = {}
-    for i, line in enumerate(lines):
-        token = line[:-1] if line.endswith("\r") else line
-        if token in vocab:
-            raise MinibertError(f"{path} lists the token {token!r} twice (lines {vocab[token] + 1} and {i + 1}); "
-                                "each token must appear once.")
-        vocab[token] = i
-    return vocab
-
-
-def resolve_tokenizer_files(name_or_path: str | os.PathLike, revision: str | None = None,
-                            cache_dir: str | os.PathLike | None = None) -> Path:
-    """The folder holding vocab.txt (and the optional config files): a local folder, or else a Hub repo id whose
-    files are fetched with huggingface_hub (honouring its cache, `revision` and `HF_HUB_OFFLINE`)."""
-    where = local_folder_or_repo_id(name_or_path, VOCAB_FILE)
-    if isinstance(where, Path):
-        if not (where / VOCAB_FILE).is_file():
-            raise MinibertError(f"{where} has no {VOCAB_FILE}; point to the folder of a BERT tokenizer.")
-        return where
-    with hub_errors(where, revision):
-        vocab = hub_file(where, VOCAB_FILE, revision, cache_dir, required=True)
-        if vocab is None:
-            raise MinibertError(f"Hub repo {where!r} has no {VOCAB_FILE}; it is not a BERT WordPiece tokenizer.")
-        for optional in (CONFIG_FILE, SPECIAL_TOKENS_FILE):  # land in the same snapshot folder as vocab.txt
-            hub_file(where, optional, revision, cache_dir, required=False)
-    return vocab.parent
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MinibertError(f"{path} is not valid JSON ({e}); fix or delete it.") from None
-    if not isinstance(data, dict):
-        raise MinibertError(f"{path} should hold a JSON object of settings.")
-    return data
 
 
 def _as_list(ids: Any) -> list:
