@@ -110,3 +110,10 @@ def fit_max_length(source: str | Path, max_length: int, say: bool) -> int:
                   file=sys.stderr)
         return limit
     return max_length
+
+
+def check_vocabulary(tokenizer: Any, model: Any, source: str | Path) -> None:
+    """A vocab.txt of another size than the checkpoint's embeddings: ids would be [UNK]-only or out of range."""
+    if len(tokenizer) != model.config.vocab_size:
+        raise MinibertError(f"the tokenizer in {source} has {len(tokenizer)} tokens but the model's vocab_size is "
+                            f"{model.config.vocab_size}; use the vocab.txt the checkpoint was trained with.")

@@ -29,7 +29,7 @@ from minibert import run_folder
 from minibert.attention import ATTN_IMPLS
 from minibert.batches import Encoded, LongText, check_long_text, encode
 from minibert.cli import int_list, option, options_parser
-from minibert.command import exit_status, fit_max_length, load_options, run_command, save_options
+from minibert.command import check_vocabulary, exit_status, fit_max_length, load_options, run_command, save_options
 from minibert.data import Examples, hub_dataset_files, read_examples, read_hub_split, split_off
 from minibert.devices import PRECISIONS, Dist, setup_distributed
 from minibert.errors import MinibertError
@@ -284,13 +284,6 @@ def finetune(opts: Options, d: Dist) -> Summary:
               f"{summary.precision}); best: {best or 'no validation data'}; model in {summary.best_dir}"
               + (f"; plot in {plot}" if plot else ""), file=sys.stderr)
     return summary
-
-
-def check_vocabulary(tokenizer: BertTokenizer, model: BertForSequenceClassification, source: str) -> None:
-    """A vocab.txt of another size than the checkpoint's embeddings: ids would be [UNK]-only or out of range."""
-    if len(tokenizer) != model.config.vocab_size:
-        raise MinibertError(f"the tokenizer in {source} has {len(tokenizer)} tokens but the model's vocab_size is "
-                            f"{model.config.vocab_size}; use the vocab.txt the checkpoint was trained with.")
 
 
 def run_seeds(opts: Options, d: Dist) -> list[Summary]:

@@ -164,7 +164,8 @@ class BertModel(BertPreTrainedModel):
         if seq_len > self.config.max_position_embeddings and position_ids is None:
             raise MinibertError(
                 f"the input has {seq_len} tokens but the model has only {self.config.max_position_embeddings} "
-                "positions; truncate it (e.g. tokenizer(..., truncation=True, max_length=512))."
+                "positions; truncate it (e.g. tokenizer(..., truncation=True, "
+                f"max_length={self.config.max_position_embeddings}))."
             )
         reference = input_ids if input_ids is not None else inputs_embeds
         attention_mask = key_mask_2d(attention_mask) if attention_mask is not None else None

@@ -22,7 +22,7 @@ from minibert.batches import Encoded, LongText, check_long_text, collate, encode
 from minibert.batching import plan_batches
 from minibert.checkpoint_files import read_shapes, resolve_checkpoint
 from minibert.cli import option, options_parser
-from minibert.command import run_command
+from minibert.command import check_vocabulary, run_command
 from minibert.data import LABEL_NAMES, Examples, choose_columns, examples_from, find_column, read_table
 from minibert.devices import PRECISIONS, autocast_dtype, choose_device, precision_name
 from minibert.errors import MinibertError
@@ -147,6 +147,7 @@ def predict(opts: Options) -> list[dict[str, Any]]:
     check_has_classifier(folder)
     tokenizer = BertTokenizer.from_pretrained(folder)
     model = BertForSequenceClassification.from_pretrained(folder, attn_impl=opts.attn_impl).to(device)
+    check_vocabulary(tokenizer, model, folder)
     labels = Labels.from_config(model.config.problem_type, model.config.id2label)
     examples = read_input(opts)
     limit = model.config.max_position_embeddings

@@ -330,8 +330,9 @@ def test_minilm_unpadded_matches_transformers(minilm_models, impl, lengths):
     assert (got.pooler_output - want.pooler_output).abs().max().item() <= ATOL
 
 
-def test_minilm_state_dict_roundtrip_for_bert_base_style_loading(minilm_dir):
-    # bench/ builds random bert-base in transformers and loads its state dict into ours: check that path
+def test_a_transformers_state_dict_loads_into_the_unpadded_model():
+    # bench/ builds random bert-base in transformers and loads its state dict into ours: check that path (no file
+    # involved, so no ../shared needed)
     ref = transformers.BertModel(transformers.BertConfig(**TINY)).eval()
     ours = minibert.BertModel(BertConfig(**TINY), attn_impl="unpadded")
     load_hf_state_dict(ours, ref.state_dict())

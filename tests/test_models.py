@@ -321,7 +321,8 @@ def test_sinusoidal_positions():
 
 def test_too_long_input_is_a_clear_error():
     model = minibert.BertModel(minibert.BertConfig(**TINY))
-    with pytest.raises(minibert.MinibertError, match="64 positions; truncate"):
+    with pytest.raises(minibert.MinibertError, match=r"64 positions; truncate it \(e.g. tokenizer\(\.\.\., "
+                                                     r"truncation=True, max_length=64\)\)"):
         model(torch.ones(1, 65, dtype=torch.long))
 
 
