@@ -9,24 +9,89 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import sys
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+
 from minibert import run_folder
+from minibert.attention import ATTN_IMPLS
 from minibert.checkpoint_files import resolve_checkpoint
-from minibert.cli import given_flags
+from minibert.cli import given_flags, option
 from minibert.config import BertConfig
+from minibert.devices import PRECISIONS
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
+from minibert.train import TrainOptions
 
 logger = logging.getLogger("minibert")
 
 Opts = TypeVar("Opts")
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+@dataclass
+class RunFlags:
+    """The training loop's flags, declared once for `finetune` and `pretrain` (same names, same meaning; a command
+    may redeclare a field to change its default)."""
+
+    batch_size: int = option(32, "examples (sequences) per batch and per process", at_least=1)
+    grad_accum: int = option(1, "batches accumulated per optimizer step", at_least=1)
+    epochs: int = option(3, "passes over the training data", at_least=1)
+    max_steps: int = option(0, "stop after this many optimizer steps (0: run all --epochs)", at_least=0)
+    lr: float = option(2e-5, "peak learning rate of AdamW", above=0.0)
+    weight_decay: float = option(0.01, "AdamW weight decay (never applied to biases and LayerNorm)", at_least=0.0)
+    warmup_ratio: float = option(0.1, "fraction of the steps spent warming the learning rate up from 0",
+                                 at_least=0.0, at_most=1.0)
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)", at_least=0.0)
+    precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, "
+                                    "else fp32)", choices=PRECISIONS)
+    attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
+    seed: int = option(42, "random seed (data order, dropout, initialisation of new weights, masks)")
+    max_eval_samples: int = option(0, "use only the first N validation (and test) examples (0: all)", at_least=0)
+    eval_every: int = option(0, "also evaluate (and checkpoint) every N steps (0: once per epoch)", at_least=0)
+    save_every: int = option(0, "also checkpoint every N steps (0: at evaluations only)", at_least=0)
+    keep_checkpoints: int = option(2, "complete checkpoints kept in the run folder (0: all)", at_least=0)
+    log_every: int = option(10, "write the training loss to metrics.jsonl every N steps", at_least=1)
+    output_dir: str | None = option(None, "run folder (default: a new folder under weights/)")
+    overwrite: bool = option(False, "replace the earlier run in a non-empty --output-dir")
+    resume: str | None = option(None, "continue a run: its run folder (the flags it started with are reused), a "
+                                      "checkpoint folder, or auto (the newest in --output-dir)")
+    allow_resume_mismatch: bool = option(False, "resume even if data, batch size or world size differ (the result "
+                                                "is then not exact)")
+    num_workers: int = option(1, "processes used to tokenize", at_least=1)
+    no_progress: bool = option(False, "no progress bar")
+    debug: bool = option(False, "show the full traceback of errors")
+
+
+# What --resume RUN may change (see load_options): flags that do not change which run this is; and the flags the
+# optimizer and schedule were built from (a new --lr would be ignored by the restored optimizer, a new --max-steps
+# would make the learning rate jump), which it may not. A command adds its own to each.
+RESUME_MAY_CHANGE = {"max_grad_norm", "precision", "attn_impl", "eval_every", "save_every", "keep_checkpoints",
+                     "log_every", "num_workers", "no_progress", "debug", "allow_resume_mismatch"}
+RESUME_SCHEDULE = {"lr", "weight_decay", "warmup_ratio", "epochs", "max_steps", "seed"}
+
+
+def train_options(flags: RunFlags, **run: Any) -> TrainOptions:
+    """The loop's options: every flag the loop shares by name, copied; `run` gives the rest (output_dir, resume,
+    best_metric, greater_is_better, fingerprint)."""
+    shared = {f.name for f in dataclasses.fields(TrainOptions)} & {f.name for f in dataclasses.fields(RunFlags)}
+    return TrainOptions(**{name: getattr(flags, name) for name in shared - set(run)}, **run)
+
+
+def teardown_distributed() -> None:
+    """Leave the process group, if any. DDP's wrapper sits in a reference cycle, so only the cyclic collector frees
+    it and its hold on the group; left to interpreter exit, gloo's teardown can abort the process (SIGABRT) after
+    a good run."""
+    if torch.distributed.is_initialized():
+        gc.collect()
+        torch.distributed.destroy_process_group()
 
 
 def run_command(parse: Callable[[], Opts], run: Callable[[Opts], int], argv: Sequence[str] | None) -> int:

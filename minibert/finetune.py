@@ -13,7 +13,6 @@ This file parses flags and wires data, model and loop together; the work is in d
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import logging
 import statistics
@@ -25,13 +24,22 @@ from pathlib import Path
 
 import torch
 
-from minibert import run_folder
-from minibert.attention import ATTN_IMPLS
+from minibert import command, run_folder
 from minibert.batches import Encoded, LongText, check_long_text, encode
 from minibert.cli import int_list, option, options_parser
-from minibert.command import check_vocabulary, exit_status, fit_max_length, load_options, run_command, save_options
+from minibert.command import (
+    RunFlags,
+    check_vocabulary,
+    exit_status,
+    fit_max_length,
+    load_options,
+    run_command,
+    save_options,
+    teardown_distributed,
+    train_options,
+)
 from minibert.data import Examples, hub_dataset_files, read_examples, read_hub_split, split_off
-from minibert.devices import PRECISIONS, Dist, setup_distributed
+from minibert.devices import Dist, setup_distributed
 from minibert.errors import MinibertError
 from minibert.heads import BertForSequenceClassification
 from minibert.hub import local_folder_or_repo_id
@@ -40,13 +48,13 @@ from minibert.long_text import LONG_TEXT_MODES, SUN_ET_AL_HEAD
 from minibert.metrics import best_key, evaluate_classifier
 from minibert.plot import plot_metrics
 from minibert.tokenizer import BertTokenizer
-from minibert.train import Summary, TrainOptions, train
+from minibert.train import Summary, train
 
 logger = logging.getLogger("minibert")
 
 
 @dataclass
-class Options:
+class Options(RunFlags):
     model: str = option("bert-base-uncased", "Hub id or local folder of the BERT checkpoint to start from")
     train_file: str | None = option(None, "training data: .csv, .tsv, .jsonl or .parquet (.gz accepted for the text "
                                           "formats)")
@@ -76,44 +84,16 @@ class Options:
                               at_least=0)
     stride: int = option(128, "chunks: tokens each window shares with the previous one", at_least=0)
     pool: str = option("mean", "chunks: how a document's window logits are pooled", choices=("mean", "max"))
-    batch_size: int = option(32, "examples per batch and per process", at_least=1)
-    grad_accum: int = option(1, "batches accumulated per optimizer step", at_least=1)
-    epochs: int = option(3, "passes over the training data", at_least=1)
-    max_steps: int = option(0, "stop after this many optimizer steps (0: run all --epochs)", at_least=0)
-    lr: float = option(2e-5, "peak learning rate of AdamW", above=0.0)
-    weight_decay: float = option(0.01, "AdamW weight decay (never applied to biases and LayerNorm)", at_least=0.0)
-    warmup_ratio: float = option(0.1, "fraction of the steps spent warming the learning rate up from 0",
-                                 at_least=0.0, at_most=1.0)
-    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)", at_least=0.0)
-    precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, "
-                                    "else fp32)", choices=PRECISIONS)
-    attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
-    seed: int = option(42, "random seed (data order, dropout, head initialisation)")
     seeds: list[int] | None = option(None, "comma-separated seeds: repeat the run for each and report mean ± std",
                                      parse=int_list)
     max_train_samples: int = option(0, "use only the first N training rows (0: all)", at_least=0)
-    max_eval_samples: int = option(0, "use only the first N validation/test rows (0: all)", at_least=0)
-    eval_every: int = option(0, "also evaluate (and checkpoint) every N steps (0: once per epoch)", at_least=0)
-    save_every: int = option(0, "also checkpoint every N steps (0: at evaluations only)", at_least=0)
-    keep_checkpoints: int = option(2, "complete checkpoints kept in the run folder (0: all)", at_least=0)
-    log_every: int = option(10, "write the training loss to metrics.jsonl every N steps", at_least=1)
-    output_dir: str | None = option(None, "run folder (default: weights/<model>-<data>-<time>)")
-    overwrite: bool = option(False, "replace the earlier run in a non-empty --output-dir")
-    resume: str | None = option(None, "continue a run: its run folder (the flags it started with are reused), a "
-                                      "checkpoint folder, or auto (the newest in --output-dir)")
-    allow_resume_mismatch: bool = option(False, "resume even if data, batch size or world size differ (the result "
-                                                "is then not exact)")
-    num_workers: int = option(1, "processes used to tokenize", at_least=1)
-    no_progress: bool = option(False, "no progress bar")
-    debug: bool = option(False, "show the full traceback of errors")
 
 
 # What --resume RUN may change (see command.load_options): flags that do not change which run this is, and flags
 # the optimizer and schedule were built from (a new --lr would be ignored by the restored optimizer, a new
 # --max-steps would make the learning rate jump). Any other flag (data, batches) needs --allow-resume-mismatch.
-RESUME_MAY_CHANGE = {"test_file", "max_grad_norm", "precision", "attn_impl", "eval_every", "save_every",
-                     "keep_checkpoints", "log_every", "num_workers", "no_progress", "debug", "allow_resume_mismatch"}
-RESUME_SCHEDULE = {"model", "lr", "weight_decay", "warmup_ratio", "epochs", "max_steps", "seed", "seeds"}
+RESUME_MAY_CHANGE = {*command.RESUME_MAY_CHANGE, "test_file"}
+RESUME_SCHEDULE = {*command.RESUME_SCHEDULE, "model", "seeds"}
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -254,13 +234,8 @@ def finetune(opts: Options, d: Dist) -> Summary:
         tokenizer.save_pretrained(folder)
 
     metric, sign = best_key(labels.problem_type)
-    train_opts = TrainOptions(
-        output_dir=run_dir, epochs=opts.epochs, max_steps=opts.max_steps, batch_size=opts.batch_size,
-        grad_accum=opts.grad_accum, lr=opts.lr, weight_decay=opts.weight_decay, warmup_ratio=opts.warmup_ratio,
-        max_grad_norm=opts.max_grad_norm, precision=opts.precision, seed=opts.seed, eval_every=opts.eval_every,
-        save_every=opts.save_every, keep_checkpoints=opts.keep_checkpoints, log_every=opts.log_every,
-        best_metric=metric, greater_is_better=sign > 0, resume=resume,
-        allow_resume_mismatch=opts.allow_resume_mismatch, fingerprint=fingerprint(train_ex, labels, opts))
+    train_opts = train_options(opts, output_dir=run_dir, resume=resume, best_metric=metric,
+                               greater_is_better=sign > 0, fingerprint=fingerprint(train_ex, labels, opts))
     if not resume and d.main:
         save_options(run_dir, opts)  # what --resume RUN alone continues with
     summary = train(model, train_data, evaluate, train_opts, save_model, d, progress=not opts.no_progress)
@@ -322,11 +297,7 @@ def run(opts: Options) -> int:
         summaries = run_seeds(opts, d) if opts.seeds else [finetune(opts, d)]
         return exit_status(summaries[-1])
     finally:
-        if torch.distributed.is_initialized():
-            # DDP's wrapper sits in a reference cycle, so only the cyclic collector frees it and its hold on the
-            # group; left to interpreter exit, gloo's teardown can abort the process (SIGABRT) after a good run
-            gc.collect()
-            torch.distributed.destroy_process_group()
+        teardown_distributed()
 
 
 def main(argv: list[str] | None = None) -> int:

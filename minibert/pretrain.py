@@ -12,7 +12,6 @@ for `minibert.finetune`; the output folder is an ordinary checkpoint (BertForMas
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import logging
 import sys
@@ -26,19 +25,26 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from minibert import run_folder
-from minibert.attention import ATTN_IMPLS
+from minibert import command, run_folder
 from minibert.cli import option, options_parser
-from minibert.command import exit_status, load_options, run_command, save_options
+from minibert.command import (
+    RunFlags,
+    exit_status,
+    load_options,
+    run_command,
+    save_options,
+    teardown_distributed,
+    train_options,
+)
 from minibert.config import BertConfig
-from minibert.devices import PRECISIONS, Dist, setup_distributed
+from minibert.devices import Dist, setup_distributed
 from minibert.documents import Documents, fingerprint, load_documents, pack, split_documents
 from minibert.errors import MinibertError
 from minibert.heads import BertForMaskedLM
 from minibert.masking import MaskedSequences, Masker
 from minibert.plot import plot_metrics
 from minibert.tokenizer import BertTokenizer
-from minibert.train import Summary, TrainOptions, train
+from minibert.train import Summary, train
 
 logger = logging.getLogger("minibert")
 
@@ -47,7 +53,7 @@ PRESETS = {"tiny": (2, 128), "mini": (4, 256), "small": (4, 512), "medium": (8, 
 
 
 @dataclass
-class Options:
+class Options(RunFlags):
     model: str | None = option(None, "Hub id or local folder of a BERT checkpoint to continue pre-training (an MLM "
                                      "head is added if it has none)")
     config: str | None = option(None, "train from scratch: a config.json, or a preset (" + ", ".join(PRESETS)
@@ -65,40 +71,17 @@ class Options:
     mlm_probability: float = option(0.15, "fraction of the tokens masked (BERT: 0.15; MosaicBERT: 0.3)", above=0.0,
                                    at_most=1.0)
     whole_word_masking: bool = option(False, "mask all the WordPieces of a chosen word together")
-    batch_size: int = option(32, "sequences per batch and per process", at_least=1)
-    grad_accum: int = option(1, "batches accumulated per optimizer step", at_least=1)
+    # the loop's flags are command.RunFlags'; these defaults suit pre-training
     epochs: int = option(1, "passes over the training data", at_least=1)
-    max_steps: int = option(0, "stop after this many optimizer steps (0: run all --epochs)", at_least=0)
     lr: float = option(1e-4, "peak learning rate of AdamW (from scratch, small models take 5e-4 to 1e-3)",
                        above=0.0)
-    weight_decay: float = option(0.01, "AdamW weight decay (never applied to biases and LayerNorm)", at_least=0.0)
     warmup_ratio: float = option(0.06, "fraction of the steps spent warming the learning rate up from 0",
                                  at_least=0.0, at_most=1.0)
-    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)", at_least=0.0)
-    precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, "
-                                    "else fp32)", choices=PRECISIONS)
-    attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
-    seed: int = option(42, "random seed (initialisation, data order, masks, dropout)")
-    max_eval_samples: int = option(0, "evaluate on at most N validation sequences (0: all)", at_least=0)
-    eval_every: int = option(0, "also evaluate (and checkpoint) every N steps (0: once per epoch)", at_least=0)
-    save_every: int = option(0, "also checkpoint every N steps (0: at evaluations only)", at_least=0)
-    keep_checkpoints: int = option(2, "complete checkpoints kept in the run folder (0: all)", at_least=0)
-    log_every: int = option(10, "write the training loss to metrics.jsonl every N steps", at_least=1)
-    output_dir: str | None = option(None, "run folder (default: weights/<model>-mlm-<data>-<time>)")
-    overwrite: bool = option(False, "replace the earlier run in a non-empty --output-dir")
-    resume: str | None = option(None, "continue a run: its run folder (the flags it started with are reused), a "
-                                      "checkpoint folder, or auto (the newest in --output-dir)")
-    allow_resume_mismatch: bool = option(False, "resume even if data, batch size or world size differ (the result "
-                                                "is then not exact)")
-    num_workers: int = option(1, "processes used to tokenize", at_least=1)
-    no_progress: bool = option(False, "no progress bar")
-    debug: bool = option(False, "show the full traceback of errors")
 
 
 # What --resume RUN may change, and what the optimizer and schedule were built from (see command.load_options)
-RESUME_MAY_CHANGE = {"max_grad_norm", "precision", "attn_impl", "eval_every", "save_every", "keep_checkpoints",
-                     "log_every", "num_workers", "no_progress", "debug", "allow_resume_mismatch"}
-RESUME_SCHEDULE = {"model", "config", "tokenizer", "lr", "weight_decay", "warmup_ratio", "epochs", "max_steps", "seed"}
+RESUME_MAY_CHANGE = command.RESUME_MAY_CHANGE
+RESUME_SCHEDULE = {*command.RESUME_SCHEDULE, "model", "config", "tokenizer"}
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -257,13 +240,8 @@ def pretrain(opts: Options, d: Dist) -> Summary:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    train_opts = TrainOptions(
-        output_dir=run_dir, epochs=opts.epochs, max_steps=opts.max_steps, batch_size=opts.batch_size,
-        grad_accum=opts.grad_accum, lr=opts.lr, weight_decay=opts.weight_decay, warmup_ratio=opts.warmup_ratio,
-        max_grad_norm=opts.max_grad_norm, precision=opts.precision, seed=opts.seed, eval_every=opts.eval_every,
-        save_every=opts.save_every, keep_checkpoints=opts.keep_checkpoints, log_every=opts.log_every,
-        best_metric="loss", greater_is_better=False, resume=resume, allow_resume_mismatch=opts.allow_resume_mismatch,
-        fingerprint=data_fingerprint(tokenizer, opts))
+    train_opts = train_options(opts, output_dir=run_dir, resume=resume, best_metric="loss", greater_is_better=False,
+                               fingerprint=data_fingerprint(tokenizer, opts))
     evaluate = None
     if val_data is not None:
         def evaluate(m: nn.Module, dd: Dist, amp: torch.dtype | None) -> dict[str, float]:
@@ -294,9 +272,7 @@ def run(opts: Options) -> int:
             logging.getLogger("minibert").setLevel(logging.ERROR)  # say things once, from rank 0
         return exit_status(pretrain(opts, d))
     finally:
-        if torch.distributed.is_initialized():
-            gc.collect()  # see finetune.run: DDP's wrapper is freed only by the cyclic collector
-            torch.distributed.destroy_process_group()
+        teardown_distributed()
 
 
 def main(argv: list[str] | None = None) -> int:
