@@ -18,10 +18,10 @@ import torch
 
 from minibert.attention import ATTN_IMPLS
 from minibert.cli import option, options_parser
+from minibert.command import run_command
 from minibert.data import choose_columns, examples_from, read_table
 from minibert.devices import PRECISIONS, autocast_dtype
 from minibert.engine import resolve_folder
-from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
 from minibert.pooling import DEFAULT_BATCH_TOKENS, SentenceEncoder
 
@@ -58,21 +58,18 @@ def embed_file(opts: Options) -> torch.Tensor:
     return encoder.encode(texts, opts.max_batch_tokens, autocast_dtype(opts.precision, torch.device("cpu")))
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = Options(**vars(options_parser(Options, "python -m minibert.embed", __doc__).parse_args(argv)))
-    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
-    try:
-        lines = "".join(json.dumps({"embedding": v}) + "\n" for v in embed_file(opts).tolist())
-        if opts.output:
-            atomic_write_text(opts.output, lines)
-        else:
-            sys.stdout.write(lines)
-    except MinibertError as e:
-        if opts.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def run(opts: Options) -> int:
+    lines = "".join(json.dumps({"embedding": v}) + "\n" for v in embed_file(opts).tolist())
+    if opts.output:
+        atomic_write_text(opts.output, lines)
+    else:
+        sys.stdout.write(lines)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(lambda: Options(**vars(options_parser(Options, "python -m minibert.embed",
+                                                              __doc__).parse_args(argv))), run, argv)
 
 
 if __name__ == "__main__":
