@@ -272,12 +272,12 @@ class Run:
         if self.d.world_size > 1:
             dist.barrier()
 
-    def evaluate(self, evaluate: Evaluate | None, state: RunState, amp: torch.dtype | None) -> None:
-        """Evaluate, log, and keep the model in best/ when it is the best so far."""
+    def evaluate(self, evaluate: Evaluate | None, state: RunState, amp: torch.dtype | None, epoch: int) -> None:
+        """Evaluate, log, and keep the model in best/ when it is the best so far (`epoch`: the one just trained)."""
         if evaluate is None:
             return
         metrics = evaluate(self.model, self.d, amp)
-        self.log({"eval": metrics, "step": state.step, "epoch": state.epoch + 1})
+        self.log({"eval": metrics, "step": state.step, "epoch": epoch + 1})
         if self.d.main:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not isinstance(v, bool))
             collapsed = "  (predictions collapsed to one class)" if metrics.get("collapsed") else ""
@@ -360,7 +360,7 @@ def _train(model: nn.Module, data: TrainData, evaluate: Evaluate | None, opts: T
             done = state.step >= total
             evaluate_now = last_in_epoch or done or (opts.eval_every and state.step % opts.eval_every == 0)
             if evaluate_now:
-                run.evaluate(evaluate, state, amp)
+                run.evaluate(evaluate, state, amp, epoch)
             save_now = evaluate_now or stop_now or (opts.save_every and state.step % opts.save_every == 0)
             if save_now:
                 run.save(state)

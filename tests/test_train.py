@@ -109,6 +109,7 @@ def test_checkpoints_are_complete_hf_folders_and_pruned(setup, tmp_path) -> None
     assert finetune.main(argv) == 0
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "eval" in r] == [5, 7, 10, 12]  # every 5 steps and at each epoch's end
+    assert [r["epoch"] for r in logged if "eval" in r] == [1, 1, 2, 2]  # the epoch just trained
     complete, incomplete = run_folder.list_checkpoints(tmp_path)
     assert [p.name for p in complete] == ["checkpoint-10", "checkpoint-12"] and not incomplete
     for folder in complete + [tmp_path / "best"]:
