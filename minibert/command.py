@@ -1,5 +1,6 @@
-"""What every command line shares: errors as one sentence and exit statuses, the run options kept in a run folder
-for `--resume RUN` alone, and `--max-length` fitted to the model.
+"""What every command line shares: errors as one sentence and exit statuses; the training loop's flags (declared
+once for finetune and pretrain), the run options kept in a run folder for `--resume RUN` alone; `--max-length`
+fitted to the model; the vocabulary check; leaving the process group.
 
 Exit statuses: 0 done; 1 a user's mistake (a `MinibertError`, printed alone as `error: ...`); 2 a flag argparse
 cannot read; 130 / 143 interrupted by SIGINT / SIGTERM (after saving what can be resumed).
