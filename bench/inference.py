@@ -4,10 +4,11 @@ Same checkpoint, same batches, each library with its own tokenizer; both under t
 interleaved. Recipes:
     classic   pad every sentence to 128 tokens, batch 16 (the recipe of most tutorials)
     dynamic   pad each batch to its longest sentence, batch 32, in file order
-    sorted    dynamic, but batches of length-sorted sentences (transformers only: the reference for bf16)
-minibert runs attn_impl="auto" (what a user gets by default); transformers its default (sdpa).
+    sorted    dynamic, but batches of length-sorted sentences (SST-2 only: padding all but gone)
+minibert runs attn_impl="auto" (what a user gets by default); transformers its default (sdpa). With --ort, ONNX
+Runtime joins the fp32 rows: transformers' model exported and fused as CPU deployments run it (onnx_engine.py).
 
-    python bench/inference.py [--quick] [--models minilm,bert-base] [--dtypes fp32,bf16]
+    python bench/inference.py [--quick] [--models minilm,bert-base] [--dtypes fp32,bf16] [--ort]
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ RECIPES = {"classic": dict(padding="max_length", max_length=128, batch=16),
            "sorted": dict(padding="longest", max_length=512, batch=32)}
 
 
-def make_pass(model, tok, texts: list[str], recipe: str, dtype: str, ours: bool, device: str = "cpu"):
+def make_pass(model, tok, texts: list[str], recipe: str, dtype: str, engine: str, device: str = "cpu"):
+    """One timed pass over `texts` in `recipe`'s batches: tokenise + forward; engine "hf", "mb" or "ort"."""
     spec = RECIPES[recipe]
     groups = batches(texts, spec["batch"])
 
@@ -48,12 +50,13 @@ def make_pass(model, tok, texts: list[str], recipe: str, dtype: str, ours: bool,
                 enc = tok(group, padding=spec["padding"], truncation=True, max_length=spec["max_length"],
                           return_tensors="pt")
                 enc = {k: v.to(device) for k, v in enc.items()}
-                if ours:
-                    out = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+                if engine == "ort":
+                    logits.append(model.logits(enc))
+                elif engine == "mb":
+                    logits.append(model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).logits.float())
                 else:
-                    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                token_type_ids=enc["token_type_ids"])
-                logits.append(out.logits.float())
+                    logits.append(model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                        token_type_ids=enc["token_type_ids"]).logits.float())
         return logits
 
     return run
@@ -69,6 +72,8 @@ def main(argv=None) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile both models (dynamic shapes); the "
                         "compile time (first calls) is reported apart, in compile_s")
     parser.add_argument("--batch-scale", type=int, default=1, help="multiply both recipes' batch sizes (GPU)")
+    parser.add_argument("--ort", action="store_true", help="add ONNX Runtime (fused export of transformers' model) "
+                        "to the fp32 rows; needs the bench extra")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--sst2", type=int, default=192, help="first N SST-2 dev sentences (MiniLM; bert-base: N/3)")
     parser.add_argument("--imdb", type=int, default=32, help="IMDB reviews sampled (MiniLM; bert-base: N/4)")
@@ -87,18 +92,25 @@ def main(argv=None) -> None:
         n_imdb = 8 if args.quick else max(8, args.imdb // (1 if name == "minilm" else 4))
         data = {"sst2-dev": sst2("dev", n_sst2), "imdb": imdb(n_imdb)}
         ref, ours = (m.to(args.device) for m in pair(name, num_labels=2))
+        ort = None
+        if args.ort and "fp32" in dtypes:
+            from onnx_engine import OrtClassifier
+
+            ort = OrtClassifier(ref, torch.get_num_threads())
+            print(f"{name}: ONNX Runtime model fused {ort.fused}", flush=True)
         if args.compile:  # minibert's auto runs padded sdpa inside a compiled graph (packing is data-dependent)
             ref, ours = torch.compile(ref, dynamic=True), torch.compile(ours, dynamic=True)
         for dtype in dtypes:
             for data_name, texts in data.items():
                 print(f"{name} {data_name} {dtype}: {len(texts)} texts, warm-up and {reps} repetitions", flush=True)
                 by_length = sorted(texts, key=lambda s: len(hf_tok.tokenize(s)))
-                fns = {}
-                for recipe in ("classic", "dynamic"):
-                    fns[f"hf {recipe}"] = make_pass(ref, hf_tok, texts, recipe, dtype, False, args.device)
-                    fns[f"mb {recipe}"] = make_pass(ours, our_tok, texts, recipe, dtype, True, args.device)
-                if data_name == "sst2-dev":
-                    fns["hf sorted"] = make_pass(ref, hf_tok, by_length, "sorted", dtype, False, args.device)
+                recipes = ("classic", "dynamic", "sorted") if data_name == "sst2-dev" else ("classic", "dynamic")
+                engines = {"hf": (ref, hf_tok), "mb": (ours, our_tok)}
+                if ort is not None and dtype == "fp32":
+                    engines["ort"] = (ort, hf_tok)
+                fns = {f"{engine} {recipe}": make_pass(model, tok, by_length if recipe == "sorted" else texts, recipe,
+                                                       dtype, engine, args.device)
+                       for recipe in recipes for engine, (model, tok) in engines.items()}
                 compile_s = {}
                 for k, f in fns.items():  # warm-up on the first batches; with --compile, this is the compile time
                     start = time.perf_counter()
@@ -108,9 +120,12 @@ def main(argv=None) -> None:
                 a, b = fns["hf dynamic"](2), fns["mb dynamic"](2)
                 diff = max((x - y).abs().max().item() for x, y in zip(a, b))
                 agree = float(torch.cat([x.argmax(-1) == y.argmax(-1) for x, y in zip(a, b)]).float().mean())
+                if "ort dynamic" in fns:
+                    c = fns["ort dynamic"](2)
+                    ort_diff = max((x - y).abs().max().item() for x, y in zip(a, c))
                 times = interleaved({k: (lambda f=f: f(None)) for k, f in fns.items()}, reps, warmup=0)
                 rate = {k: len(texts) / median(v) for k, v in times.items()}
-                for recipe in ("classic", "dynamic"):
+                for recipe in recipes:
                     row = dict(model=name, data=data_name, n=len(texts), dtype=dtype, recipe=recipe,
                                hf=rate[f"hf {recipe}"], mb=rate[f"mb {recipe}"],
                                ratio=rate[f"mb {recipe}"] / rate[f"hf {recipe}"],
@@ -118,6 +133,9 @@ def main(argv=None) -> None:
                                mb_vs_hf_sorted=rate[f"mb {recipe}"] / rate.get("hf sorted", float("nan")),
                                max_logit_diff=diff, argmax_agree=agree, compiled=args.compile,
                                hf_compile_s=compile_s[f"hf {recipe}"], mb_compile_s=compile_s[f"mb {recipe}"])
+                    if f"ort {recipe}" in fns:
+                        row.update(ort=rate[f"ort {recipe}"], mb_vs_ort=rate[f"mb {recipe}"] / rate[f"ort {recipe}"],
+                                   ort_max_logit_diff=ort_diff, ort_fused=ort.fused)
                     run.add(row, COLUMNS)
     print("\nsentences/s (median of interleaved repetitions; tokenise + forward)\n")
     print(table(run.rows, COLUMNS))
@@ -125,7 +143,7 @@ def main(argv=None) -> None:
 
 
 COLUMNS = ["model", "data", "n", "dtype", "recipe", "hf", "mb", "ratio", "hf_sorted", "mb_vs_hf_sorted",
-           "max_logit_diff", "argmax_agree"]
+           "max_logit_diff", "argmax_agree", "ort", "mb_vs_ort"]
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ Servers, each its own process with the same torch threads and precision (fp32 by
   hf           transformers BertForSequenceClassification (sdpa) behind FastAPI, one forward per request
                (a plain `def` route: FastAPI's thread pool runs the forwards side by side)
   hf-batched   the same transformers model behind minibert's batcher (the batching win without the kernel's)
+  ort-batched  ONNX Runtime (transformers' model exported and fused, bench/onnx_engine.py) behind the same batcher
 Clients (asyncio + httpx) send 1-4 texts per request, SST-2 dev sentences or IMDB reviews, for a fixed time; the
 table gives texts/s and latency percentiles. The model is MiniLM-L6 with a seeded random 2-class head (speed does
 not depend on the head's values), or --model.
@@ -26,10 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import MINILM, REPO, imdb, sst2, table, write_json
+from common import MINILM, REPO, imdb, setup, sst2, table, write_json
 
 HOST = "127.0.0.1"
-SERVERS = ("minibert", "hf", "hf-batched")
+SERVERS = ("minibert", "hf", "hf-batched", "ort-batched")
 
 
 # --- the servers (run in their own process: python bench/serve.py --serve NAME ...) -------------------------------
@@ -67,8 +68,10 @@ def hf_app(model_dir: str):
     return app
 
 
-def hf_batched_app(model_dir: str, opts):
-    """minibert's app and batcher, with transformers' model doing the forward passes."""
+def batched_app(model_dir: str, opts, backend: str):
+    """minibert's app and batcher, with another engine doing the forward passes on its padded batches:
+    transformers' model ("hf-batched": the batching win without the kernel's) or ONNX Runtime's fused export of it
+    ("ort-batched", bench/onnx_engine.py)."""
     import torch
     import transformers
 
@@ -77,18 +80,23 @@ def hf_batched_app(model_dir: str, opts):
     from minibert.predict import results
     from minibert.serve import create_app
 
-    class HFEngine(Engine):
+    class OtherEngine(Engine):
         def __init__(self) -> None:
             super().__init__(model_dir, opts.max_length, opts.precision)
-            self.hf = transformers.BertForSequenceClassification.from_pretrained(
-                model_dir, attn_implementation="sdpa").eval()
+            hf = transformers.BertForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa")
+            if backend == "ort-batched":
+                from onnx_engine import OrtClassifier
+
+                self.logits = OrtClassifier(hf, opts.threads).logits
+            else:
+                self.logits = lambda batch: hf.eval()(**batch).logits.float()
 
         @torch.inference_mode()
         def forward(self, kind: str, rows: list) -> list:
             batch = collate_rows(rows, self.tokenizer.pad_token_id)
-            return results(self.hf(**batch).logits.float(), self.labels, all_scores=True)
+            return results(self.logits(batch), self.labels, all_scores=True)
 
-    engine = HFEngine()
+    engine = OtherEngine()
     engine.warm_up()
     return create_app(engine, opts)
 
@@ -101,7 +109,7 @@ def run_server(name: str, model_dir: str, port: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
     opts = Options(model=model_dir, port=port, threads=threads, precision="fp32")
-    app = hf_app(model_dir) if name == "hf" else hf_batched_app(model_dir, opts)
+    app = hf_app(model_dir) if name == "hf" else batched_app(model_dir, opts, name)
     uvicorn.run(app, host=HOST, port=port, log_level="warning")
 
 
@@ -273,6 +281,7 @@ def main() -> None:
     if args.serve:
         run_server(args.serve, args.model, args.port, args.threads)
         return
+    setup(args.threads)  # the record's "threads" are the servers' (this process only sends requests)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else build_model(Path(tmp) / "minilm-classifier")
         if args.soak:
@@ -299,7 +308,7 @@ def main() -> None:
             cell = {r["server"]: r for r in rows if r["data"] == dataset and r["clients"] == clients}
             if "minibert" in cell and "hf" in cell:
                 ratios = [f"{cell['minibert']['texts_per_s'] / cell[o]['texts_per_s']:.2f}x {o}"
-                          for o in ("hf", "hf-batched") if o in cell]
+                          for o in ("hf", "hf-batched", "ort-batched") if o in cell]
                 print(f"{dataset} {clients} clients: minibert throughput {', '.join(ratios)}; p99 "
                       f"{cell['minibert']['p99_ms']:.0f} ms vs hf {cell['hf']['p99_ms']:.0f} ms")
     write_json("serve", {"rows": rows, "seconds": args.seconds})
