@@ -10,7 +10,10 @@ and take fused AdamW steps; the steps of the two are interleaved. Tokenisation i
 
 Throughput counts the real tokens of a batch (padding excluded) per second of step. A third row,
 "transformers packed", feeds transformers the same packed batches, to separate what packing buys from what the
-sparse decoder buys.
+sparse decoder buys. `of peak`: the step's useful matmul work (forward and backward, 3x the forward's 2·m·n·k: the
+encoder over real tokens, attention over each sequence's real length, the MLM head over the masked positions only)
+per second, as a fraction of this machine's matmul peak in that dtype (roofline.py's measurement). Work a library
+does on padding or on unmasked positions does not count, so the fractions compare like with like.
 
     python bench/pretrain.py [--quick] [--models minilm,base] [--dtypes fp32,bf16] [--batch-size 16]
 """
@@ -22,6 +25,7 @@ import gzip
 
 import torch
 from common import SHARED, amp, interleaved, median, pair, setup, table, tokenizers, write_json
+from roofline import matmul_peak
 
 from minibert.devices import cpu_has_bf16
 from minibert.documents import pack, tokenize_documents
@@ -49,6 +53,22 @@ def bf16_reason() -> str | None:
             "avx512_bf16/amx_bf16 in /proc/cpuinfo): bf16 would be emulated and slow")
 
 
+def useful_flops(config, lengths: list[int], masked: int) -> float:
+    """Training FLOPs (3x forward) of the matmuls a step needs: sequences of `lengths` real tokens, `masked`
+    positions through the MLM head (transform h x h, decoder h x vocab)."""
+    h, f, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    tokens = sum(lengths)
+    encoder = layers * (2 * tokens * (4 * h * h + 2 * h * f) + 4 * h * sum(n * n for n in lengths))
+    return 3 * (encoder + 2 * masked * (h * h + h * vocab))
+
+
+def batch_work(config, batch: dict) -> tuple[int, float]:
+    """(real tokens, useful FLOPs) of a batch: rows of real tokens by its attention mask (all real when packed)."""
+    ids = batch["input_ids"]
+    lengths = batch["attention_mask"].sum(1).tolist() if "attention_mask" in batch else [ids.shape[1]] * len(ids)
+    return sum(lengths), useful_flops(config, lengths, int((batch["labels"] != -100).sum()))
+
+
 def ours_step(model, data: MaskedSequences, batch_size: int, dtype: str):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     batches = data.epoch_batches(batch_size, 0, 0)
@@ -63,7 +83,7 @@ def ours_step(model, data: MaskedSequences, batch_size: int, dtype: str):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return batch["input_ids"].numel()
+        return batch_work(model.config, batch)
 
     return step
 
@@ -81,13 +101,13 @@ def hf_step(model, examples: list[dict], collator, batch_size: int, dtype: str):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        return batch_work(model.config, batch)
 
     return step
 
 
-def counted(step, tokens: list[int]):
-    return lambda: tokens.append(step())
+def counted(step, work: list[tuple[int, float]]):
+    return lambda: work.append(step())
 
 
 def main() -> None:
@@ -121,33 +141,41 @@ def main() -> None:
 
     rows = []
     reason = bf16_reason()
+    dtypes = [d for d in args.dtypes.split(",") if not (d == "bf16" and reason)]
+    if len(dtypes) < len(args.dtypes.split(",")):
+        print(f"skipped the bf16 rows: {reason}", flush=True)
+    peaks = {d: matmul_peak(torch.float32 if d == "fp32" else torch.bfloat16, 4) for d in dtypes}
+    for d, (gflops, shape) in peaks.items():
+        print(f"{d} matmul peak: {gflops:.0f} GFLOP/s at {shape}", flush=True)
     for name in args.models.split(","):
-        for dtype in args.dtypes.split(","):
-            if dtype == "bf16" and reason:
-                print(f"skipped {name} bf16: {reason}", flush=True)
-                continue
+        for dtype in dtypes:
             overrides = {} if name == "minilm" else {"vocab_size": len(our_tok)}
             ref, ours = pair(name, "BertForMaskedLM", train=True, **overrides)
             ref_packed, _ = pair(name, "BertForMaskedLM", train=True, **overrides)
             steps = {"minibert": ours_step(ours, data, args.batch_size, dtype),
                      "transformers": hf_step(ref, examples, collator, args.batch_size, dtype),
                      "transformers packed": hf_step(ref_packed, packed_examples, collator, args.batch_size, dtype)}
-            tokens = {k: [] for k in steps}
+            work = {k: [] for k in steps}
 
-            times = interleaved({k: counted(step, tokens[k]) for k, step in steps.items()}, reps)
+            times = interleaved({k: counted(step, work[k]) for k, step in steps.items()}, reps)
             for k in steps:
-                n = tokens[k][-1]  # every row's batches hold about the same number of tokens; use the timed ones
-                rate = sum(tokens[k][-reps:]) / sum(times[k])
-                row = {"model": name, "dtype": dtype, "library": k, "ms/step": 1000 * median(times[k]),
-                       "tokens/step": n, "tokens/s": rate}
+                timed = work[k][-reps:]  # every row's batches hold about the same number of tokens
+                rate = sum(n for n, _ in timed) / sum(times[k])
+                gflops = sum(f for _, f in timed) / sum(times[k]) / 1e9
+                row = {"model": name, "dtype": dtype, "max length": args.max_length, "library": k,
+                       "ms/step": 1000 * median(times[k]), "tokens/step": timed[-1][0], "tokens/s": rate,
+                       "useful GFLOP/s": gflops, "of peak": gflops / peaks[dtype][0]}
                 rows.append(row)
-                print(f"{name} {dtype} {k}: {row['ms/step']:.0f} ms/step, {rate:.0f} tokens/s", flush=True)
+                print(f"{name} {dtype} {k}: {row['ms/step']:.0f} ms/step, {rate:.0f} tokens/s, "
+                      f"{row['of peak']:.0%} of the {dtype} matmul peak", flush=True)
             ours_rate, hf_rate = rows[-3]["tokens/s"], rows[-2]["tokens/s"]
             print(f"{name} {dtype}: minibert / transformers = {ours_rate / hf_rate:.2f}x", flush=True)
             for r in rows[-3:]:
                 r["vs transformers"] = r["tokens/s"] / hf_rate
-    print(table(rows, ["model", "dtype", "library", "ms/step", "tokens/step", "tokens/s", "vs transformers"]))
-    print(f"results in {write_json('pretrain', {'rows': rows, 'args': vars(args)})}")
+    print(table(rows, ["model", "dtype", "max length", "library", "ms/step", "tokens/step", "tokens/s",
+                       "vs transformers", "useful GFLOP/s", "of peak"]))
+    peak_info = {d: {"gflops": g, "at": at} for d, (g, at) in peaks.items()}
+    print(f"results in {write_json('pretrain', {'rows': rows, 'args': vars(args), 'matmul_peak': peak_info})}")
 
 
 if __name__ == "__main__":
