@@ -83,13 +83,14 @@ def batched_app(model_dir: str, opts, backend: str):
     class OtherEngine(Engine):
         def __init__(self) -> None:
             super().__init__(model_dir, opts.max_length, opts.precision)
-            hf = transformers.BertForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa")
+            hf = transformers.BertForSequenceClassification.from_pretrained(model_dir,
+                                                                            attn_implementation="sdpa").eval()
             if backend == "ort-batched":
                 from onnx_engine import OrtClassifier
 
                 self.logits = OrtClassifier(hf, opts.threads).logits
             else:
-                self.logits = lambda batch: hf.eval()(**batch).logits.float()
+                self.logits = lambda batch: hf(**batch).logits.float()
 
         @torch.inference_mode()
         def forward(self, kind: str, rows: list) -> list:
