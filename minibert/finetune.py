@@ -69,6 +69,8 @@ class Options(RunFlags):
     label_column: str | None = option(None, "label column (default: detected among label, labels, sentiment, ...)")
     validation_split: float = option(0.1, "fraction of the training rows held out for validation when there is "
                                           "no validation data", at_least=0.0, at_most=0.9)
+    split_seed: int | None = option(None, "seed that picks the rows --validation-split holds out (default: --seed; "
+                                          "fix it to compare seeds on one validation set)")
     quoted_tsv: bool = option(False, "process quotes in TSV files (off by default: SST-2-style texts contain bare "
                                      "quotes)")
     problem_type: str = option("auto", "auto (from the labels: ints/strings, lists, floats), or force one",
@@ -135,10 +137,11 @@ def load_splits(opts: Options, main: bool) -> tuple[Examples, Examples | None, E
     if opts.max_train_samples:
         train = train.select(range(min(opts.max_train_samples, len(train))))
     if val is None and opts.validation_split > 0:
-        train, val = split_off(train, opts.validation_split, opts.seed)
+        split_seed = opts.seed if opts.split_seed is None else opts.split_seed
+        train, val = split_off(train, opts.validation_split, split_seed)
         if main:
             print(f"validation: {len(val)} rows held out of the training data (--validation-split "
-                  f"{opts.validation_split}).", file=sys.stderr)
+                  f"{opts.validation_split}, chosen by seed {split_seed}).", file=sys.stderr)
     if opts.max_eval_samples:
         val = val.select(range(min(opts.max_eval_samples, len(val)))) if val else None
         test = test.select(range(min(opts.max_eval_samples, len(test)))) if test else None

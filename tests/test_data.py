@@ -227,6 +227,21 @@ def test_split_off_is_seeded_and_disjoint(tmp_path: Path) -> None:
     assert split_off(examples, 0.25, seed=3)[1].sources == val.sources
 
 
+def test_split_seed_fixes_the_validation_rows_across_training_seeds(tmp_path: Path) -> None:
+    """--split-seed: runs with different --seed hold out the same rows (by default the split follows --seed)."""
+    from minibert.finetune import Options, load_splits
+
+    path = write(tmp_path / "d.csv", "text,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(40)))
+
+    def held_out(**flags: int) -> list[str]:
+        val = load_splits(Options(train_file=str(path), validation_split=0.25, **flags), main=False)[1]
+        return val.texts
+
+    assert held_out(seed=1, split_seed=7) == held_out(seed=2, split_seed=7) == held_out(seed=7)
+    assert held_out(seed=1) != held_out(seed=2)
+    assert len(held_out(seed=1, split_seed=7)) == 10
+
+
 def test_hub_class_label_names_replace_ids(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
