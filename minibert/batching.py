@@ -3,9 +3,12 @@
 Two entry points share the same rule (a batch holds at most `max_batch_tokens` real tokens, at least one text):
 - `run_offline(rows, forward, max_batch_tokens)`: a whole data set, longest first (least padding), results in
   input order; for batch jobs such as `predict` or `embed`.
-- `Batcher`: a server's queue. One worker thread owns the model and calls `forward`; the HTTP side only calls
-  `submit` and waits on the ticket's future. The worker takes the oldest waiting text, then more of the same kind
-  until the budget is full or the oldest has waited `max_wait_ms`, runs one forward, and scatters the results.
+- `Batcher`: a server's queue. Worker threads (one by default) call `forward`; the HTTP side only calls `submit`
+  and waits on the ticket's future. A worker takes the oldest waiting text, then more of the same kind until the
+  budget is full or the oldest has waited `max_wait_ms`, runs one forward, and scatters the results. With several
+  workers, each runs its own batch while the others fill theirs: torch releases the GIL inside its operators, so on
+  a CPU two single-threaded workers use two cores on two batches, where one worker with two threads splits every
+  operator of one batch in two (and loses more to synchronisation on the small matrices of a small model).
 """
 
 from __future__ import annotations
@@ -128,32 +131,38 @@ class BatchStats:
 
 
 class Batcher:
-    """The worker thread and its queue. `forward(kind, rows)` runs in the worker only and returns one result per row.
+    """The worker threads and their queue. `forward(kind, rows)` runs in the workers only and returns one result per
+    row; with `workers` > 1 it is called from several threads at once (a model in inference mode allows that).
 
-    `threads`: torch threads for the worker (0: torch's default).
+    `threads`: torch threads for each worker (0: torch's default).
     `order`: "arrival" fills a batch in arrival order; "longest" takes the oldest text, then the longest waiting
     ones (batches of similar lengths, less padding; the oldest-first rule keeps short texts from starving).
     """
 
     def __init__(self, forward: Callable[[str, list[Row]], Sequence[Any]], max_batch_tokens: int = 8192,
                  max_wait_ms: float = 5.0, max_queue: int = 4096, order: str = "arrival",
-                 on_batch: Callable[[BatchStats], None] | None = None, threads: int = 0) -> None:
+                 on_batch: Callable[[BatchStats], None] | None = None, threads: int = 0, workers: int = 1) -> None:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}")
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         self.forward, self.on_batch, self.order, self.threads = forward, on_batch, order, threads
         self.max_batch_tokens, self.max_wait, self.max_queue = max_batch_tokens, max_wait_ms / 1000, max_queue
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._thread = threading.Thread(target=self._work, name="minibert-batcher", daemon=True)
-        self._thread.start()
+        self._scatter = threading.Lock()  # a request's texts may finish in two workers' batches at once
+        self._threads = [threading.Thread(target=self._work, name=f"minibert-batcher-{i}", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     def depth(self) -> int:
         """Texts waiting (not yet in a forward)."""
         return len(self._queue)
 
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._closing
+        return all(t.is_alive() for t in self._threads) and not self._closing
 
     def submit(self, kind: str, rows: Sequence[Row]) -> Ticket:
         ticket = Ticket(len(rows))
@@ -185,7 +194,9 @@ class Batcher:
                     _settle(job.ticket.future, exception=Closed("the server stopped before this request ran"))
                 self._queue.clear()
             self._cond.notify_all()
-        self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # --- the worker ----------------------------------------------------------------------------------------------
 
@@ -241,12 +252,13 @@ class Batcher:
                 _settle(job.ticket.future, exception=e)
             return
         model_seconds = time.monotonic() - start
-        for job, result in zip(batch, results):
-            ticket = job.ticket
-            ticket.results[job.index] = result
-            ticket.remaining -= 1
-            if ticket.remaining == 0:
-                _settle(ticket.future, ticket.results)
+        with self._scatter:
+            for job, result in zip(batch, results):
+                ticket = job.ticket
+                ticket.results[job.index] = result
+                ticket.remaining -= 1
+                if ticket.remaining == 0:
+                    _settle(ticket.future, ticket.results)
         if self.on_batch is not None:
             self.on_batch(BatchStats(batch[0].kind, len(batch), sum(len(j.row) for j in batch),
                                      max(len(j.row) for j in batch), [start - j.arrived for j in batch],

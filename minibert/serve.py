@@ -4,7 +4,7 @@
     curl -s localhost:8000/predict -d '{"inputs": ["a fine film", "a dull one"]}'
 
 Routes: POST /predict, POST /embed, GET /health, /info, /metrics (Prometheus), / (a page to try it), /docs.
-The HTTP side parses and checks requests and queues their texts; one worker thread owns the model and runs the
+The HTTP side parses and checks requests and queues their texts; a worker thread (--workers of them) runs the
 queued texts of many requests as one forward (`minibert.batching`). Needs the `serve` extra (fastapi, uvicorn,
 prometheus-client). SIGTERM or Ctrl-C stops accepting, finishes the accepted requests and exits 0; a second
 signal exits at once.
@@ -65,7 +65,10 @@ class Options:
     precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the CPU computes it natively)",
                             choices=PRECISIONS)
     attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
-    threads: int = option(0, "torch threads for the model (0: torch's default)", at_least=0)
+    threads: int = option(0, "torch threads for each model worker (0: torch's default, divided among the workers)",
+                          at_least=0)
+    workers: int = option(1, "model worker threads, each running its own batch (on a CPU, keep workers x threads "
+                             "at most the number of cores)", at_least=1)
     shutdown_timeout: float = option(30.0, "seconds to finish accepted requests after SIGTERM before closing their "
                                            "connections", at_least=0)
     debug: bool = option(False, "show the full traceback of startup errors")
@@ -73,6 +76,11 @@ class Options:
 
 def parse_args(argv: list[str] | None = None) -> Options:
     return Options(**vars(options_parser(Options, "python -m minibert.serve", __doc__).parse_args(argv)))
+
+
+def worker_threads(opts: Options) -> int:
+    """torch threads per model worker: --threads, or torch's default (the cores) shared out among the workers."""
+    return opts.threads or max(1, torch.get_num_threads() // opts.workers)
 
 
 def require_serve_extra() -> None:
@@ -183,7 +191,7 @@ def create_app(engine: Engine, opts: Options) -> Any:
 
     metrics = Metrics()
     batcher = Batcher(engine.forward, opts.max_batch_tokens, opts.max_wait_ms, opts.max_queue, opts.batch_order,
-                      on_batch=metrics.on_batch, threads=opts.threads)
+                      on_batch=metrics.on_batch, threads=worker_threads(opts), workers=opts.workers)
     metrics.track_queue(batcher.depth)
 
     class PredictRequest(BaseModel):
@@ -293,7 +301,7 @@ def create_app(engine: Engine, opts: Options) -> Any:
         limits = {k: getattr(opts, k) for k in ("max_batch_tokens", "max_wait_ms", "max_queue", "max_inputs",
                                                  "max_body_bytes", "batch_order")}
         return {**engine.info(), **limits, "truncate": not opts.no_truncate,
-                "threads": opts.threads or torch.get_num_threads()}
+                "threads": worker_threads(opts), "workers": opts.workers}
 
     @app.get("/metrics", summary="Prometheus text format")
     async def prometheus() -> Response:
@@ -352,9 +360,9 @@ def serve(opts: Options) -> None:
     engine.warm_up()
     app = create_app(engine, opts)
     info = engine.info()
-    logger.info("serving %s: %s%s, max length %s, kernel %s, %s, %d thread(s), on http://%s:%d", engine.name,
-                info["task"], f" ({', '.join(info['labels'])})" if info["labels"] else "", info["max_length"],
-                info["kernel"], info["precision"], opts.threads or torch.get_num_threads(), opts.host,
+    logger.info("serving %s: %s%s, max length %s, kernel %s, %s, %d worker(s) of %d thread(s), on http://%s:%d",
+                engine.name, info["task"], f" ({', '.join(info['labels'])})" if info["labels"] else "",
+                info["max_length"], info["kernel"], info["precision"], opts.workers, worker_threads(opts), opts.host,
                 sock.getsockname()[1])
 
     class Server(uvicorn.Server):

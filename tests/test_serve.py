@@ -293,6 +293,7 @@ def test_health_info_metrics_page(tiny_classifier: Path) -> None:
         info = c.get("/info").json()
         assert info["task"] == "single_label_classification" and info["labels"] == list(LABELS.values())
         assert info["max_length"] == {"predict": 512, "embed": 512} and info["precision"] == "fp32"
+        assert info["workers"] == 1 and info["threads"] == torch.get_num_threads()
         for _ in range(3):
             c.post("/predict", json={"inputs": TEXTS})
         c.post("/predict", content=b"{")
@@ -349,8 +350,10 @@ def test_batcher_budget_wait_and_scatter() -> None:
     assert seen[0] == [3, 12, 5] and seen[1] == [9] and sorted(map(sorted, seen[2:])) == [[4], [30]]
 
 
-def test_batcher_concurrent_submitters_get_their_own_results() -> None:
-    batcher = Batcher(lambda kind, rows: [sum(r.input_ids) for r in rows], max_batch_tokens=64, max_wait_ms=2)
+@pytest.mark.parametrize("workers", [1, 3])
+def test_batcher_concurrent_submitters_get_their_own_results(workers: int) -> None:
+    batcher = Batcher(lambda kind, rows: [sum(r.input_ids) for r in rows], max_batch_tokens=64, max_wait_ms=2,
+                      workers=workers)
     errors: list[str] = []
 
     def client(k: int) -> None:
@@ -397,6 +400,26 @@ def test_batcher_queue_limit_cancel_errors_and_drain() -> None:
     late = batcher.submit("predict", rows_of(4))  # the worker survived the failed batch
     batcher.close(drain=True)
     assert late.future.result(0) == [4]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batcher_workers_run_batches_side_by_side(workers: int) -> None:
+    """Each forward waits for a second one to be running: only two workers get both batches through."""
+    both_running = threading.Barrier(2, timeout=2)
+
+    def forward(kind: str, rows: list[Row]) -> list[str]:
+        both_running.wait()
+        return [threading.current_thread().name] * len(rows)
+
+    batcher = Batcher(forward, max_wait_ms=0, workers=workers)
+    tickets = [batcher.submit("predict", rows_of(3)), batcher.submit("embed", rows_of(4))]
+    if workers == 1:
+        with pytest.raises(threading.BrokenBarrierError):
+            tickets[0].future.result(5)
+    else:
+        names = [t.future.result(5)[0] for t in tickets]
+        assert len(set(names)) == 2 and all(n.startswith("minibert-batcher-") for n in names)
+    batcher.close()
 
 
 def test_batcher_sets_torch_threads_in_its_worker() -> None:

@@ -81,14 +81,16 @@ def pool(classifier: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 @pytest.fixture(scope="module")
 def server(classifier: Path) -> Iterator[str]:
-    proc, url = start(classifier, "--max-wait-ms", "5", "--max-batch-tokens", "256")
+    proc, url = start(classifier, "--max-wait-ms", "5", "--max-batch-tokens", "256", "--workers", "2")
+    assert httpx.get(url + "/info", timeout=5).json()["workers"] == 2
     yield url
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 
 
 def test_concurrent_clients_get_their_own_answers(server: str, pool: dict[str, dict]) -> None:
-    """32 clients at once, each with texts of one label, another label than its neighbours: no cross-talk."""
+    """32 clients at once, each with texts of one label, another label than its neighbours: no cross-talk, with two
+    model workers running batches side by side."""
     by_label: dict[str, list[str]] = {}
     for text, expected in pool.items():
         by_label.setdefault(expected["label"], []).append(text)
