@@ -30,7 +30,8 @@ class Encoded:
     document, each window carries its document's label, and `document_labels` keeps one label per document for
     the metrics (the windows' logits are pooled per document first). Otherwise sequences are examples.
 
-    As training data for the loop (`train.TrainData`): length-grouped batches, padded to their longest sequence.
+    As training data for the loop (`train.TrainData`): length-grouped batches, padded to their longest sequence;
+    with `windows="one"`, each epoch trains on one window per document, drawn from (seed, epoch), instead of all.
     """
 
     input_ids: list[list[int]]
@@ -39,6 +40,7 @@ class Encoded:
     pad_token_id: int = 0
     doc_index: list[int] | None = None
     document_labels: torch.Tensor | None = None
+    windows: str = "all"
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -52,7 +54,12 @@ class Encoded:
         return len(self) if self.doc_index is None else (max(self.doc_index) + 1 if self.doc_index else 0)
 
     def epoch_batches(self, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> list[list[int]]:
-        return length_grouped_batches(self.lengths, batch_size, seed, epoch, rank, world_size)
+        if self.windows == "all" or self.doc_index is None:
+            return length_grouped_batches(self.lengths, batch_size, seed, epoch, rank, world_size)
+        picked = one_window_per_document(self.doc_index, seed, epoch)
+        lengths = self.lengths
+        batches = length_grouped_batches([lengths[i] for i in picked], batch_size, seed, epoch, rank, world_size)
+        return [[picked[j] for j in batch] for batch in batches]
 
     def collate(self, indices: Sequence[int], key: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
         return collate(self, indices)
@@ -65,10 +72,14 @@ class LongText:
     how: str = "truncate"  # truncate | head-tail | chunks
     head_tokens: int = SUN_ET_AL_HEAD
     stride: int = 128
+    windows: str = "all"  # chunks, training: all of a document's windows each epoch, or one drawn at random
 
 
-def check_long_text(how: str, head_tokens: int, stride: int, max_length: int) -> None:
+def check_long_text(how: str, head_tokens: int, stride: int, max_length: int, windows: str = "all") -> None:
     """The long-text flags against --max-length ([CLS] and [SEP] take two of its tokens), before any work."""
+    if windows != "all" and how != "chunks":
+        raise MinibertError(f"--windows {windows} chooses among a document's windows; it needs --long-text chunks "
+                            f"(not {how}).")
     room = max_length - 2
     if how == "head-tail" and head_tokens > room:
         raise MinibertError(f"--head-tokens {head_tokens} leaves no room within --max-length {max_length} ({room} "
@@ -104,7 +115,17 @@ def encode(tokenizer: Any, examples: Examples, max_length: int, labels: torch.Te
     if long_text.how != "chunks":
         return Encoded(input_ids, token_type_ids, labels, tokenizer.pad_token_id)
     windows = None if labels is None else labels[torch.tensor(doc_index, dtype=torch.long)]
-    return Encoded(input_ids, token_type_ids, windows, tokenizer.pad_token_id, doc_index, labels)
+    return Encoded(input_ids, token_type_ids, windows, tokenizer.pad_token_id, doc_index, labels, long_text.windows)
+
+
+def one_window_per_document(doc_index: Sequence[int], seed: int, epoch: int) -> list[int]:
+    """One sequence index per document (in document order), each drawn at random among the document's windows from
+    (seed, epoch) alone, so a resumed run draws the same ones."""
+    windows: dict[int, list[int]] = {}
+    for i, doc in enumerate(doc_index):
+        windows.setdefault(doc, []).append(i)
+    rng = random.Random(f"{seed}/{epoch}/windows")
+    return [rng.choice(windows[doc]) for doc in sorted(windows)]
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, rank: int = 0,

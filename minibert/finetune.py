@@ -86,6 +86,8 @@ class Options(RunFlags):
                               at_least=0)
     stride: int = option(128, "chunks: tokens each window shares with the previous one", at_least=0)
     pool: str = option("mean", "chunks: how a document's window logits are pooled", choices=("mean", "max"))
+    windows: str = option("all", "chunks: train on every window of every document each epoch (all), or on one "
+                                 "window per document, drawn at random each epoch (one)", choices=("all", "one"))
     seeds: list[int] | None = option(None, "comma-separated seeds: repeat the run for each and report mean ± std",
                                      parse=int_list)
     max_train_samples: int = option(0, "use only the first N training rows (0: all)", at_least=0)
@@ -155,7 +157,9 @@ def fingerprint(train: Examples, labels: Labels, opts: Options) -> dict[str, obj
         row = (train.texts[i], train.pairs[i] if train.pairs else None, train.labels[i])
         digest.update(repr(row).encode())
     return {"data": digest.hexdigest()[:16], "max_length": opts.max_length, "labels": labels.names,
-            "long_text": [opts.long_text, opts.head_tokens, opts.stride]}
+            # --windows one only: runs saved before the flag existed keep the fingerprint they were saved with
+            "long_text": [opts.long_text, opts.head_tokens, opts.stride] + ([opts.windows] if opts.windows != "all"
+                                                                            else [])}
 
 
 # --- one run -----------------------------------------------------------------------------------------------------
@@ -178,7 +182,7 @@ def check_paths(opts: Options) -> None:
         run_folder.check_writable_folder(Path(opts.output_dir), "--output-dir")
     if not opts.resume:
         local_folder_or_repo_id(opts.model, "config.json and the weights")  # a bad local path, before the data
-    check_long_text(opts.long_text, opts.head_tokens, opts.stride, opts.max_length)
+    check_long_text(opts.long_text, opts.head_tokens, opts.stride, opts.max_length, opts.windows)
     if opts.resume == "auto" and not opts.output_dir:
         raise MinibertError("--resume auto needs --output-dir, the run folder to look for checkpoints in.")
 
@@ -217,7 +221,7 @@ def finetune(opts: Options, d: Dist) -> Summary:
         logger.warning("--long-text chunks pools window logits per document; with %s labels it averages their "
                        "scores, which is rarely what you want.", labels.problem_type)
 
-    long_text = LongText(opts.long_text, opts.head_tokens, opts.stride)
+    long_text = LongText(opts.long_text, opts.head_tokens, opts.stride, opts.windows)
 
     def tokens(examples: Examples, y: torch.Tensor, what: str) -> Encoded:
         return encode(tokenizer, examples, opts.max_length, y, opts.num_workers, not opts.no_progress, what,
@@ -225,8 +229,9 @@ def finetune(opts: Options, d: Dist) -> Summary:
 
     train_data = tokens(train_ex, train_y, "tokenizing training data")
     if opts.long_text == "chunks" and d.main:
+        each = "all of them" if opts.windows == "all" else "one per document"
         print(f"--long-text chunks: {len(train_data)} windows of at most {opts.max_length} tokens (stride "
-              f"{opts.stride}) from {len(train_ex)} training rows.", file=sys.stderr)
+              f"{opts.stride}) from {len(train_ex)} training rows; each epoch trains on {each}.", file=sys.stderr)
     evaluate = None
     if val_ex:
         evaluate = partial(evaluate_classifier, data=tokens(val_ex, val_y, "tokenizing validation data"),

@@ -25,7 +25,7 @@ FINETUNE_BAD = {  # flag: bad values (each a usage error: exit 2, one line that 
     "--eval-every": ["-1"], "--save-every": ["-1"], "--keep-checkpoints": ["-1"], "--num-workers": ["0"],
     "--max-steps": ["-1"], "--seed": ["x"], "--precision": ["fp8"], "--attn-impl": ["flash"],
     "--problem-type": ["ranking"], "--long-text": ["middle"], "--head-tokens": ["-1"], "--stride": ["-1"],
-    "--pool": ["sum"],
+    "--pool": ["sum"], "--windows": ["some"], "--split-seed": ["x"],
 }
 PRETRAIN_BAD = {flag: values for flag, values in FINETUNE_BAD.items()
                 if "--" + flag[2:].replace("-", "_") in {"--" + f.name for f in fields(pretrain.Options)}}

@@ -58,6 +58,27 @@ def test_chunks_label_every_window_and_keep_one_label_per_document(setup) -> Non
     assert all(len(ids) <= 32 for ids in enc.input_ids)
 
 
+def test_one_window_per_document_each_epoch(setup) -> None:
+    """--windows one: every epoch's batches hold exactly one window of each document, drawn anew per epoch and the
+    same for the same (seed, epoch); --windows all batches every window."""
+    tok = BertTokenizer.from_pretrained(setup["model"])
+    texts = [t for t, _ in long_rows(12)]
+    labels = torch.tensor([i % 2 for i in range(12)])
+    enc = encode(tok, Examples(texts, None, None), 32, labels, long_text=LongText("chunks", stride=8, windows="one"))
+    assert len(enc) > 2 * 12  # the long documents have several windows to choose from
+    drawn = []
+    for epoch in range(4):
+        batches = enc.epoch_batches(batch_size=5, seed=3, epoch=epoch, rank=0, world_size=1)
+        picked = [i for b in batches for i in b]
+        assert sorted(enc.doc_index[i] for i in picked) == list(range(12)) and len(batches) == 3
+        assert batches == enc.epoch_batches(batch_size=5, seed=3, epoch=epoch, rank=0, world_size=1)
+        drawn.append(sorted(picked))
+    assert len({tuple(d) for d in drawn}) > 1  # other windows in other epochs
+    every = LongText("chunks", stride=8)
+    all_windows = encode(tok, Examples(texts, None, None), 32, labels, long_text=every)
+    assert sorted(i for b in all_windows.epoch_batches(5, 3, 0, 0, 1) for i in b) == list(range(len(enc)))
+
+
 def test_evaluation_scores_documents_from_pooled_window_logits(setup) -> None:
     """A model that scores each window by hand: document 0 is right only when its windows are pooled."""
     class Scripted(torch.nn.Module):
@@ -88,6 +109,7 @@ def test_finetune_and_predict_with_chunks(setup, tmp_path, capsys) -> None:
                           "--stride", "8", "--epochs", "1", "--batch-size", "8", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "--long-text chunks: " in err and "windows of at most 32 tokens (stride 8) from 24 training rows" in err
+    assert "each epoch trains on all of them" in err
     pred = tmp_path / "p.jsonl"
     assert predict.main(["--model", str(out), "--input", str(setup["dev"]), "--output", str(pred), "--max-length",
                          "32", "--long-text", "chunks", "--stride", "8", "--all-scores", "--precision", "fp32"]) == 0
@@ -102,6 +124,17 @@ def test_finetune_and_predict_with_chunks(setup, tmp_path, capsys) -> None:
     for doc, row in enumerate(rows):
         mean = logits[[i for i, d in enumerate(enc.doc_index) if d == doc]].mean(0).softmax(-1)
         assert row["scores"]["pos"] == pytest.approx(mean[model.config.label2id["pos"]].item(), abs=1e-5)
+
+
+def test_finetune_one_window_per_document_trains_one_batch_per_documents(setup, tmp_path, capsys) -> None:
+    """24 documents, batches of 8, one window each: 3 steps an epoch (all windows would take more)."""
+    out = tmp_path / "run"
+    assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--output-dir",
+                          str(out), "--max-length", "32", "--long-text", "chunks", "--stride", "8", "--windows",
+                          "one", "--epochs", "2", "--batch-size", "8", "--no-progress", "--validation-split",
+                          "0"]) == 0
+    err = capsys.readouterr().err
+    assert "each epoch trains on one per document" in err and "done: 6 steps" in err
 
 
 def test_predict_head_tail_reads_the_end(setup, tmp_path) -> None:
@@ -126,7 +159,9 @@ def test_predict_head_tail_reads_the_end(setup, tmp_path) -> None:
 
 @pytest.mark.parametrize(("extra", "says"), [
     (["--long-text", "head-tail", "--head-tokens", "40"], "--head-tokens 40 leaves no room within --max-length 32"),
-    (["--long-text", "chunks", "--stride", "30"], "--stride 30 must be smaller than the 30 tokens")])
+    (["--long-text", "chunks", "--stride", "30"], "--stride 30 must be smaller than the 30 tokens"),
+    (["--long-text", "head-tail", "--windows", "one"], "--windows one chooses among a document's windows; it needs "
+                                                      "--long-text chunks (not head-tail)")])
 def test_long_text_flags_are_checked_against_max_length(setup, tmp_path, capsys, extra, says) -> None:
     assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--output-dir",
                           str(tmp_path / "o"), "--max-length", "32", *extra]) == 1

@@ -26,7 +26,7 @@ from minibert.engine import Engine  # noqa: E402
 from minibert.heads import BertForSequenceClassification  # noqa: E402
 from minibert.pooling import SentenceEncoder  # noqa: E402
 from minibert.predict import main as predict_main  # noqa: E402
-from minibert.serve import Options, create_app  # noqa: E402
+from minibert.serve import Options, create_app, parse_args  # noqa: E402
 from minibert.tokenizer import BertTokenizer  # noqa: E402
 from tests.test_pooling import write_st_layout, write_tiny_encoder  # noqa: E402
 from tests.tiny import write_csv, write_tiny_model  # noqa: E402
@@ -427,3 +427,12 @@ def test_batcher_sets_torch_threads_in_its_worker() -> None:
         batcher = Batcher(lambda kind, rows: [torch.get_num_threads()] * len(rows), threads=threads)
         assert batcher.submit("predict", rows_of(1)).future.result(5) == [threads]
         batcher.close()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--workers", "0"), ("--threads", "-1"), ("--max-batch-tokens", "0")])
+def test_bad_serve_flags_are_one_line_exit_2(flag: str, value: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--model", "m", flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: argument {flag}: "), err
