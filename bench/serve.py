@@ -1,6 +1,7 @@
 """Load test of `python -m minibert.serve` against the server people write with transformers, on 127.0.0.1.
 
     python bench/serve.py --seconds 20 --clients 1,8,64 --threads 1
+    python bench/serve.py --seconds 20 --clients 1,8,64 --threads 1 --workers 2   # two model workers per server
     python bench/serve.py --soak 300          # 64 clients, 5 % malformed requests, answers checked, RSS watched
 
 Servers, each its own process with the same torch threads and precision (fp32 by default):
@@ -102,14 +103,14 @@ def batched_app(model_dir: str, opts, backend: str):
     return create_app(engine, opts)
 
 
-def run_server(name: str, model_dir: str, port: int, threads: int) -> None:
+def run_server(name: str, model_dir: str, port: int, threads: int, workers: int) -> None:
     import torch
     import uvicorn
 
     from minibert.serve import Options
 
     torch.set_num_threads(threads)
-    opts = Options(model=model_dir, port=port, threads=threads, precision="fp32")
+    opts = Options(model=model_dir, port=port, threads=threads, workers=workers, precision="fp32")
     app = hf_app(model_dir) if name == "hf" else batched_app(model_dir, opts, name)
     uvicorn.run(app, host=HOST, port=port, log_level="warning")
 
@@ -122,16 +123,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(name: str, model_dir: Path, threads: int, precision: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def start(name: str, model_dir: Path, threads: int, precision: str, extra: list[str],
+          workers: int = 1) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
     if name == "minibert":
         cmd = [sys.executable, "-m", "minibert.serve", "--model", str(model_dir), "--host", HOST, "--port", str(port),
-               "--threads", str(threads), "--precision", precision, *extra]
+               "--threads", str(threads), "--workers", str(workers), "--precision", precision, *extra]
     else:
         cmd = [sys.executable, __file__, "--serve", name, "--model", str(model_dir), "--port", str(port),
-               "--threads", str(threads)]
+               "--threads", str(threads), "--workers", str(workers)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://{HOST}:{port}"
@@ -274,13 +276,16 @@ def main() -> None:
     parser.add_argument("--data", default="sst2,imdb")
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each server (of each model worker)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="model workers of each batched server (minibert, hf-batched, ort-batched); the hf server "
+                             "runs its forwards in FastAPI's thread pool whatever this says")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
     parser.add_argument("--minibert-flags", default="", help="extra flags for minibert.serve, e.g. '--max-wait-ms 2'")
     parser.add_argument("--soak", type=float, default=0, help="run the soak for this many seconds instead")
     args = parser.parse_args()
     if args.serve:
-        run_server(args.serve, args.model, args.port, args.threads)
+        run_server(args.serve, args.model, args.port, args.threads, args.workers)
         return
     setup(args.threads)  # the record's "threads" are the servers' (this process only sends requests)
     with tempfile.TemporaryDirectory() as tmp:
@@ -293,7 +298,8 @@ def main() -> None:
         data = {"sst2": sst2("dev"), "imdb": imdb(500)}
         rows = []
         for name in args.servers.split(","):
-            proc, url = start(name, model_dir, args.threads, args.precision, args.minibert_flags.split())
+            proc, url = start(name, model_dir, args.threads, args.precision, args.minibert_flags.split(),
+                              args.workers)
             try:
                 for dataset in args.data.split(","):
                     asyncio.run(load(url, data[dataset], 4, 3))  # warm-up
@@ -312,7 +318,7 @@ def main() -> None:
                           for o in ("hf", "hf-batched", "ort-batched") if o in cell]
                 print(f"{dataset} {clients} clients: minibert throughput {', '.join(ratios)}; p99 "
                       f"{cell['minibert']['p99_ms']:.0f} ms vs hf {cell['hf']['p99_ms']:.0f} ms")
-    write_json("serve", {"rows": rows, "seconds": args.seconds})
+    write_json("serve", {"rows": rows, "seconds": args.seconds, "workers": args.workers})
 
 
 COLUMNS = ["server", "data", "clients", "texts_per_s", "p50_ms", "p95_ms", "p99_ms", "requests", "errors"]
