@@ -246,7 +246,7 @@ def soak(model_dir: Path, args: argparse.Namespace) -> dict:
         inp.write_text("".join(t + "\n" for t in texts))
         sys.stdin = open(inp)  # predict reads `-` from stdin
         assert predict_main(["--model", str(model_dir), "--input", "-", "--output", str(out), "--all-scores",
-                             "--precision", args.precision]) == 0
+                             "--long-text", "truncate", "--precision", args.precision]) == 0  # as the server does
         expected = dict(zip(texts, (json.loads(line) for line in out.read_text().splitlines())))
     proc, url = start("minibert", model_dir, args.threads, args.precision, [])
     asyncio.run(load(url, texts, 64, 10, seed=1, bad_fraction=0.05, expected=expected))  # settle, then measure

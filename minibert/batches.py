@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from minibert.batching import Row, collate_rows
 from minibert.data import Examples
-from minibert.errors import MinibertError
-from minibert.long_text import SUN_ET_AL_HEAD, encode_long
+from minibert.long_text import encode_long
+from minibert.long_text_options import LongText
 from minibert.tokenizer import MIN_TEXTS_PER_WORKER
 
 
@@ -63,30 +63,6 @@ class Encoded:
 
     def collate(self, indices: Sequence[int], key: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
         return collate(self, indices)
-
-
-@dataclass
-class LongText:
-    """How texts longer than max_length become sequences (`--long-text`, `--head-tokens`, `--stride`)."""
-
-    how: str = "truncate"  # truncate | head-tail | chunks
-    head_tokens: int = SUN_ET_AL_HEAD
-    stride: int = 128
-    windows: str = "all"  # chunks, training: all of a document's windows each epoch, or one drawn at random
-
-
-def check_long_text(how: str, head_tokens: int, stride: int, max_length: int, windows: str = "all") -> None:
-    """The long-text flags against --max-length ([CLS] and [SEP] take two of its tokens), before any work."""
-    if windows != "all" and how != "chunks":
-        raise MinibertError(f"--windows {windows} chooses among a document's windows; it needs --long-text chunks "
-                            f"(not {how}).")
-    room = max_length - 2
-    if how == "head-tail" and head_tokens > room:
-        raise MinibertError(f"--head-tokens {head_tokens} leaves no room within --max-length {max_length} ({room} "
-                            "tokens besides [CLS] and [SEP]); use fewer head tokens.")
-    if how == "chunks" and stride >= room:
-        raise MinibertError(f"--stride {stride} must be smaller than the {room} tokens a window of --max-length "
-                            f"{max_length} holds besides [CLS] and [SEP], or windows would not advance.")
 
 
 # Tokenising shows a progress bar from this many examples on (a few seconds of work).

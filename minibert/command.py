@@ -14,7 +14,7 @@ import gc
 import json
 import logging
 import sys
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -124,11 +124,13 @@ def save_options(run_dir: Path, opts: Any) -> None:
 
 
 def load_options(kind: type[Opts], opts: Opts, parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-                 may_change: Collection[str], schedule: Collection[str]) -> Opts:
+                 may_change: Collection[str], schedule: Collection[str],
+                 added_later: Mapping[str, Any] | None = None) -> Opts:
     """`--resume RUN`: the options RUN started with, then the flags given again with other values: a flag in
     `may_change` is applied with a warning; one in `schedule` (the optimizer and learning-rate schedule were built
     from it, so a new value would be half-applied) is refused with the reason; any other (data, batches) is refused
-    unless --allow-resume-mismatch, which applies it with a warning."""
+    unless --allow-resume-mismatch, which applies it with a warning. A flag in `added_later` that RUN's file lacks
+    (it predates the flag) takes the value given there, what such runs did, not today's default."""
     resume = Path(opts.resume)
     run_dir = resume.parent if (resume / run_folder.STATE_FILE).is_file() else resume
     stored_file = run_dir / run_folder.OPTIONS_FILE
@@ -139,8 +141,8 @@ def load_options(kind: type[Opts], opts: Opts, parser: argparse.ArgumentParser, 
     try:
         stored = json.loads(stored_file.read_text(encoding="utf-8"))
         known = {f.name for f in dataclasses.fields(kind)}
-        merged = kind(**{k: v for k, v in stored.items() if k in known})
-    except (ValueError, TypeError, OSError) as e:
+        merged = kind(**{**(added_later or {}), **{k: v for k, v in stored.items() if k in known}})
+    except (ValueError, TypeError, AttributeError, OSError) as e:
         raise MinibertError(f"{stored_file} cannot be read ({e}); pass every flag of the run again with --resume.") \
             from None
     changes = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from minibert import command, run_folder
-from minibert.batches import Encoded, LongText, check_long_text, encode
+from minibert.batches import Encoded, encode
 from minibert.cli import int_list, option, options_parser
 from minibert.command import (
     RunFlags,
@@ -44,7 +44,16 @@ from minibert.errors import MinibertError
 from minibert.heads import BertForSequenceClassification
 from minibert.hub import local_folder_or_repo_id
 from minibert.labels import PROBLEM_TYPES, Labels
-from minibert.long_text import LONG_TEXT_MODES, SUN_ET_AL_HEAD
+from minibert.long_text import SUN_ET_AL_HEAD
+from minibert.long_text_options import (
+    LONG_TEXT_CHOICES,
+    POOLS,
+    LongText,
+    auto_long_text,
+    check_long_text,
+    default_stride,
+    write_record,
+)
 from minibert.metrics import best_key, evaluate_classifier
 from minibert.plot import plot_metrics
 from minibert.tokenizer import BertTokenizer
@@ -75,19 +84,22 @@ class Options(RunFlags):
                                      "quotes)")
     problem_type: str = option("auto", "auto (from the labels: ints/strings, lists, floats), or force one",
                                choices=("auto", *PROBLEM_TYPES))
-    max_length: int = option(128, "tokens per example, specials included (longer texts are truncated; at most "
-                                  "the model's max_position_embeddings)", at_least=2)
-    long_text: str = option("truncate", "texts longer than --max-length: keep the first tokens (truncate), the first "
-                                        "--head-tokens and the last ones (head-tail), or cut them into windows "
-                                        "overlapping by --stride, each labelled with its document's label, whose "
-                                        "logits are pooled per document in evaluation (chunks)",
-                            choices=LONG_TEXT_MODES)
+    max_length: int = option(128, "tokens per sequence, specials included (at most the model's "
+                                  "max_position_embeddings); longer texts: see --long-text", at_least=2)
+    long_text: str = option("auto", "texts longer than --max-length: keep the first tokens (truncate), the first "
+                                    "--head-tokens and the last ones (head-tail), or cut them into windows "
+                                    "overlapping by --stride, each labelled with its document's label, whose "
+                                    "logits are pooled per document in evaluation (chunks); auto: chunks for single "
+                                    "texts with one label each (best on IMDB), truncate for pairs, regression and "
+                                    "multi-label", choices=LONG_TEXT_CHOICES)
     head_tokens: int = option(SUN_ET_AL_HEAD, "head-tail: tokens kept from the start (the rest from the end)",
                               at_least=0)
-    stride: int = option(128, "chunks: tokens each window shares with the previous one", at_least=0)
-    pool: str = option("mean", "chunks: how a document's window logits are pooled", choices=("mean", "max"))
-    windows: str = option("all", "chunks: train on every window of every document each epoch (all), or on one "
-                                 "window per document, drawn at random each epoch (one)", choices=("all", "one"))
+    stride: int | None = option(None, "chunks: tokens each window shares with the previous one (default: a quarter "
+                                      "of --max-length, 128 at 512)", at_least=0)
+    pool: str = option("mean", "chunks: how a document's window logits are pooled", choices=POOLS)
+    windows: str = option("one", "chunks: train on one window per document, drawn at random each epoch (one, best "
+                                 "on IMDB), or on every window of every document each epoch (all)",
+                          choices=("one", "all"))
     seeds: list[int] | None = option(None, "comma-separated seeds: repeat the run for each and report mean ± std",
                                      parse=int_list)
     max_train_samples: int = option(0, "use only the first N training rows (0: all)", at_least=0)
@@ -98,6 +110,8 @@ class Options(RunFlags):
 # --max-steps would make the learning rate jump). Any other flag (data, batches) needs --allow-resume-mismatch.
 RESUME_MAY_CHANGE = {*command.RESUME_MAY_CHANGE, "test_file"}
 RESUME_SCHEDULE = {*command.RESUME_SCHEDULE, "model", "seeds"}
+# Flags newer than some run folders' run_options.json, with the values those runs used.
+ADDED_LATER = {"long_text": "truncate", "stride": 128, "windows": "all"}
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -105,7 +119,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser = options_parser(Options, "python -m minibert.finetune", __doc__)
     opts = Options(**vars(parser.parse_args(argv)))
     if opts.resume and opts.resume != "auto":
-        opts = load_options(Options, opts, parser, argv, RESUME_MAY_CHANGE, RESUME_SCHEDULE)
+        opts = load_options(Options, opts, parser, argv, RESUME_MAY_CHANGE, RESUME_SCHEDULE, ADDED_LATER)
     return opts
 
 
@@ -156,10 +170,11 @@ def fingerprint(train: Examples, labels: Labels, opts: Options) -> dict[str, obj
     for i in range(len(train)):
         row = (train.texts[i], train.pairs[i] if train.pairs else None, train.labels[i])
         digest.update(repr(row).encode())
+    long_text: list[object] = [opts.long_text, opts.head_tokens, opts.stride]
+    if opts.long_text == "chunks" and opts.windows != "all":  # runs saved before --windows keep their fingerprint
+        long_text.append(opts.windows)
     return {"data": digest.hexdigest()[:16], "max_length": opts.max_length, "labels": labels.names,
-            # --windows one only: runs saved before the flag existed keep the fingerprint they were saved with
-            "long_text": [opts.long_text, opts.head_tokens, opts.stride] + ([opts.windows] if opts.windows != "all"
-                                                                            else [])}
+            "long_text": long_text}
 
 
 # --- one run -----------------------------------------------------------------------------------------------------
@@ -182,7 +197,9 @@ def check_paths(opts: Options) -> None:
         run_folder.check_writable_folder(Path(opts.output_dir), "--output-dir")
     if not opts.resume:
         local_folder_or_repo_id(opts.model, "config.json and the weights")  # a bad local path, before the data
-    check_long_text(opts.long_text, opts.head_tokens, opts.stride, opts.max_length, opts.windows)
+    stride = default_stride(opts.max_length) if opts.stride is None else opts.stride
+    check_long_text("chunks" if opts.long_text == "auto" else opts.long_text, opts.head_tokens, stride,
+                    opts.max_length)
     if opts.resume == "auto" and not opts.output_dir:
         raise MinibertError("--resume auto needs --output-dir, the run folder to look for checkpoints in.")
 
@@ -220,7 +237,10 @@ def finetune(opts: Options, d: Dist) -> Summary:
     if opts.long_text == "chunks" and labels.problem_type != "single_label_classification" and d.main:
         logger.warning("--long-text chunks pools window logits per document; with %s labels it averages their "
                        "scores, which is rarely what you want.", labels.problem_type)
-
+    opts = replace(opts, stride=default_stride(opts.max_length) if opts.stride is None else opts.stride,
+                   long_text=auto_long_text(train_ex.pairs is not None, labels.problem_type)
+                   if opts.long_text == "auto" else opts.long_text)
+    check_long_text(opts.long_text, opts.head_tokens, opts.stride, opts.max_length)
     long_text = LongText(opts.long_text, opts.head_tokens, opts.stride, opts.windows)
 
     def tokens(examples: Examples, y: torch.Tensor, what: str) -> Encoded:
@@ -232,6 +252,10 @@ def finetune(opts: Options, d: Dist) -> Summary:
         each = "all of them" if opts.windows == "all" else "one per document"
         print(f"--long-text chunks: {len(train_data)} windows of at most {opts.max_length} tokens (stride "
               f"{opts.stride}) from {len(train_ex)} training rows; each epoch trains on {each}.", file=sys.stderr)
+    elif d.main:
+        print(f"--long-text {opts.long_text}: texts longer than {opts.max_length} tokens are cut to that length"
+              + (f" (their first {opts.head_tokens} tokens and their end)." if opts.long_text == "head-tail" else "."),
+              file=sys.stderr)
     evaluate = None
     if val_ex:
         evaluate = partial(evaluate_classifier, data=tokens(val_ex, val_y, "tokenizing validation data"),
@@ -240,6 +264,7 @@ def finetune(opts: Options, d: Dist) -> Summary:
     def save_model(folder: Path) -> None:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        write_record(folder, long_text, opts.max_length, opts.pool)  # predict reads long texts the same way
 
     metric, sign = best_key(labels.problem_type)
     train_opts = train_options(opts, output_dir=run_dir, resume=resume, best_metric=metric,

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from minibert import run_folder
 from minibert.attention import ATTN_IMPLS
-from minibert.batches import Encoded, LongText, check_long_text, collate, encode
+from minibert.batches import Encoded, collate, encode
 from minibert.batching import plan_batches
 from minibert.checkpoint_files import read_shapes, resolve_checkpoint
 from minibert.cli import option, options_parser
@@ -29,7 +29,16 @@ from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
 from minibert.heads import BertForSequenceClassification
 from minibert.labels import Labels
-from minibert.long_text import LONG_TEXT_MODES, SUN_ET_AL_HEAD, pool_windows
+from minibert.long_text import SUN_ET_AL_HEAD, pool_windows
+from minibert.long_text_options import (
+    LONG_TEXT_CHOICES,
+    POOLS,
+    LongText,
+    auto_long_text,
+    check_long_text,
+    default_stride,
+    read_record,
+)
 from minibert.metrics import compute_metrics
 from minibert.tokenizer import BertTokenizer
 
@@ -45,20 +54,25 @@ class Options:
     label_column: str | None = option(None, "gold label column: if present, unknown labels are listed and accuracy "
                                             "printed")
     output: str | None = option(None, "write the JSON lines here (default: stdout); written whole at the end")
-    long_text: str = option("truncate", "texts longer than --max-length: keep the first tokens (truncate), the first "
-                                        "--head-tokens and the last ones (head-tail), or score every window of "
-                                        "--max-length tokens overlapping by --stride and pool them (chunks); use "
-                                        "what the model was fine-tuned with", choices=LONG_TEXT_MODES)
-    head_tokens: int = option(SUN_ET_AL_HEAD, "head-tail: tokens kept from the start (the rest from the end)",
-                              at_least=0)
-    stride: int = option(128, "chunks: tokens each window shares with the previous one", at_least=0)
-    pool: str = option("mean", "chunks: how a document's window logits are pooled", choices=("mean", "max"))
+    long_text: str = option("auto", "texts longer than --max-length: keep the first tokens (truncate), the first "
+                                    "--head-tokens and the last ones (head-tail), or score every window of "
+                                    "--max-length tokens overlapping by --stride and pool them (chunks); auto: what "
+                                    "the model was fine-tuned with (its long_text.json), else chunks for a "
+                                    "single-label classifier on single texts and truncate otherwise",
+                            choices=LONG_TEXT_CHOICES)
+    head_tokens: int | None = option(None, "head-tail: tokens kept from the start, the rest from the end (default: "
+                                           "the model's fine-tuning value, else 128)", at_least=0)
+    stride: int | None = option(None, "chunks: tokens each window shares with the previous one (default: the "
+                                      "model's fine-tuning value at the same --max-length, else a quarter of it)",
+                                at_least=0)
+    pool: str | None = option(None, "chunks: how a document's window logits are pooled (default: the model's "
+                                    "fine-tuning value, else mean)", choices=POOLS)
     batch_size: int = option(64, "at most this many sequences per forward pass", at_least=1)
     max_batch_tokens: int = option(16384, "at most this many real tokens per forward pass (a longer text alone may "
                                           "exceed it); batches are formed longest first, as the server forms them",
                                    at_least=1)
-    max_length: int = option(512, "tokens per example, specials included (longer texts are truncated; at most the "
-                                  "model's max_position_embeddings)", at_least=2)
+    max_length: int = option(512, "tokens per sequence, specials included (at most the model's "
+                                  "max_position_embeddings); longer texts: see --long-text", at_least=2)
     all_scores: bool = option(False, "also output the probability of every label")
     quoted_tsv: bool = option(False, "process quotes in TSV files")
     attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
@@ -139,6 +153,27 @@ def check_has_classifier(folder: Path) -> None:
                             "python -m minibert.embed for sentence embeddings.")
 
 
+def long_text_for(opts: Options, folder: Path, max_length: int, examples: Examples, problem_type: str
+                  ) -> tuple[LongText, str]:
+    """How this prediction reads long texts, and how its windows are pooled: the flags given, else what the model
+    folder records of its fine-tuning, else `--long-text auto`'s rule and the defaults."""
+    record = read_record(folder) or {}
+    how = opts.long_text
+    if how == "auto":
+        how = record.get("how") or auto_long_text(examples.pairs is not None, problem_type)
+    head = opts.head_tokens if opts.head_tokens is not None else record.get("head_tokens", SUN_ET_AL_HEAD)
+    stride = opts.stride if opts.stride is not None else (
+        record["stride"] if record.get("max_length") == max_length else default_stride(max_length))
+    pool = opts.pool or record.get("pool", "mean")
+    check_long_text(how, head, stride, max_length)
+    if opts.long_text == "auto":
+        source = "as the model was fine-tuned" if record else "no long_text.json in the model folder"
+        what = {"truncate": f"first {max_length} tokens", "head-tail": f"first {head} tokens and the end",
+                "chunks": f"windows of {max_length} tokens, stride {stride}, {pool}-pooled"}[how]
+        print(f"--long-text auto: {how} ({what}; {source}).", file=sys.stderr)
+    return LongText(how, head, stride), pool
+
+
 def predict(opts: Options) -> list[dict[str, Any]]:
     check_paths(opts)
     device = choose_device(opts.device)
@@ -155,9 +190,8 @@ def predict(opts: Options) -> list[dict[str, Any]]:
         print(f"--max-length {opts.max_length} is more than the model's {limit} positions; using {limit}.",
               file=sys.stderr)
     max_length = min(opts.max_length, limit)
-    check_long_text(opts.long_text, opts.head_tokens, opts.stride, max_length)
-    data: Encoded = encode(tokenizer, examples, max_length, progress=not opts.no_progress,
-                           long_text=LongText(opts.long_text, opts.head_tokens, opts.stride))
+    long_text, pool = long_text_for(opts, folder, max_length, examples, labels.problem_type)
+    data: Encoded = encode(tokenizer, examples, max_length, progress=not opts.no_progress, long_text=long_text)
     logits = torch.empty(len(data), model.config.num_labels)
     batches = plan_batches(data.lengths, opts.max_batch_tokens, opts.batch_size)
     show = not opts.no_progress and len(batches) > 1
@@ -167,7 +201,7 @@ def predict(opts: Options) -> list[dict[str, Any]]:
             batch = {k: v.to(device) for k, v in collate(data, indices).items()}
             logits[indices] = model(**batch).logits.float().cpu()
     if data.doc_index is not None:  # windows of long texts: one answer per input row
-        logits = pool_windows(logits, data.doc_index, len(examples), opts.pool)
+        logits = pool_windows(logits, data.doc_index, len(examples), pool)
     if examples.labels is not None:  # gold labels given: score them, listing any the model never saw
         try:
             gold = labels.encode(examples, "prediction")

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import minibert
 from minibert import MinibertError
+from minibert.long_text_options import RECORD_FILE, LongText, read_record, write_record
 from tests.tiny import write_tiny_model
 
 SECONDS_PER_LOAD = 20  # far above a normal load; a loader stuck in a loop fails the test instead of hanging it
@@ -128,3 +129,16 @@ def test_corrupt_minilm_checkpoint_is_refused_in_one_sentence(minilm_dir, tmp_pa
     mutate = data.draw(corruption((minilm_dir / name).stat().st_size))
     folder = mutated_copy(minilm_dir, tmp_path / "mutated", name, mutate)
     assert_loads_or_refuses_in_one_sentence(folder)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_corrupt_long_text_record_is_refused_in_one_sentence(tmp_path, data):
+    """long_text.json (how finetune trained on long texts, read by predict's --long-text auto): mutated, it reads
+    as a valid record or is refused in one sentence."""
+    source = tmp_path / "source"
+    source.mkdir(exist_ok=True)
+    write_record(source, LongText("chunks", 128, 128, "one"), 512, "mean")
+    mutate = data.draw(corruption((source / RECORD_FILE).stat().st_size))
+    folder = mutated_copy(source, tmp_path / "mutated", RECORD_FILE, mutate)
+    assert_loads_or_refuses_in_one_sentence(folder, read_record)

@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from minibert import finetune, predict
-from minibert.batches import LongText, encode
+from minibert.batches import encode
 from minibert.data import Examples
 from minibert.devices import Dist
 from minibert.heads import BertForSequenceClassification
 from minibert.long_text import head_tail_inputs
+from minibert.long_text_options import LongText
 from minibert.metrics import evaluate_classifier
 from minibert.tokenizer import BertTokenizer
-from tests.tiny import NEGATIVE, POSITIVE, write_csv, write_tiny_model
+from tests.tiny import NEGATIVE, POSITIVE, sentiment_rows, write_csv, write_tiny_model
 
 
 def long_rows(n: int) -> list[tuple[str, str]]:
@@ -106,7 +107,8 @@ def test_finetune_and_predict_with_chunks(setup, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--validation-file",
                           str(setup["dev"]), "--output-dir", str(out), "--max-length", "32", "--long-text", "chunks",
-                          "--stride", "8", "--epochs", "1", "--batch-size", "8", "--no-progress"]) == 0
+                          "--stride", "8", "--windows", "all", "--epochs", "1", "--batch-size", "8",
+                          "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "--long-text chunks: " in err and "windows of at most 32 tokens (stride 8) from 24 training rows" in err
     assert "each epoch trains on all of them" in err
@@ -137,15 +139,24 @@ def test_finetune_one_window_per_document_trains_one_batch_per_documents(setup, 
     assert "each epoch trains on one per document" in err and "done: 6 steps" in err
 
 
-def test_predict_head_tail_reads_the_end(setup, tmp_path) -> None:
+@pytest.mark.parametrize("flags", [["--long-text", "head-tail", "--head-tokens", "6"], []],
+                         ids=["flags", "as-fine-tuned"])
+def test_predict_head_tail_reads_the_end(setup, tmp_path, capsys, flags) -> None:
+    """With the flags, or without them: the model folder records head-tail with 6 head tokens, and predict's
+    --long-text auto reads it back."""
     out = tmp_path / "run"
     assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--output-dir",
                           str(out), "--max-length", "24", "--long-text", "head-tail", "--head-tokens", "6",
                           "--max-steps", "2", "--no-progress"]) == 0
+    assert json.loads((out / "best" / "long_text.json").read_text()) == {
+        "max_length": 24, "how": "head-tail", "head_tokens": 6, "stride": 6, "windows": "one", "pool": "mean"}
+    capsys.readouterr()
     pred = tmp_path / "p.jsonl"
     assert predict.main(["--model", str(out), "--input", str(setup["dev"]), "--output", str(pred), "--max-length",
-                         "24", "--long-text", "head-tail", "--head-tokens", "6", "--all-scores", "--precision",
-                         "fp32"]) == 0
+                         "24", *flags, "--all-scores", "--precision", "fp32"]) == 0
+    if not flags:
+        assert ("--long-text auto: head-tail (first 6 tokens and the end; as the model was fine-tuned)."
+                in capsys.readouterr().err)
     rows = [json.loads(line) for line in pred.read_text().splitlines()]
     model = BertForSequenceClassification.from_pretrained(out / "best")
     tok = BertTokenizer.from_pretrained(out / "best")
@@ -157,12 +168,81 @@ def test_predict_head_tail_reads_the_end(setup, tmp_path) -> None:
             assert row["scores"]["neg"] == pytest.approx(probs[model.config.label2id["neg"]].item(), abs=1e-5)
 
 
+def test_default_trains_single_texts_on_one_window_per_document(setup, tmp_path, capsys) -> None:
+    """--long-text auto on single-label single texts: chunks with a quarter of --max-length as stride and one window
+    per document per epoch (24 documents, batches of 8: 3 steps); the run folder and the model say so."""
+    out = tmp_path / "run"
+    assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--output-dir",
+                          str(out), "--max-length", "32", "--epochs", "1", "--batch-size", "8", "--no-progress",
+                          "--validation-split", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "--long-text chunks: " in err and "windows of at most 32 tokens (stride 8) from 24 training rows; each " \
+        "epoch trains on one per document." in err and "done: 3 steps" in err
+    options = json.loads((out / "run_options.json").read_text())
+    assert (options["long_text"], options["stride"], options["windows"]) == ("chunks", 8, "one")
+    assert json.loads((out / "best" / "long_text.json").read_text())["how"] == "chunks"
+
+
+def test_default_is_plain_truncation_for_pairs_and_regression(setup, tmp_path, capsys) -> None:
+    """--long-text auto keeps truncation where chunks was not measured or cannot work: pairs and regression."""
+    pairs = write_csv(tmp_path / "pairs.csv", [(t, "a second text", y) for t, y in long_rows(16)],
+                      header=("sentence1", "sentence2", "label"))
+    scores = write_csv(tmp_path / "scores.csv", [(t, i / 16) for i, (t, _) in enumerate(long_rows(16))])
+    for data in (pairs, scores):
+        out = tmp_path / data.stem
+        assert finetune.main(["--model", str(setup["model"]), "--train-file", str(data), "--output-dir", str(out),
+                              "--max-length", "32", "--max-steps", "1", "--no-progress"]) == 0
+        assert "--long-text truncate: texts longer than 32 tokens are cut to that length." in capsys.readouterr().err
+        assert json.loads((out / "best" / "long_text.json").read_text())["how"] == "truncate"
+
+
+def test_default_changes_nothing_on_texts_that_fit(setup, tmp_path) -> None:
+    """Texts within --max-length are one window each: the default (chunks, one window) trains exactly the weights
+    truncation trains, batch for batch."""
+    train = write_csv(tmp_path / "short.csv", sentiment_rows(48))
+    weights = []
+    for flags in ([], ["--long-text", "truncate"]):
+        out = tmp_path / ("default" if not flags else "truncate")
+        assert finetune.main(["--model", str(setup["model"]), "--train-file", str(train), "--output-dir", str(out),
+                              "--max-length", "64", "--epochs", "2", "--batch-size", "8", "--no-progress",
+                              *flags]) == 0
+        weights.append(BertForSequenceClassification.from_pretrained(out / "best").state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 @pytest.mark.parametrize(("extra", "says"), [
     (["--long-text", "head-tail", "--head-tokens", "40"], "--head-tokens 40 leaves no room within --max-length 32"),
     (["--long-text", "chunks", "--stride", "30"], "--stride 30 must be smaller than the 30 tokens"),
-    (["--long-text", "head-tail", "--windows", "one"], "--windows one chooses among a document's windows; it needs "
-                                                      "--long-text chunks (not head-tail)")])
+    (["--stride", "30"], "--stride 30 must be smaller than the 30 tokens")])  # auto may pick chunks
 def test_long_text_flags_are_checked_against_max_length(setup, tmp_path, capsys, extra, says) -> None:
     assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--output-dir",
                           str(tmp_path / "o"), "--max-length", "32", *extra]) == 1
     assert says in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_resume_of_a_run_from_before_windows_keeps_every_window(setup, tmp_path, capsys) -> None:
+    """A run_options.json written before --windows existed trained chunks on every window: resuming it must not
+    switch to today's default (one window), which the checkpoint's fingerprint would refuse."""
+    out = tmp_path / "run"
+    assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--output-dir",
+                          str(out), "--max-length", "32", "--long-text", "chunks", "--stride", "8", "--windows", "all",
+                          "--max-steps", "4", "--save-every", "2", "--batch-size", "8", "--no-progress"]) == 0
+    options = json.loads((out / "run_options.json").read_text())
+    del options["windows"]
+    (out / "run_options.json").write_text(json.dumps(options))
+    capsys.readouterr()
+    assert finetune.main(["--resume", str(out / "checkpoint-2")]) == 0
+    assert "each epoch trains on all of them" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_broken_record_in_one_line(setup, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--output-dir",
+                          str(out), "--max-length", "32", "--max-steps", "1", "--no-progress"]) == 0
+    (out / "best" / "long_text.json").write_text('{"how": "sideways"}')
+    capsys.readouterr()
+    assert predict.main(["--model", str(out), "--input", str(setup["dev"]), "--output", str(tmp_path / "p")]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {out / 'best' / 'long_text.json'} is not a long-text record written by minibert.finetune; delete "
+        "it, or pass --long-text truncate, head-tail or chunks to choose.")
+    assert not (tmp_path / "p").exists()

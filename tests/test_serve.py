@@ -60,13 +60,13 @@ def write_classifier(folder: Path, base: Path | None = None, seed: int = 0) -> P
 
 def offline_predict(folder: Path, texts: list[str], tmp: Path, pairs: list[str] | None = None,
                     max_length: int = 512) -> list[dict[str, Any]]:
-    """`python -m minibert.predict --all-scores` on the same texts, in fp32."""
+    """`python -m minibert.predict --all-scores` on the same texts, in fp32, truncating as the server does."""
     rows = [(t,) if pairs is None else (t, p) for t, p in zip(texts, pairs or texts)]
     header = ("text",) if pairs is None else ("text", "text_pair")
     csv = write_csv(tmp / "offline.csv", rows, header)
     out = tmp / "offline.jsonl"
     argv = ["--model", str(folder), "--input", str(csv), "--output", str(out), "--all-scores", "--precision", "fp32",
-            "--max-length", str(max_length), "--device", "cpu"]
+            "--max-length", str(max_length), "--device", "cpu", "--long-text", "truncate"]
     if pairs is not None:
         argv += ["--text-pair-column", "text_pair"]
     assert predict_main(argv) == 0
