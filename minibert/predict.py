@@ -71,8 +71,9 @@ class Options:
     max_batch_tokens: int = option(16384, "at most this many real tokens per forward pass (a longer text alone may "
                                           "exceed it); batches are formed longest first, as the server forms them",
                                    at_least=1)
-    max_length: int = option(512, "tokens per sequence, specials included (at most the model's "
-                                  "max_position_embeddings); longer texts: see --long-text", at_least=2)
+    max_length: int | None = option(None, "tokens per sequence, specials included (default: the length the model "
+                                          "was fine-tuned with, from its long_text.json, else 512; at most the model's "
+                                          "max_position_embeddings); longer texts: see --long-text", at_least=2)
     all_scores: bool = option(False, "also output the probability of every label")
     quoted_tsv: bool = option(False, "process quotes in TSV files")
     attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
@@ -153,11 +154,11 @@ def check_has_classifier(folder: Path) -> None:
                             "python -m minibert.embed for sentence embeddings.")
 
 
-def long_text_for(opts: Options, folder: Path, max_length: int, examples: Examples, problem_type: str
+def long_text_for(opts: Options, record: dict[str, Any], max_length: int, examples: Examples, problem_type: str
                   ) -> tuple[LongText, str]:
     """How this prediction reads long texts, and how its windows are pooled: the flags given, else what the model
-    folder records of its fine-tuning, else `--long-text auto`'s rule and the defaults."""
-    record = read_record(folder) or {}
+    folder records of its fine-tuning (`record`, empty without one), else `--long-text auto`'s rule and the
+    defaults."""
     how = opts.long_text
     if how == "auto":
         how = record.get("how") or auto_long_text(examples.pairs is not None, problem_type)
@@ -186,11 +187,12 @@ def predict(opts: Options) -> list[dict[str, Any]]:
     labels = Labels.from_config(model.config.problem_type, model.config.id2label)
     examples = read_input(opts)
     limit = model.config.max_position_embeddings
-    if opts.max_length > limit:
+    record = read_record(folder) or {}
+    if opts.max_length is not None and opts.max_length > limit:
         print(f"--max-length {opts.max_length} is more than the model's {limit} positions; using {limit}.",
               file=sys.stderr)
-    max_length = min(opts.max_length, limit)
-    long_text, pool = long_text_for(opts, folder, max_length, examples, labels.problem_type)
+    max_length = min(opts.max_length or record.get("max_length") or 512, limit)
+    long_text, pool = long_text_for(opts, record, max_length, examples, labels.problem_type)
     data: Encoded = encode(tokenizer, examples, max_length, progress=not opts.no_progress, long_text=long_text)
     logits = torch.empty(len(data), model.config.num_labels)
     batches = plan_batches(data.lengths, opts.max_batch_tokens, opts.batch_size)

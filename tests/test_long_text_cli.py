@@ -139,11 +139,11 @@ def test_finetune_one_window_per_document_trains_one_batch_per_documents(setup, 
     assert "each epoch trains on one per document" in err and "done: 6 steps" in err
 
 
-@pytest.mark.parametrize("flags", [["--long-text", "head-tail", "--head-tokens", "6"], []],
+@pytest.mark.parametrize("flags", [["--max-length", "24", "--long-text", "head-tail", "--head-tokens", "6"], []],
                          ids=["flags", "as-fine-tuned"])
 def test_predict_head_tail_reads_the_end(setup, tmp_path, capsys, flags) -> None:
-    """With the flags, or without them: the model folder records head-tail with 6 head tokens, and predict's
-    --long-text auto reads it back."""
+    """With the flags, or without them: the model folder records head-tail with 6 head tokens at 24 tokens, and
+    predict's defaults read it back."""
     out = tmp_path / "run"
     assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--output-dir",
                           str(out), "--max-length", "24", "--long-text", "head-tail", "--head-tokens", "6",
@@ -152,8 +152,8 @@ def test_predict_head_tail_reads_the_end(setup, tmp_path, capsys, flags) -> None
         "max_length": 24, "how": "head-tail", "head_tokens": 6, "stride": 6, "windows": "one", "pool": "mean"}
     capsys.readouterr()
     pred = tmp_path / "p.jsonl"
-    assert predict.main(["--model", str(out), "--input", str(setup["dev"]), "--output", str(pred), "--max-length",
-                         "24", *flags, "--all-scores", "--precision", "fp32"]) == 0
+    assert predict.main(["--model", str(out), "--input", str(setup["dev"]), "--output", str(pred), *flags,
+                         "--all-scores", "--precision", "fp32"]) == 0
     if not flags:
         assert ("--long-text auto: head-tail (first 6 tokens and the end; as the model was fine-tuned)."
                 in capsys.readouterr().err)
