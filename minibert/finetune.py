@@ -45,15 +45,7 @@ from minibert.heads import BertForSequenceClassification
 from minibert.hub import local_folder_or_repo_id
 from minibert.labels import PROBLEM_TYPES, Labels
 from minibert.long_text import SUN_ET_AL_HEAD
-from minibert.long_text_options import (
-    LONG_TEXT_CHOICES,
-    POOLS,
-    LongText,
-    auto_long_text,
-    check_long_text,
-    default_stride,
-    write_record,
-)
+from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS, resolve_long_text, write_record
 from minibert.metrics import best_key, evaluate_classifier
 from minibert.plot import plot_metrics
 from minibert.tokenizer import BertTokenizer
@@ -197,9 +189,9 @@ def check_paths(opts: Options) -> None:
         run_folder.check_writable_folder(Path(opts.output_dir), "--output-dir")
     if not opts.resume:
         local_folder_or_repo_id(opts.model, "config.json and the weights")  # a bad local path, before the data
-    stride = default_stride(opts.max_length) if opts.stride is None else opts.stride
-    check_long_text("chunks" if opts.long_text == "auto" else opts.long_text, opts.head_tokens, stride,
-                    opts.max_length)
+    # checked as for single-label single texts, where auto picks chunks and the stride matters
+    resolve_long_text(opts.long_text, opts.head_tokens, opts.stride, opts.max_length, False,
+                      "single_label_classification")
     if opts.resume == "auto" and not opts.output_dir:
         raise MinibertError("--resume auto needs --output-dir, the run folder to look for checkpoints in.")
 
@@ -237,11 +229,9 @@ def finetune(opts: Options, d: Dist) -> Summary:
     if opts.long_text == "chunks" and labels.problem_type != "single_label_classification" and d.main:
         logger.warning("--long-text chunks pools window logits per document; with %s labels it averages their "
                        "scores, which is rarely what you want.", labels.problem_type)
-    opts = replace(opts, stride=default_stride(opts.max_length) if opts.stride is None else opts.stride,
-                   long_text=auto_long_text(train_ex.pairs is not None, labels.problem_type)
-                   if opts.long_text == "auto" else opts.long_text)
-    check_long_text(opts.long_text, opts.head_tokens, opts.stride, opts.max_length)
-    long_text = LongText(opts.long_text, opts.head_tokens, opts.stride, opts.windows)
+    long_text = resolve_long_text(opts.long_text, opts.head_tokens, opts.stride, opts.max_length,
+                                  train_ex.pairs is not None, labels.problem_type, opts.windows)
+    opts = replace(opts, long_text=long_text.how, stride=long_text.stride)
 
     def tokens(examples: Examples, y: torch.Tensor, what: str) -> Encoded:
         return encode(tokenizer, examples, opts.max_length, y, opts.num_workers, not opts.no_progress, what,

@@ -55,6 +55,17 @@ def check_long_text(how: str, head_tokens: int, stride: int, max_length: int) ->
                             f"{max_length} holds besides [CLS] and [SEP], or windows would not advance.")
 
 
+def resolve_long_text(how: str, head_tokens: int, stride: int | None, max_length: int, has_pairs: bool,
+                      problem_type: str, windows: str = "all") -> LongText:
+    """The flags as a run uses them: `auto` replaced by its pick, no stride by the default one, checked against
+    max_length (finetune and predict share this)."""
+    if how == "auto":
+        how = auto_long_text(has_pairs, problem_type)
+    long_text = LongText(how, head_tokens, default_stride(max_length) if stride is None else stride, windows)
+    check_long_text(long_text.how, long_text.head_tokens, long_text.stride, max_length)
+    return long_text
+
+
 def write_record(folder: Path, long_text: LongText, max_length: int, pool: str) -> None:
     """What predict's `--long-text auto` reads back from this model folder."""
     record = {"max_length": max_length, **asdict(long_text), "pool": pool}

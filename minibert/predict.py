@@ -30,15 +30,7 @@ from minibert.files import atomic_write_text
 from minibert.heads import BertForSequenceClassification
 from minibert.labels import Labels
 from minibert.long_text import SUN_ET_AL_HEAD, pool_windows
-from minibert.long_text_options import (
-    LONG_TEXT_CHOICES,
-    POOLS,
-    LongText,
-    auto_long_text,
-    check_long_text,
-    default_stride,
-    read_record,
-)
+from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS, LongText, read_record, resolve_long_text
 from minibert.metrics import compute_metrics
 from minibert.tokenizer import BertTokenizer
 
@@ -159,20 +151,18 @@ def long_text_for(opts: Options, record: dict[str, Any], max_length: int, exampl
     """How this prediction reads long texts, and how its windows are pooled: the flags given, else what the model
     folder records of its fine-tuning (`record`, empty without one), else `--long-text auto`'s rule and the
     defaults."""
-    how = opts.long_text
-    if how == "auto":
-        how = record.get("how") or auto_long_text(examples.pairs is not None, problem_type)
+    how = record.get("how", "auto") if opts.long_text == "auto" else opts.long_text
     head = opts.head_tokens if opts.head_tokens is not None else record.get("head_tokens", SUN_ET_AL_HEAD)
     stride = opts.stride if opts.stride is not None else (
-        record["stride"] if record.get("max_length") == max_length else default_stride(max_length))
-    pool = opts.pool or record.get("pool", "mean")
-    check_long_text(how, head, stride, max_length)
+        record["stride"] if record.get("max_length") == max_length else None)
+    long_text = resolve_long_text(how, head, stride, max_length, examples.pairs is not None, problem_type)
+    how, stride, pool = long_text.how, long_text.stride, opts.pool or record.get("pool", "mean")
     if opts.long_text == "auto":
         source = "as the model was fine-tuned" if record else "no long_text.json in the model folder"
         what = {"truncate": f"first {max_length} tokens", "head-tail": f"first {head} tokens and the end",
                 "chunks": f"windows of {max_length} tokens, stride {stride}, {pool}-pooled"}[how]
         print(f"--long-text auto: {how} ({what}; {source}).", file=sys.stderr)
-    return LongText(how, head, stride), pool
+    return long_text, pool
 
 
 def predict(opts: Options) -> list[dict[str, Any]]:
