@@ -220,6 +220,8 @@ class Batcher:
                 if not self._queue:
                     continue
                 batch = self._take()
+                if self._queue:  # more than one batch was waiting: wake another worker for the rest
+                    self._cond.notify()
             self._run(batch)
 
     def _waiting_tokens(self, kind: str) -> int:
