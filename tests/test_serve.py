@@ -327,6 +327,45 @@ def test_missing_serve_extra_is_one_sentence(monkeypatch: pytest.MonkeyPatch) ->
                                  "'minibert[serve]' (fastapi, uvicorn, prometheus-client).")
 
 
+MALLOC_PROBE = """
+import ctypes, sys
+from minibert.serve import tune_malloc
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                               "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Mallinfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def mapped(size):  # whether glibc serves a block of this size with its own mmap (hblks: mapped blocks in use)
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(size)
+    after = libc.mallinfo2().hblks
+    libc.free(block)
+    return after > before
+
+libc.mallopt(-3, 64 << 10)  # whatever the mmap threshold was before (here 64 KiB), tune_malloc sets its own
+tune_malloc()
+print(mapped(1 << 20), mapped(8 << 20))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc tuning is Linux-only")
+@pytest.mark.parametrize(("env", "expected"), [({}, "False True"), ({"MALLOC_MMAP_THRESHOLD_": "131072"}, "True True")])
+def test_tune_malloc_keeps_activation_sized_blocks_in_the_heap(env: dict[str, str], expected: str) -> None:
+    """The server's malloc: a 1 MiB block (a batch's hidden states) comes from the heap, an 8 MiB one is mapped;
+    a threshold set in the environment wins (tune_malloc leaves the probe's 64 KiB)."""
+    import os
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", MALLOC_PROBE], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, **env}, check=True).stdout
+    assert out.strip() == expected
+
+
 # --- the batcher alone -------------------------------------------------------------------------------------------
 
 def rows_of(*lengths: int) -> list[Row]:
@@ -420,6 +459,24 @@ def test_batcher_workers_run_batches_side_by_side(workers: int) -> None:
         names = [t.future.result(5)[0] for t in tickets]
         assert len(set(names)) == 2 and all(n.startswith("minibert-batcher-") for n in names)
     batcher.close()
+
+
+def test_batcher_wakes_a_second_worker_for_what_one_batch_leaves() -> None:
+    """One request of more texts than a batch holds: the worker that takes the first batch wakes the other for the
+    rest (one submit wakes one worker), and both batches run at the same time."""
+    sizes: list[int] = []
+    both_running = threading.Barrier(2, timeout=2)
+
+    def forward(kind: str, rows: list[Row]) -> list[int]:
+        sizes.append(len(rows))
+        both_running.wait()
+        return [len(r) for r in rows]
+
+    batcher = Batcher(forward, max_batch_tokens=30, max_wait_ms=0, workers=2)
+    ticket = batcher.submit("predict", rows_of(*[10] * 6))
+    assert ticket.future.result(5) == [10] * 6
+    batcher.close()
+    assert sizes == [3, 3]
 
 
 def test_batcher_sets_torch_threads_in_its_worker() -> None:
