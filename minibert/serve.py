@@ -13,7 +13,6 @@ signal exits at once.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
@@ -28,11 +27,12 @@ from typing import Any
 import torch
 
 from minibert.attention import ATTN_IMPLS
-from minibert.batching import ORDERS, Batcher, Closed, QueueFull
+from minibert.batching import ORDERS, Batcher, BatchStats, Closed, QueueFull
 from minibert.cli import option, options_parser
 from minibert.devices import PRECISIONS
 from minibert.engine import Engine, TooLong
 from minibert.errors import MinibertError
+from minibert.malloc import HeapTrimmer, tune_malloc
 from minibert.serve_metrics import Metrics
 
 try:  # at module level: FastAPI reads the routes' annotations from this module's names
@@ -190,8 +190,14 @@ def create_app(engine: Engine, opts: Options) -> Any:
     from starlette.exceptions import HTTPException
 
     metrics = Metrics()
+    trimmer = HeapTrimmer()
+
+    def on_batch(stats: BatchStats) -> None:
+        metrics.on_batch(stats)
+        trimmer.maybe_trim()
+
     batcher = Batcher(engine.forward, opts.max_batch_tokens, opts.max_wait_ms, opts.max_queue, opts.batch_order,
-                      on_batch=metrics.on_batch, threads=worker_threads(opts), workers=opts.workers)
+                      on_batch=on_batch, threads=worker_threads(opts), workers=opts.workers)
     metrics.track_queue(batcher.depth)
 
     class PredictRequest(BaseModel):
@@ -332,35 +338,6 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
-
-
-# glibc's mallopt parameters
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 4 * 1024 * 1024
-TRIM_THRESHOLD = 256 * 1024 * 1024
-
-
-def tune_malloc() -> None:
-    """Fix glibc's malloc thresholds for a process that allocates a batch's activations anew every forward.
-
-    Left dynamic, glibc raises its mmap threshold each time a large block is freed, after which big tensors come
-    from the heap and fragment it: with a new batch shape every forward, the server's RSS grew from 471 to 880 MB in
-    a 5-minute soak (bench/serve.py --soak). Fixed at glibc's default 128 KiB instead, every activation tensor is a
-    fresh mmap whose pages the kernel zeroes on first touch: 30 % of the server's CPU time went to the kernel (64
-    clients, bf16). So: blocks up to 4 MiB (hidden states of batches up to ~2,700 tokens of MiniLM) come from the
-    heap, larger ones are mapped, and up to 256 MiB of freed heap stays for the next batch rather than being
-    returned and faulted in again. bench/README.md has the measurements. MALLOC_MMAP_THRESHOLD_ or
-    MALLOC_TRIM_THRESHOLD_ set in the environment win."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-            libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-            libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    except (OSError, AttributeError):  # not glibc (musl): nothing to tune
-        pass
 
 
 def serve(opts: Options) -> None:

@@ -329,7 +329,7 @@ def test_missing_serve_extra_is_one_sentence(monkeypatch: pytest.MonkeyPatch) ->
 
 MALLOC_PROBE = """
 import ctypes, sys
-from minibert.serve import tune_malloc
+from minibert.malloc import tune_malloc
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
@@ -364,6 +364,61 @@ def test_tune_malloc_keeps_activation_sized_blocks_in_the_heap(env: dict[str, st
     out = subprocess.run([sys.executable, "-c", MALLOC_PROBE], capture_output=True, text=True, timeout=120,
                          env={**os.environ, **env}, check=True).stdout
     assert out.strip() == expected
+
+
+TRIM_PROBE = """
+import ctypes
+from pathlib import Path
+from minibert.malloc import HeapTrimmer, tune_malloc
+
+def rss_mb():
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+tune_malloc()
+blocks = [libc.malloc(1 << 20) for _ in range(300)]  # 300 MiB from the heap (below the 4 MiB threshold)
+for b in blocks:
+    ctypes.memset(b, 1, 1 << 20)
+for b in blocks[::2]:  # every other block freed: holes the heap's top cannot give back
+    libc.free(b)
+before = rss_mb()
+trimmer = HeapTrimmer(interval=0)
+trimmer.maybe_trim()
+print(round(before - rss_mb()), trimmer.trims)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc tuning is Linux-only")
+def test_heap_trimmer_gives_freed_heap_pages_back() -> None:
+    """150 MiB freed in holes of the heap stay resident until the trimmer runs malloc_trim(0)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    released, trims = map(int, out.split())
+    assert released >= 140 and trims == 1
+
+
+def test_heap_trimmer_trims_at_most_once_per_interval() -> None:
+    from minibert.malloc import HeapTrimmer
+
+    trimmer = HeapTrimmer(interval=0.3)
+    calls = [threading.Thread(target=trimmer.maybe_trim) for _ in range(8)]
+    for t in calls:
+        t.start()
+    for t in calls:
+        t.join()
+    assert trimmer.trims == 0  # within the first interval
+    time.sleep(0.35)
+    calls = [threading.Thread(target=trimmer.maybe_trim) for _ in range(8)]
+    for t in calls:
+        t.start()
+    for t in calls:
+        t.join()
+    assert trimmer.trims == (1 if sys.platform.startswith("linux") else 0)
 
 
 # --- the batcher alone -------------------------------------------------------------------------------------------
