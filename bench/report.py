@@ -61,6 +61,37 @@ KERNEL_COLUMNS = (("grid", "grid"), ("dtype", "dtype"), ("kernel", "kernel"), ("
                   ("tokens_per_s", "real tokens/s"), ("max_diff_vs_math", "max diff vs math"), ("peak_mb", "peak MB"))
 
 
+def serve_rows(rows: list[dict]) -> list[dict]:
+    """One run of serve.py: each server under its plain name (its precision is a column of its own)."""
+    return [{**row, "server": row["server"].split("@")[0]} for row in rows]
+
+
+def serve_ratios(rows: list[dict]) -> list[dict]:
+    """minibert's rows of one serve.py run, each with its ratios to the transformers servers at the same data and
+    clients: the server people write (`hf`, fp32), and `hf` and `hf-batched` at minibert's own precision."""
+    rows = serve_rows(rows)
+
+    def other(server: str, precision: str, like: dict) -> dict | None:
+        return next((r for r in rows if r["server"] == server and r["precision"] == precision
+                     and r["data"] == like["data"] and r["clients"] == like["clients"]), None)
+
+    out = []
+    for row in (r for r in rows if r["server"] == "minibert"):
+        merged = dict(row)
+        for field, them in (("vs_hf_fp32", other("hf", "fp32", row)), ("vs_hf", other("hf", row["precision"], row)),
+                            ("vs_hf_batched", other("hf-batched", row["precision"], row))):
+            if them is not None:
+                merged[field] = row["texts_per_s"] / them["texts_per_s"]
+        if (hf := other("hf", "fp32", row)) is not None:
+            merged["hf_p50_over_ours"] = hf["p50_ms"] / row["p50_ms"]
+            merged["hf_p99_over_ours"] = hf["p99_ms"] / row["p99_ms"]
+        out.append(merged)
+    return out
+
+
+SERVE_KEY = ("server", "precision", "data", "clients", "workers")
+
+
 def part(name: str) -> Callable[[dict], bool]:
     return lambda row: row.get("part") == name
 
@@ -97,6 +128,19 @@ TABLES = [
            ("ms/step", "ms/step"), ("tokens/s", "real tokens/s"), ("vs transformers", "vs transformers"),
            ("useful GFLOP/s", "useful GFLOP/s"), ("of peak", "fraction of matmul peak")),
           where=lambda row: "of peak" in row, run_hint="python bench/pretrain.py --quick"),
+    Table("serve", "serve", SERVE_KEY,
+          (("server", "server"), ("precision", "precision"), ("workers", "workers"), ("data", "data"),
+           ("clients", "clients"), ("texts_per_s", "texts/s"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"),
+           ("p99_ms", "p99 ms"), ("requests", "requests"), ("errors", "errors")),
+          where=lambda row: "precision" in row, reshape=serve_rows,
+          run_hint="python bench/serve.py --seconds 10 --workers 2 --servers minibert@auto,minibert,hf,hf@auto"),
+    Table("serve-ratios", "serve", SERVE_KEY,
+          (("precision", "minibert precision"), ("workers", "workers"), ("data", "data"), ("clients", "clients"),
+           ("texts_per_s", "minibert texts/s"), ("vs_hf_fp32", "÷ hf fp32"), ("vs_hf", "÷ hf same precision"),
+           ("vs_hf_batched", "÷ hf-batched same precision"), ("hf_p50_over_ours", "hf fp32 p50 ÷ minibert p50"),
+           ("hf_p99_over_ours", "hf fp32 p99 ÷ minibert p99")),
+          where=lambda row: "precision" in row, reshape=serve_ratios,
+          run_hint="python bench/serve.py --seconds 10 --workers 2 --servers minibert@auto,minibert,hf,hf@auto"),
     Table("roofline", "roofline", ("batch", "seq", "dtype", "library"),
           (("dtype", "dtype"), ("matmul_peak_gflops", "matmul peak GFLOP/s"), ("peak_shape", "at"),
            ("library", "library"), ("forward_ms", "forward ms"), ("gflops", "GFLOP/s"),
@@ -155,6 +199,19 @@ TARGETS = [
              "pretrain", {"model": key, "dtype": dtype, "max length": 128, "library": "minibert"},
              "vs transformers", 1.5)
       for model, key in (("MiniLM", "minilm"), ("bert-base", "base")) for dtype in ("fp32", "bf16")),
+    *(Target(f"serve, {name} at 64 clients, minibert {how}: throughput ÷ {them}", "serve-ratios",
+             {"data": data, "clients": 64, "precision": precision}, field, at_least)
+      for data, name in (("sst2", "SST-2"), ("imdb", "IMDB"))
+      for precision, how in (("bf16 autocast", "at its default precision (bf16 here)"), ("fp32", "fp32"))
+      for field, them, at_least in (("vs_hf_fp32", "transformers, one forward per request (fp32)", 3.0),
+                                    ("vs_hf_batched", "transformers behind our batcher, same precision", 1.5))),
+    *(Target(f"serve, {name} at 64 clients: transformers' p99 (fp32) ÷ minibert's at its default precision",
+             "serve-ratios", {"data": data, "clients": 64, "precision": "bf16 autocast"}, "hf_p99_over_ours", 1.0)
+      for data, name in (("sst2", "SST-2"), ("imdb", "IMDB"))),
+    *(Target(f"serve, {name} at 1 client: transformers' p50 (fp32) ÷ minibert's (>= 0.83: latency within 1.2x)",
+             "serve-ratios", {"data": data, "clients": 1, "precision": "bf16 autocast"}, "hf_p50_over_ours",
+             round(1 / 1.2, 2))
+      for data, name in (("sst2", "SST-2"), ("imdb", "IMDB"))),
     Target("bert-base 8 x 128 forward, minibert's fraction of the fp32 matmul peak", "roofline",
            {"dtype": "fp32", "library": "minibert"}, "fraction_of_peak", 0.9),
     Target("same, bf16 weights", "roofline", {"dtype": "bf16 weights", "library": "minibert"}, "fraction_of_peak",
@@ -237,7 +294,7 @@ def current_rows(table: Table, runs: list[dict]) -> list[tuple[dict, dict]]:
             continue
         rows = [row for row in run["rows"] if table.where(row)]
         for row_index, row in enumerate(table.reshape(rows) if table.reshape else rows):
-            key = machine_of(run) + tuple(row.get(k, run.get("args", {}).get(k)) for k in table.key)
+            key = machine_of(run) + tuple(row.get(k, run.get("args", {}).get(k, run.get(k))) for k in table.key)
             newest[key] = (run_index, row_index, run, row)
     chosen = sorted(newest.values(), key=lambda t: (t[0], t[1]))
     machines = list(dict.fromkeys(machine_of(run)[:4] for _, _, run, _ in chosen))  # grouped by CPU, then run order
@@ -259,7 +316,8 @@ def render(table: Table, runs: list[dict]) -> str:
     lines += [""] + header_lines(["run"] + (["machine"] if several_machines else []) + [h for _, h in table.columns])
     for run, row in chosen:
         where = [short_machine(run)] if several_machines else []
-        lines.append(row_line([f"[{numbers[run['file']]}]"] + where + [row.get(f, "") for f, _ in table.columns]))
+        cells = [row.get(f, run.get(f, "")) for f, _ in table.columns]  # a field of the whole run (serve's workers)
+        lines.append(row_line([f"[{numbers[run['file']]}]"] + where + cells))
     return "\n".join(lines) + "\n"
 
 
