@@ -30,8 +30,9 @@ from minibert.attention import ATTN_IMPLS
 from minibert.batching import ORDERS, Batcher, BatchStats, Closed, QueueFull
 from minibert.cli import option, options_parser
 from minibert.devices import PRECISIONS
-from minibert.engine import Engine, TooLong
 from minibert.errors import MinibertError
+from minibert.inference import InferenceModel, LongTextFlags, TooLong
+from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS
 from minibert.malloc import HeapTrimmer, tune_malloc
 from minibert.serve_metrics import Metrics
 
@@ -56,10 +57,22 @@ class Options:
     max_wait_ms: float = option(2.0, "how long the oldest waiting text may wait for others to fill its batch",
                                 at_least=0)
     max_queue: int = option(4096, "texts waiting at most; beyond, requests get 503 with Retry-After", at_least=1)
-    max_length: int = option(512, "tokens per text; longer texts are truncated (see --no-truncate)", at_least=2)
+    max_length: int | None = option(None, "tokens per sequence (default: the length the model was fine-tuned with, "
+                                          "from its long_text.json, else 512); longer texts: see --long-text",
+                                    at_least=2)
+    long_text: str = option("auto", "texts longer than --max-length, as predict reads them: truncate, head-tail, "
+                                    "chunks (every window scored, pooled per text), or auto (what the model was "
+                                    "fine-tuned with)", choices=LONG_TEXT_CHOICES)
+    head_tokens: int | None = option(None, "head-tail: tokens kept from the start (default: the model's fine-tuning "
+                                           "value, else 128)", at_least=0)
+    stride: int | None = option(None, "chunks: tokens each window shares with the previous one (default: the "
+                                      "model's fine-tuning value, else a quarter of --max-length)", at_least=0)
+    pool: str | None = option(None, "chunks: how a text's window logits are pooled (default: the model's "
+                                    "fine-tuning value, else mean)", choices=POOLS)
     max_inputs: int = option(64, "texts per request at most (413 beyond)", at_least=1)
     max_body_bytes: int = option(1_000_000, "request body size at most (413 beyond)", at_least=1)
-    no_truncate: bool = option(False, "refuse texts longer than --max-length (422) instead of truncating them")
+    no_truncate: bool = option(False, "refuse texts longer than --max-length (422) instead of reading them as "
+                                      "--long-text says")
     batch_order: str = option("arrival", "arrival: fill batches in arrival order; longest: the oldest text, then "
                                          "the longest waiting", choices=ORDERS)
     precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the CPU computes it natively)",
@@ -81,6 +94,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
 def worker_threads(opts: Options) -> int:
     """torch threads per model worker: --threads, or torch's default (the cores) shared out among the workers."""
     return opts.threads or max(1, torch.get_num_threads() // opts.workers)
+
+
+def load_model(opts: Options) -> InferenceModel:
+    """The model as the flags say: predict's long-text rules, precision and kernel."""
+    return InferenceModel.load(opts.model, max_length=opts.max_length,
+                               long_text=LongTextFlags(opts.long_text, opts.head_tokens, opts.stride, opts.pool),
+                               precision=opts.precision, attn_impl=opts.attn_impl)
 
 
 def require_serve_extra() -> None:
@@ -179,7 +199,7 @@ async def disconnected(request: Any) -> None:
 
 # --- the app -----------------------------------------------------------------------------------------------------
 
-def create_app(engine: Engine, opts: Options) -> Any:
+def create_app(engine: InferenceModel, opts: Options) -> Any:
     """The FastAPI app over a loaded engine; its batcher's worker starts now and drains at shutdown."""
     require_serve_extra()
     from contextlib import asynccontextmanager
@@ -241,11 +261,11 @@ def create_app(engine: Engine, opts: Options) -> Any:
             body = await read_json(request, opts.max_body_bytes)
             texts, pairs, want_tokens = parse_inputs(body, opts.max_inputs, pairs_allowed=kind == "predict")
             try:
-                tokenized = engine.tokenize(kind, texts, pairs, truncate=not opts.no_truncate)
+                prepared = engine.prepare(kind, texts, pairs, refuse_long=opts.no_truncate)
             except TooLong as e:
                 raise ApiError(422, str(e)) from None
             try:
-                ticket = batcher.submit(kind, tokenized.rows)
+                ticket = batcher.submit(kind, prepared.rows)
             except QueueFull as e:
                 raise ApiError(503, f"the server is busy ({e}); retry in a second.", {"Retry-After": "1"}) from None
             except Closed:
@@ -273,17 +293,21 @@ def create_app(engine: Engine, opts: Options) -> Any:
         except ClientGone:
             metrics.request(endpoint, 499)
             return Response(status_code=499)
-        extra = [{"truncated": t} for t in tokenized.truncated]
+        # per text: how it was read (one sequence, truncated or not; or n windows pooled), and on request its tokens
+        extra: list[dict[str, Any]] = [{"windows": n} if n > 1 else {"truncated": t}
+                                       for n, t in zip(prepared.windows, prepared.truncated)]
         if want_tokens:
-            for record, row in zip(extra, tokenized.rows):
-                record["tokens"] = engine.tokens(row)
+            rows: list[list[list[str]]] = [[] for _ in texts]
+            for doc, row in zip(prepared.doc_index, prepared.rows):
+                rows[doc].append(engine.tokens(row))
+            for record, tokens in zip(extra, rows):
+                record["tokens"] = tokens[0] if len(tokens) == 1 else tokens
         metrics.request(endpoint, 200)
         if kind == "predict":
-            return JSONResponse({"results": [{**o, **e} for o, e in zip(outputs, extra)]})
-        pooling = engine.encoder.pooling
-        return JSONResponse({"embeddings": outputs, "inputs": extra,
-                             "pooling": {"mode": pooling.mode, "normalize": pooling.normalize,
-                                         "source": pooling.source}})
+            answers = engine.records(engine.pooled_logits(outputs, prepared))
+            return JSONResponse({"results": [{**o, **e} for o, e in zip(answers, extra)]})
+        return JSONResponse({"embeddings": [v.tolist() for v in outputs], "inputs": extra,
+                             "pooling": engine.pooling_info()})
 
     @app.post("/predict", openapi_extra=body_doc(PredictRequest),
               summary="label, score and every label's probability (or the regression value) per input")
@@ -349,14 +373,14 @@ def serve(opts: Options) -> None:
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     sock = bind(opts.host, opts.port)
-    engine = Engine(opts.model, opts.max_length, opts.precision, opts.attn_impl)
+    engine = load_model(opts)
     engine.warm_up()
     app = create_app(engine, opts)
     info = engine.info()
-    logger.info("serving %s: %s%s, max length %s, kernel %s, %s, %d worker(s) of %d thread(s), on http://%s:%d",
-                engine.name, info["task"], f" ({', '.join(info['labels'])})" if info["labels"] else "",
-                info["max_length"], info["kernel"], info["precision"], opts.workers, worker_threads(opts), opts.host,
-                sock.getsockname()[1])
+    logger.info("serving %s: %s%s, max length %s, long texts: %s, kernel %s, %s, %d worker(s) of %d thread(s), on "
+                "http://%s:%d", engine.name, info["task"], f" ({', '.join(info['labels'])})" if info["labels"] else "",
+                info["max_length"], engine.describe_long_text(), info["kernel"], info["precision"], opts.workers,
+                worker_threads(opts), opts.host, sock.getsockname()[1])
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
