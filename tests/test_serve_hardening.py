@@ -20,7 +20,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from tests.test_serve import write_classifier  # noqa: E402
-from tests.test_serve_process import metric, start  # noqa: E402
+from tests.test_serve_process import metric, start, stop  # noqa: E402
 
 KEY = "s3cret-key-for-tests"
 TIMEOUT = 2  # --header-timeout and --body-timeout of the test server
@@ -286,3 +286,44 @@ def test_connections_beyond_the_cap_get_503(keyed: str) -> None:
             pass
         assert time.monotonic() < deadline, "the server did not serve again after the connections closed"
         time.sleep(0.1)
+
+
+# --- shutdown keeps its promise -----------------------------------------------------------------------------------
+
+def test_shutdown_past_its_timeout_answers_503_and_exits_0(classifier: Path) -> None:
+    """A backlog far longer than --shutdown-timeout (960 texts of 512 tokens, one per forward), then SIGTERM: the
+    requests answered in time get 200, every other one a 503 JSON, and the process exits 0 soon after the deadline
+    (it used to answer plain-text 500s and die with `terminate called without an active exception`, status 134)."""
+    import asyncio
+
+    proc, url = start(classifier, "--shutdown-timeout", "1", "--max-batch-tokens", "512", "--max-wait-ms", "0",
+                      "--max-queue-tokens", "1000000", "--max-inputs", "16")
+    text = "the movie was good and " * 120  # over 512 tokens: truncated to 512
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64)) as http:
+            sent = [asyncio.ensure_future(http.post(url + "/predict", json={"inputs": [text] * 16}, timeout=60))
+                    for _ in range(60)]
+            deadline = time.monotonic() + 20
+            while await asyncio.to_thread(metric, url, "minibert_queue_depth") < 400:
+                assert time.monotonic() < deadline, "the backlog never built up"
+                await asyncio.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            responses = await asyncio.gather(*sent)
+            assert time.monotonic() - signalled < 1 + 5  # the deadline, and the batch in the model then
+            return responses
+
+    try:
+        responses = asyncio.run(asyncio.wait_for(run(), 60))
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 503} and 503 in statuses, statuses
+        for r in responses:
+            assert r.headers["content-type"] == "application/json"
+            if r.status_code == 503:
+                assert r.json()["error"].startswith("the server stopped before this request")
+        assert proc.wait(timeout=15) == 0
+        log = proc.stdout.read()
+        assert "terminate called" not in log and "Traceback" not in log, log[-3000:]
+    finally:
+        stop(proc)
