@@ -83,31 +83,25 @@ def batched_app(model_dir: str, opts, backend: str):
     import transformers
 
     from minibert.batching import collate_rows
-    from minibert.engine import Engine
-    from minibert.predict import results
-    from minibert.serve import create_app
+    from minibert.serve import create_app, load_model
 
-    class OtherEngine(Engine):
-        def __init__(self) -> None:
-            super().__init__(model_dir, opts.max_length, opts.precision)
-            hf = transformers.BertForSequenceClassification.from_pretrained(model_dir,
-                                                                            attn_implementation="sdpa").eval()
-            if backend == "ort-batched":
-                from onnx_engine import OrtClassifier
+    engine = load_model(opts)
+    hf = transformers.BertForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    if backend == "ort-batched":
+        from onnx_engine import OrtClassifier
 
-                if self.amp is not None:
-                    raise SystemExit("ort-batched runs fp32 only (the ONNX export is fp32); use ort-batched@fp32")
-                self.logits = OrtClassifier(hf, opts.threads).logits
-            else:
-                self.logits = lambda batch: hf(**batch).logits.float()
+        if engine.precision.dtype is not None:
+            raise SystemExit("ort-batched runs fp32 only (the ONNX export is fp32); use ort-batched@fp32")
+        logits = OrtClassifier(hf, opts.threads).logits
+    else:
+        logits = lambda batch: hf(**batch).logits.float()  # noqa: E731
 
-        @torch.inference_mode()
-        def forward(self, kind: str, rows: list) -> list:
-            batch = collate_rows(rows, self.tokenizer.pad_token_id)
-            with torch.autocast("cpu", dtype=self.amp, enabled=self.amp is not None):
-                return results(self.logits(batch), self.labels, all_scores=True)
+    @torch.inference_mode()
+    def forward(kind: str, rows: list) -> list:
+        with engine.precision.autocast():
+            return list(logits(collate_rows(rows, engine.tokenizer.pad_token_id)).float())
 
-    engine = OtherEngine()
+    engine.forward = forward  # the other library runs the batches; tokenising and answers stay minibert's
     engine.warm_up()
     return create_app(engine, opts)
 

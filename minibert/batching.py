@@ -66,11 +66,11 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: 
     return batches
 
 
-def run_offline(rows: Sequence[Row], forward: Callable[[list[Row]], Sequence[Any]],
-                max_batch_tokens: int) -> list[Any]:
-    """`forward` over token-budget batches of `rows`; one result per row, in the order of `rows`."""
+def run_offline(rows: Sequence[Row], forward: Callable[[list[Row]], Sequence[Any]], max_batch_tokens: int,
+                max_batch_size: int | None = None) -> list[Any]:
+    """`forward` over token-budget batches of `rows` (`plan_batches`); one result per row, in the order of `rows`."""
     out: list[Any] = [None] * len(rows)
-    for indices in plan_batches([len(r) for r in rows], max_batch_tokens):
+    for indices in plan_batches([len(r) for r in rows], max_batch_tokens, max_batch_size):
         for i, result in zip(indices, forward([rows[i] for i in indices])):
             out[i] = result
     return out

@@ -169,15 +169,8 @@ def load_options(kind: type[Opts], opts: Opts, parser: argparse.ArgumentParser, 
 
 
 def fit_max_length(source: str | Path, max_length: int, say: bool) -> int:
-    """`--max-length`, capped at the model's max_position_embeddings (read from its config.json), saying so."""
-    config = BertConfig.from_json(resolve_checkpoint(source).config_file)
-    limit = config.max_position_embeddings
-    if max_length > limit:
-        if say:
-            print(f"--max-length {max_length} is more than the model's {limit} positions; using {limit}.",
-                  file=sys.stderr)
-        return limit
-    return max_length
+    """`--max-length`, capped at the positions of the model in `source` (`BertConfig.fit_max_length`)."""
+    return BertConfig.from_json(resolve_checkpoint(source).config_file).fit_max_length(max_length, say)
 
 
 def check_vocabulary(tokenizer: Any, model: Any, source: str | Path) -> None:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,16 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def fit_max_length(self, requested: int, say: bool = True) -> int:
+        """A sequence length this model can run: `requested`, capped at its positions (with `say`, saying so). The
+        one policy of every command for `--max-length`."""
+        if requested <= self.max_position_embeddings:
+            return requested
+        if say:  # printed, not logged: the command lines' notes go to stderr as plain lines
+            print(f"--max-length {requested} is more than the model's {self.max_position_embeddings} positions; "
+                  f"using {self.max_position_embeddings}.", file=sys.stderr)
+        return self.max_position_embeddings
 
     # --- dict / JSON ---------------------------------------------------------------------------------------
 

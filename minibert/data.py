@@ -11,14 +11,16 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
 import logging
 import random
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from minibert.errors import MinibertError
 
@@ -56,42 +58,70 @@ def file_format(path: str | Path) -> str:
     return fmt
 
 
-def _read_text(path: Path) -> str:
-    """The file as text: gunzipped if .gz, UTF-8 with an optional BOM; bad bytes are reported with their line."""
+def read_lines(raw: BinaryIO, where: str, max_line_bytes: int | None = None) -> Iterator[tuple[int, str]]:
+    """(number, text) of each line of a binary stream, read one at a time and decoded as UTF-8 (a BOM dropped), so
+    input of any size is read in bounded memory; a line over `max_line_bytes` is refused before it is read whole.
+    Bad bytes are reported with their line of `where`."""
+    number = 0
+    while True:
+        data = raw.readline(max_line_bytes + 1) if max_line_bytes else raw.readline()
+        if not data:
+            return
+        number += 1
+        if max_line_bytes and len(data) > max_line_bytes:
+            raise MinibertError(f"line {number} of {where} is longer than {max_line_bytes:,} bytes; split that text, "
+                                "or raise --max-text-bytes.")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise MinibertError(f"line {number} of {where} is not valid UTF-8 (byte 0x{data[e.start]:02x}); re-save "
+                                "it as UTF-8.") from None
+        yield number, text.removeprefix("\ufeff") if number == 1 else text  # a BOM (Excel writes one) is no text
+
+
+def _lines(path: Path, max_line_bytes: int | None) -> Iterator[tuple[int, str]]:
+    """`read_lines` of a file (gunzipped if .gz); a file with nothing but whitespace is an error."""
     try:
-        data = path.read_bytes()
-        if path.name.lower().endswith(".gz"):
-            data = gzip.decompress(data)
+        raw = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         raise MinibertError(f"{path} does not exist; check the path.") from None
     except IsADirectoryError:
         raise MinibertError(f"{path} is a folder; pass a data file.") from None
-    except (gzip.BadGzipFile, EOFError) as e:
-        raise MinibertError(f"{path} is not a valid gzip file ({e}); re-compress it or pass it uncompressed.") from None
-    if not data.strip():
+    content = False
+    with raw:
+        try:
+            for number, text in read_lines(raw, str(path), max_line_bytes):
+                content = content or bool(text.strip())
+                yield number, text
+        except IsADirectoryError:
+            raise MinibertError(f"{path} is a folder; pass a data file.") from None
+        except (gzip.BadGzipFile, EOFError) as e:
+            raise MinibertError(f"{path} is not a valid gzip file ({e}); re-compress it or pass it "
+                                "uncompressed.") from None
+    if not content:
         raise MinibertError(f"{path} is empty; a data file needs a header (or JSON objects) and at least one row.")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise MinibertError(f"line {line} of {path} is not valid UTF-8 (byte 0x{data[e.start]:02x}); re-save the "
-                            "file as UTF-8.") from None
-    return text.removeprefix("\ufeff")  # a BOM (Excel writes one) is not part of the first column's name
 
 
-def _read_delimited(path: Path, text: str, delimiter: str, quoting: bool) -> Table:
-    # newline="" leaves \r\n to the csv module, which treats it as one line end (and keeps it inside quoted fields)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True,
+@dataclass
+class _Rows:
+    """What a reader yields: records with their lines, the columns seen, blank lines skipped."""
+
+    columns: dict[str, None] = field(default_factory=dict)
+    blank: int = 0
+
+
+def _delimited_records(path: Path, lines: Iterator[tuple[int, str]], delimiter: str, quoting: bool, rows: _Rows
+                       ) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.reader((text for _, text in lines), delimiter=delimiter, strict=True,
                         quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE)
     header: list[str] | None = None
-    records, lines, blank = [], [], 0
     previous_end = 0
     try:
         for row in reader:
             line = previous_end + 1
             previous_end = reader.line_num
             if not row or (len(row) == 1 and not row[0].strip() and header is not None and len(header) > 1):
-                blank += header is not None
+                rows.blank += header is not None
                 continue
             if header is None:
                 header = [name.strip() for name in row]
@@ -99,30 +129,26 @@ def _read_delimited(path: Path, text: str, delimiter: str, quoting: bool) -> Tab
                 if twice:
                     raise MinibertError(f"the header of {path} names column {twice[0]!r} more than once; rename one "
                                         "of them (a row would silently keep only the last).")
+                rows.columns = dict.fromkeys(header)
                 continue
             if len(row) != len(header):
                 hint = " (an unquoted quote or delimiter inside a text?)" if quoting else ""
                 raise MinibertError(f"line {line} of {path} has {len(row)} fields but the header has {len(header)}"
                                     f"{hint}; fix that row.")
-            records.append(dict(zip(header, row)))
-            lines.append(line)
+            yield line, dict(zip(header, row))
     except csv.Error as e:
         raise MinibertError(f"line {reader.line_num} of {path} cannot be parsed ({e}); fix the quoting there, "
                             "or for TSV read without quote processing.") from None
     if header is None:
         raise MinibertError(f"{path} is empty; it needs a header row and at least one data row.")
-    if not records:
-        raise MinibertError(f"{path} has a header ({', '.join(header)}) but no data rows.")
-    return Table(str(path), header, records, lines, blank)
 
 
-def _read_jsonl(path: Path, text: str) -> Table:
-    records, lines, columns, blank = [], [], {}, 0
-    # JSON Lines ends lines with \n alone: str.splitlines() would also split at U+2028/U+2029 (and other
-    # separators) that json.dumps(ensure_ascii=False) leaves raw inside strings
-    for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), 1):
+def _jsonl_records(path: Path, lines: Iterator[tuple[int, str]], rows: _Rows) -> Iterator[tuple[int, dict]]:
+    # JSON Lines ends lines with \n alone (`_lines` splits there): str.splitlines() would also split at U+2028/U+2029
+    # (and other separators) that json.dumps(ensure_ascii=False) leaves raw inside strings
+    for number, line in lines:
         if not line.strip():
-            blank += 1
+            rows.blank += 1
             continue
         try:
             record = json.loads(line)
@@ -132,31 +158,34 @@ def _read_jsonl(path: Path, text: str) -> Table:
         if not isinstance(record, dict):
             raise MinibertError(f"line {number} of {path} is a JSON {type(record).__name__}, not an object; each "
                                 "line must be one JSON object such as {\"text\": ..., \"label\": ...}.")
-        columns.update(dict.fromkeys(record))
-        records.append(record)
-        lines.append(number)
-    if not records:
-        raise MinibertError(f"{path} has no JSON objects; it needs at least one row.")
-    return Table(str(path), list(columns), records, lines, blank)
+        rows.columns.update(dict.fromkeys(record))
+        yield number, record
 
 
-def _read_parquet(path: Path) -> Table:
+def _parquet_tables(path: Path, rows: int | None) -> Iterator[Table]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise MinibertError(f"reading {path} needs pyarrow; install it with: pip install \"minibert[data]\".") from None
     try:
-        table = pq.read_table(path)
+        file = pq.ParquetFile(path)
     except FileNotFoundError:
         raise MinibertError(f"{path} does not exist; check the path.") from None
     except Exception as e:  # pyarrow raises its own error types for truncated or foreign files
         raise MinibertError(f"{path} is not a readable parquet file ({e}).") from None
-    if table.num_rows == 0:
-        raise MinibertError(f"{path} has columns ({', '.join(table.column_names)}) but no rows.")
-    columns = table.to_pydict()
-    records = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    return Table(str(path), list(columns), records, list(range(1, len(records) + 1)),
-                 class_names=_class_names(table.schema.metadata or {}))
+    if file.metadata.num_rows == 0:
+        raise MinibertError(f"{path} has columns ({', '.join(file.schema_arrow.names)}) but no rows.")
+    class_names = _class_names(file.schema_arrow.metadata or {})
+    first = 1
+    try:
+        for batch in file.iter_batches(batch_size=rows or file.metadata.num_rows):
+            columns = batch.to_pydict()
+            records = [dict(zip(columns, values)) for values in zip(*columns.values())]
+            yield Table(str(path), list(columns), records, list(range(first, first + len(records))),
+                        class_names=class_names)
+            first += len(records)
+    except OSError as e:
+        raise MinibertError(f"{path} is not a readable parquet file ({e}).") from None
 
 
 def _class_names(metadata: dict[bytes, bytes]) -> dict[str, list[str]]:
@@ -169,17 +198,39 @@ def _class_names(metadata: dict[bytes, bytes]) -> dict[str, list[str]]:
             if isinstance(f, dict) and f.get("_type") == "ClassLabel" and isinstance(f.get("names"), list)}
 
 
-def read_table(path: str | Path, quoted_tsv: bool = False) -> Table:
-    """Read a data file, by extension. TSV is read without quote processing (SST-2 texts contain bare quotes)."""
+def iter_tables(path: str | Path, quoted_tsv: bool = False, rows: int | None = None,
+                max_line_bytes: int | None = None) -> Iterator[Table]:
+    """Read a data file, by extension, as Tables of at most `rows` records (None: one Table), one at a time, so that
+    `predict` and `embed` run over files of any size in bounded memory. TSV is read without quote processing (SST-2
+    texts contain bare quotes). `blank_lines` of each Table counts the blank lines skipped so far."""
     path = Path(path)
     fmt = file_format(path)
     if fmt == "parquet":
-        return _read_parquet(path)
+        yield from _parquet_tables(path, rows)
+        return
     csv.field_size_limit(2**31 - 1)  # the default (128 KiB) would reject a long document
-    text = _read_text(path)
-    if fmt == "jsonl":
-        return _read_jsonl(path, text)
-    return _read_delimited(path, text, "," if fmt == "csv" else "\t", quoting=fmt == "csv" or quoted_tsv)
+    seen = _Rows()
+    lines = _lines(path, max_line_bytes)
+    records = (_jsonl_records(path, lines, seen) if fmt == "jsonl" else
+               _delimited_records(path, lines, "," if fmt == "csv" else "\t", fmt == "csv" or quoted_tsv, seen))
+    total = 0
+    while True:
+        part = list(itertools.islice(records, rows)) if rows else list(records)
+        if not part:
+            break
+        total += len(part)
+        yield Table(str(path), list(seen.columns), [r for _, r in part], [line for line, _ in part], seen.blank)
+        if not rows:
+            break
+    if total == 0:
+        if fmt == "jsonl":
+            raise MinibertError(f"{path} has no JSON objects; it needs at least one row.")
+        raise MinibertError(f"{path} has a header ({', '.join(seen.columns)}) but no data rows.")
+
+
+def read_table(path: str | Path, quoted_tsv: bool = False) -> Table:
+    """A whole data file as one Table (`iter_tables`)."""
+    return next(iter_tables(path, quoted_tsv))
 
 
 # --- columns -----------------------------------------------------------------------------------------------------
@@ -286,6 +337,27 @@ def read_examples(path: str | Path, text: str | None = None, pair: str | None = 
     return examples_from(table, columns), columns
 
 
+def iter_examples(source: str, text: str | None, pair: str | None, label: str | None, quoted_tsv: bool,
+                  chunk: int, max_text_bytes: int | None, find_label: bool = False) -> Iterator[Examples]:
+    """`predict`'s and `embed`'s input, `chunk` rows at a time: "-" for stdin, one text per line (blank lines are
+    empty texts), or a data file's columns (chosen from its first rows; with `find_label`, a label column is picked
+    up when there is one, for scoring)."""
+    if source == "-":
+        # a text stream without bytes underneath (an embedding application's, a test's) is in memory already
+        raw = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode("utf-8"))
+        lines = read_lines(raw, "<stdin>", max_text_bytes)
+        while part := [(n, line.rstrip("\r\n")) for n, line in itertools.islice(lines, chunk)]:
+            yield Examples([line for _, line in part], None, None, [("<stdin>", n) for n, _ in part])
+        return
+    columns = None
+    for table in iter_tables(source, quoted_tsv, chunk, max_text_bytes):
+        if columns is None:
+            columns = choose_columns(table, text, pair, label, need_label=False)
+            if find_label:
+                columns.label = columns.label or find_column(table.columns, LABEL_NAMES)
+        yield examples_from(table, columns)
+
+
 # --- Hub datasets ------------------------------------------------------------------------------------------------
 
 SPLIT_PATTERN = re.compile(r"(?:^|/)(train|validation|valid|dev|test)(?:[-_.]|/|$)")
@@ -321,7 +393,7 @@ def hub_dataset_files(repo_id: str, revision: str | None = None) -> dict[str, li
 
 def read_hub_split(files: list[Path], columns: Columns | None, text: str | None, pair: str | None,
                    label: str | None) -> tuple[Examples, Columns]:
-    tables = [_read_parquet(p) for p in files]
+    tables = [read_table(p) for p in files]
     columns = columns or choose_columns(tables[0], text, pair, label)
     parts = [examples_from(t, columns) for t in tables]
     merged = Examples([], [] if columns.pair else None, [] if columns.label else None, [])

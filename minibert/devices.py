@@ -71,6 +71,28 @@ def precision_name(amp: torch.dtype | None) -> str:
     return "bf16 autocast" if amp == torch.bfloat16 else "fp32"
 
 
+@dataclass(frozen=True)
+class Precision:
+    """The precision inference runs in, decided once from `--precision`: the autocast dtype (None: plain fp32), its
+    name for the lines that report it, and the autocast context to run under."""
+
+    dtype: torch.dtype | None
+    device_type: str = "cpu"
+
+    @classmethod
+    def choose(cls, flag: str, device: torch.device) -> Precision:
+        if flag not in PRECISIONS:
+            raise MinibertError(f"precision {flag!r} is not one of {', '.join(PRECISIONS)}.")
+        return cls(autocast_dtype(flag, device), device.type)
+
+    @property
+    def name(self) -> str:
+        return precision_name(self.dtype)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+
 def choose_device(name: str) -> torch.device:
     """`--device`: auto (the GPU when there is one), cpu, cuda or cuda:N; one that cannot be used is an error."""
     if name == "auto":

@@ -4,7 +4,8 @@
     echo "a fine film" | python -m minibert.embed --model ../shared/models/all-MiniLM-L6-v2 --input -
 
 Pooling and normalisation come from the model's sentence-transformers files (`minibert.pooling`); a folder without
-them gets mean pooling and L2 normalisation, and a warning says so.
+them gets mean pooling and L2 normalisation, and one line says so. Texts longer than the model's limit are truncated,
+as sentence-transformers does. Like `predict`, the input is read, embedded and written a chunk at a time.
 """
 
 from __future__ import annotations
@@ -12,20 +13,25 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass
+from typing import IO
 
-import torch
+from tqdm.auto import tqdm
 
 from minibert.attention import ATTN_IMPLS
+from minibert.batching import run_offline
 from minibert.cli import option, options_parser
 from minibert.command import run_command
-from minibert.data import choose_columns, examples_from, read_table
-from minibert.devices import PRECISIONS, autocast_dtype
-from minibert.engine import resolve_folder
-from minibert.files import atomic_write_text
-from minibert.pooling import DEFAULT_BATCH_TOKENS, SentenceEncoder
+from minibert.data import iter_examples
+from minibert.devices import PRECISIONS
+from minibert.files import atomic_write_with
+from minibert.inference import InferenceModel
+from minibert.pooling import DEFAULT_BATCH_TOKENS
 
 logger = logging.getLogger("minibert")
+CHUNK_TEXTS = 1024  # rows read, embedded and written at a time
+MAX_TEXT_BYTES = 10_000_000  # a longer line is refused before it is read whole (--max-text-bytes)
 
 
 @dataclass
@@ -35,35 +41,52 @@ class Options:
     input: str = option("-", "a .csv, .tsv, .jsonl or .parquet file (.gz accepted), or - for one text per line on "
                              "stdin")
     text_column: str | None = option(None, "text column (default: detected among text, sentence, review, ...)")
-    output: str | None = option(None, "write the JSON lines here (default: stdout)")
+    output: str | None = option(None, "write the JSON lines here (default: stdout); an earlier file is replaced only "
+                                      "when every row is done")
     max_batch_tokens: int = option(DEFAULT_BATCH_TOKENS, "real tokens per forward pass", at_least=1)
+    max_text_bytes: int = option(MAX_TEXT_BYTES, "refuse an input line (one row) longer than this", at_least=1)
     attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
     precision: str = option("fp32", "fp32, bf16 autocast, or auto (bf16 where the CPU computes it natively)",
                             choices=PRECISIONS)
+    device: str = option("auto", "cpu, cuda or cuda:N (auto: the GPU when there is one)")
+    no_progress: bool = option(False, "no progress bar")
     debug: bool = option(False, "show the full traceback of errors")
 
 
-def read_texts(path: str, column: str | None) -> list[str]:
-    if path == "-":
-        return [line.rstrip("\r\n") for line in sys.stdin]
-    table = read_table(path)
-    return examples_from(table, choose_columns(table, column, None, None, need_label=False)).texts
-
-
-def embed_file(opts: Options) -> torch.Tensor:
-    encoder = SentenceEncoder.from_pretrained(resolve_folder(opts.model), attn_impl=opts.attn_impl)
-    if not encoder.pooling.from_files:
-        logger.warning("%s has no sentence-transformers pooling files: using %s", opts.model, encoder.pooling.source)
-    texts = read_texts(opts.input, opts.text_column)
-    return encoder.encode(texts, opts.max_batch_tokens, autocast_dtype(opts.precision, torch.device("cpu")))
+def embed_to(out: IO[str], opts: Options, model: InferenceModel) -> int:
+    """Embed every input row and write its JSON line to `out` as each chunk is done; the number of rows."""
+    count = 0
+    with tqdm(desc=f"embedding ({model.precision.name})", unit=" texts", disable=opts.no_progress, delay=2,
+              file=sys.stderr) as bar:
+        for examples in iter_examples(opts.input, opts.text_column, None, None, False, CHUNK_TEXTS,
+                                      opts.max_text_bytes):
+            prepared = model.prepare("embed", examples.texts)
+            vectors = run_offline(prepared.rows, lambda rows: model.forward("embed", rows), opts.max_batch_tokens)
+            out.write("".join(json.dumps({"embedding": v.tolist()}) + "\n" for v in vectors))
+            out.flush()
+            count += len(examples)
+            bar.update(len(examples))
+    return count
 
 
 def run(opts: Options) -> int:
-    lines = "".join(json.dumps({"embedding": v}) + "\n" for v in embed_file(opts).tolist())
-    if opts.output:
-        atomic_write_text(opts.output, lines)
-    else:
-        sys.stdout.write(lines)
+    started = time.monotonic()
+    model = InferenceModel.load(opts.model, task="embed", precision=opts.precision, attn_impl=opts.attn_impl,
+                                device=opts.device)
+    if not model.encoder.pooling.from_files:
+        logger.warning("%s has no sentence-transformers pooling files (modules.json): using mean pooling and L2 "
+                       "normalisation.", model.name)
+    if opts.output is None:
+        embed_to(sys.stdout, opts, model)
+        return 0
+    counted: list[int] = []
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as out:
+            counted.append(embed_to(out, opts, model))
+
+    atomic_write_with(opts.output, write)
+    print(f"wrote {counted[0]} embeddings to {opts.output} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
     return 0
 
 

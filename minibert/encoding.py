@@ -2,7 +2,7 @@
 
 `BatchEncoding` is the dict of model inputs (`model(**enc)`); it also answers transformers' span questions:
 `word_ids`, `sequence_ids`, `char_to_token`, `token_to_chars`. Those need each row's character offsets, word and
-sequence indices (`Row`); a plain encoding does not compute them, but remembers how to, and does so on first use.
+sequence indices (`SpanRow`); a plain encoding does not compute them, but remembers how to, and does so on first use.
 
 `windows` and `pair_windows` cut a long input into overlapping pieces (`return_overflowing_tokens=True, stride=N`)
 in exactly the order and sizes of the `tokenizers` library.
@@ -23,7 +23,7 @@ class CharSpan(NamedTuple):
     end: int
 
 
-class Row(NamedTuple):
+class SpanRow(NamedTuple):
     """One encoded (and padded) sequence with what each token came from: `offsets` into its own text ((0, 0) for
     [CLS], [SEP] and padding), `words` (word index in its text, None for added and padding tokens), `sequences`
     (0 for the text, 1 for the pair, None for added and padding tokens), `special` (1 for added and padding tokens)
@@ -42,7 +42,8 @@ class Row(NamedTuple):
 class BatchEncoding(dict):
     """The model inputs: a dict (so `model(**enc)` works) whose keys are also attributes (`enc.input_ids`)."""
 
-    def __init__(self, *args: Any, rows: list[Row] | Callable[[], list[Row]] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, rows: list[SpanRow] | Callable[[], list[SpanRow]] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rows = rows
 
@@ -62,7 +63,7 @@ class BatchEncoding(dict):
         self.update({key: value.to(device) for key, value in self.items() if hasattr(value, "to")})
         return self
 
-    def _row(self, batch_index: int) -> Row:
+    def _row(self, batch_index: int) -> SpanRow:
         if callable(self._rows):
             self._rows = self._rows()
         if self._rows is None:
@@ -176,10 +177,10 @@ Spans = tuple[list[int], list[tuple[int, int]], list[int]]  # one text's ids, (s
 
 
 def span_row(seq_a: Spans, window_a: tuple[int, int], seq_b: Spans | None, window_b: tuple[int, int] | None,
-             specials: tuple[int, int] | None) -> Row:
+             specials: tuple[int, int] | None) -> SpanRow:
     """[CLS] a [SEP] (b [SEP]) from a window of each text, with each token's origin; `specials`: the ids of [CLS]
     and [SEP], or None for no special tokens."""
-    row = Row([], [], [], [], [], [], [], 1 if seq_b is None else 2)
+    row = SpanRow([], [], [], [], [], [], [], 1 if seq_b is None else 2)
 
     def add_special(token_id: int, type_id: int) -> None:
         for field, value in zip(row, (token_id, type_id, 1, (0, 0), None, None, 1)):
@@ -202,10 +203,11 @@ def span_row(seq_a: Spans, window_a: tuple[int, int], seq_b: Spans | None, windo
     return row
 
 
-def pad_row(row: Row, length: int, pad_id: int) -> Row:
+def pad_row(row: SpanRow, length: int, pad_id: int) -> SpanRow:
     """`row` padded on the right to `length` tokens: [PAD], type 0, mask 0, offsets (0, 0), special."""
     n = length - len(row.ids)
     if n <= 0:
         return row
-    return Row(row.ids + [pad_id] * n, row.type_ids + [0] * n, row.attention_mask + [0] * n, row.offsets + [(0, 0)] * n,
-               row.words + [None] * n, row.sequences + [None] * n, row.special + [1] * n, row.n_sequences)
+    return SpanRow(row.ids + [pad_id] * n, row.type_ids + [0] * n, row.attention_mask + [0] * n,
+                   row.offsets + [(0, 0)] * n, row.words + [None] * n, row.sequences + [None] * n,
+                   row.special + [1] * n, row.n_sequences)

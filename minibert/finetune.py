@@ -43,7 +43,7 @@ from minibert.devices import Dist, setup_distributed
 from minibert.errors import MinibertError
 from minibert.heads import BertForSequenceClassification
 from minibert.hub import local_folder_or_repo_id
-from minibert.labels import PROBLEM_TYPES, Labels
+from minibert.labels import PROBLEM_TYPES, Labels, name_labels, parse_label_names
 from minibert.long_text import SUN_ET_AL_HEAD
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS, resolve_long_text, write_record
 from minibert.metrics import best_key, evaluate_classifier
@@ -76,6 +76,9 @@ class Options(RunFlags):
                                      "quotes)")
     problem_type: str = option("auto", "auto (from the labels: ints/strings, lists, floats), or force one",
                                choices=("auto", *PROBLEM_TYPES))
+    label_names: str | None = option(None, "names of the classes of integer labels, class 0 first, separated by "
+                                           "commas (SST-2: negative,positive); the model, predict and the server "
+                                           "then answer with the names")
     max_length: int = option(128, "tokens per sequence, specials included (at most the model's "
                                   "max_position_embeddings); longer texts: see --long-text", at_least=2)
     long_text: str = option("auto", "texts longer than --max-length: keep the first tokens (truncate), the first "
@@ -206,7 +209,13 @@ def finetune(opts: Options, d: Dist) -> Summary:
     train_ex, val_ex, test_ex, data_name = load_splits(opts, d.main)
     opts = replace(opts, max_length=fit_max_length(source, opts.max_length, d.main))
     problem_type = None if opts.problem_type == "auto" else opts.problem_type
-    labels = Labels.from_training(train_ex.labels, problem_type)
+    names = parse_label_names(opts.label_names) if opts.label_names else None
+    if names is not None:
+        if problem_type not in (None, "single_label_classification"):
+            raise MinibertError(f"--label-names names the classes of single-label data; it does not apply to "
+                                f"--problem-type {problem_type}.")
+        train_ex, val_ex, test_ex = (name_labels(ex, names) if ex else ex for ex in (train_ex, val_ex, test_ex))
+    labels = Labels.from_training(train_ex.labels, problem_type, names)
     train_y = labels.encode(train_ex, "training")
     val_y = labels.encode(val_ex, "validation") if val_ex else None
     test_y = labels.encode(test_ex, "test") if test_ex else None

@@ -78,8 +78,12 @@ class Labels:
         return dict(enumerate(self.names)) if self.names else {0: "LABEL_0"}
 
     @classmethod
-    def from_training(cls, labels: list[Any], problem_type: str | None = None) -> Labels:
-        """Decide the problem type from the training labels (unless given) and name the classes in a stable order."""
+    def from_training(cls, labels: list[Any], problem_type: str | None = None,
+                      names: list[str] | None = None) -> Labels:
+        """Decide the problem type from the training labels (unless given) and name the classes in a stable order;
+        `names` (from `--label-names`, applied by `name_labels`) fixes the classes and their ids."""
+        if names is not None:
+            return cls(problem_type or "single_label_classification", list(names))
         lists = [_as_list(v) for v in labels]
         if problem_type is None:
             if all(v is not None for v in lists):
@@ -143,3 +147,29 @@ class Labels:
             raise MinibertError(f"the {what} data in {examples.sources[0][0]} has labels never seen in training: "
                                 f"{listed}; the model knows only {', '.join(self.names)}.")
         return out
+
+
+def parse_label_names(text: str) -> list[str]:
+    """`--label-names negative,positive`: the names of classes 0, 1, ... in order, each once."""
+    names = [name.strip() for name in text.split(",")]
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise MinibertError(f"--label-names {text!r} must list two or more different, non-empty names separated by "
+                            "commas, class 0 first (for SST-2: negative,positive).")
+    return names
+
+
+def name_labels(examples: Examples, names: list[str]) -> Examples:
+    """Integer labels 0..len(names)-1 replaced by their names (a label that is a name already is kept), so that the
+    model's id2label says `negative` / `positive` instead of `0` / `1`; any other label is an error with its line."""
+    assert examples.labels is not None
+    named = []
+    for value, (path, line) in zip(examples.labels, examples.sources):
+        number = _number(value)
+        if _name(value) in names:
+            named.append(_name(value))
+        elif isinstance(number, int) and 0 <= number < len(names):
+            named.append(names[number])
+        else:
+            raise MinibertError(f"line {line} of {path} has label {value!r}; with --label-names every label must be "
+                                f"a class id from 0 to {len(names) - 1} or one of the names {', '.join(names)}.")
+    return Examples(examples.texts, examples.pairs, named, examples.sources)

@@ -11,7 +11,8 @@
   over a document's windows are then pooled (mean or max).
 
 Each returns `LongTextInputs`: per sequence its ids and token types (with [CLS]/[SEP], not padded) and the index of
-the document it comes from, so a caller batches and collates them like any other encoded data set.
+the document it comes from, so a caller batches and collates them like any other encoded data set; and per document
+whether tokens were left out. Every text is tokenised once.
 """
 
 from __future__ import annotations
@@ -22,17 +23,20 @@ from typing import Any, NamedTuple
 import torch
 
 from minibert.errors import MinibertError
+from minibert.tokenizer import truncate
 
 SUN_ET_AL_HEAD = 128  # head tokens of the best head+tail split in Sun et al. 2019 (with 382 tail tokens, 512 in all)
 
 
 class LongTextInputs(NamedTuple):
     """Sequences ready for the model: `input_ids` and `token_type_ids` (lists of lists, unpadded) and `doc_index`
-    (for each sequence, the index of its document in the input texts)."""
+    (for each sequence, the index of its document in the input texts); `truncated` (per document): tokens of it are
+    in no sequence."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]]
     doc_index: list[int]
+    truncated: list[bool]
 
 
 def head_tail(ids: Sequence[int], max_tokens: int, head: int) -> list[int]:
@@ -46,38 +50,59 @@ def head_tail(ids: Sequence[int], max_tokens: int, head: int) -> list[int]:
     return ids[:head] + ids[len(ids) - (max_tokens - head):]
 
 
+def wordpieces(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, num_workers: int
+               ) -> tuple[list[list[int]], list[list[int]] | list[None]]:
+    """Every text's (and pair's) token ids in full, without [CLS]/[SEP]: the one tokeniser pass of a document."""
+    firsts = tokenizer.encode_batch(texts, max_length=None, truncation=False, add_special_tokens=False,
+                                    num_workers=num_workers)["input_ids"]
+    seconds = [None] * len(texts) if pairs is None else tokenizer.encode_batch(
+        pairs, max_length=None, truncation=False, add_special_tokens=False, num_workers=num_workers)["input_ids"]
+    if len(seconds) != len(firsts):
+        raise MinibertError(f"got {len(firsts)} texts but {len(seconds)} text pairs.")
+    return firsts, seconds
+
+
+def with_specials(tokenizer: Any, a: list[int], b: list[int] | None) -> tuple[list[int], list[int]]:
+    """[CLS] a [SEP] (b [SEP]) and its token types, as the tokenizer builds them."""
+    ids = [tokenizer.cls_token_id, *a, tokenizer.sep_token_id]
+    types = [0] * len(ids)
+    if b is not None:
+        ids += [*b, tokenizer.sep_token_id]
+        types += [1] * (len(b) + 1)
+    return ids, types
+
+
 def truncate_inputs(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int = 512,
                     num_workers: int = 1) -> LongTextInputs:
-    """The first `max_length` tokens of each document (pairs: truncation="longest_first")."""
-    enc = tokenizer.encode_batch(texts, pairs, max_length=max_length, truncation=True, num_workers=num_workers)
-    return LongTextInputs(enc["input_ids"], enc["token_type_ids"], list(range(len(texts))))
+    """The first `max_length` tokens of each document (pairs: truncation="longest_first"), as `truncation=True`
+    gives them."""
+    firsts, seconds = wordpieces(tokenizer, texts, pairs, num_workers)
+    input_ids, token_type_ids, truncated = [], [], []
+    for a, b in zip(firsts, seconds):
+        kept_a, kept_b = truncate(a, b, max_length - (2 if b is None else 3), "longest_first")
+        ids, types = with_specials(tokenizer, kept_a, kept_b)
+        input_ids.append(ids)
+        token_type_ids.append(types)
+        truncated.append(len(kept_a) < len(a) or (b is not None and len(kept_b) < len(b)))
+    return LongTextInputs(input_ids, token_type_ids, list(range(len(texts))), truncated)
 
 
 def head_tail_inputs(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int = 512,
                      head: int = SUN_ET_AL_HEAD, num_workers: int = 1) -> LongTextInputs:
     """[CLS] head_tail(text) [SEP] (pair [SEP]) for each document: the text keeps its first `head` tokens and fills
     the rest of `max_length` from its end; a pair is kept whole (it must leave room for the head)."""
-    firsts = tokenizer.encode_batch(texts, max_length=None, truncation=False, add_special_tokens=False,
-                                    num_workers=num_workers)["input_ids"]
-    seconds = [None] * len(texts) if pairs is None else tokenizer.encode_batch(
-        pairs, max_length=None, truncation=False, add_special_tokens=False, num_workers=num_workers)["input_ids"]
-    if len(seconds) != len(firsts):
-        raise MinibertError(f"head_tail_inputs got {len(firsts)} texts but {len(seconds)} text pairs.")
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    input_ids, token_type_ids = [], []
+    firsts, seconds = wordpieces(tokenizer, texts, pairs, num_workers)
+    input_ids, token_type_ids, truncated = [], [], []
     for i, (a, b) in enumerate(zip(firsts, seconds)):
         room = max_length - 2 - (0 if b is None else len(b) + 1)
         if room < head:
             raise MinibertError(f"max_length={max_length} leaves {room} tokens for text {i} (its pair takes the "
                                 f"rest), fewer than head={head}; raise max_length or lower head.")
-        ids = [cls, *head_tail(a, room, head), sep]
-        types = [0] * len(ids)
-        if b is not None:
-            ids += [*b, sep]
-            types += [1] * (len(b) + 1)
+        ids, types = with_specials(tokenizer, head_tail(a, room, head), b)
         input_ids.append(ids)
         token_type_ids.append(types)
-    return LongTextInputs(input_ids, token_type_ids, list(range(len(texts))))
+        truncated.append(len(a) > room)
+    return LongTextInputs(input_ids, token_type_ids, list(range(len(texts))), truncated)
 
 
 def chunk(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int = 512,
@@ -88,7 +113,8 @@ def chunk(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None = No
     enc = tokenizer.encode_batch(texts, pairs, max_length=max_length,
                                  truncation="only_first" if pairs is not None else True, stride=stride,
                                  return_overflowing_tokens=True, num_workers=num_workers)
-    return LongTextInputs(enc["input_ids"], enc["token_type_ids"], enc["overflow_to_sample_mapping"])
+    return LongTextInputs(enc["input_ids"], enc["token_type_ids"], enc["overflow_to_sample_mapping"],
+                          [False] * len(texts))
 
 
 LONG_TEXT_MODES: dict[str, Callable[..., LongTextInputs]] = {

@@ -2,6 +2,11 @@
 
     python -m minibert.predict --model weights/RUN --input reviews.csv --output predictions.jsonl
     echo "a fine film" | python -m minibert.predict --model weights/RUN --input -
+
+The input is read, predicted and written a chunk of rows at a time, so a file of any size runs in bounded memory and
+the output grows as it goes (to a temporary file beside --output, renamed over it at the end: an interrupted run
+leaves the earlier file untouched). The model and every choice about it come from `minibert.inference`, as for the
+server, so both answer the same for the same text.
 """
 
 from __future__ import annotations
@@ -9,30 +14,30 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from minibert import run_folder
 from minibert.attention import ATTN_IMPLS
-from minibert.batches import Encoded, collate, encode
-from minibert.batching import plan_batches
-from minibert.checkpoint_files import read_shapes, resolve_checkpoint
+from minibert.batching import run_offline
 from minibert.cli import option, options_parser
-from minibert.command import check_vocabulary, run_command
-from minibert.data import LABEL_NAMES, Examples, choose_columns, examples_from, find_column, read_table
-from minibert.devices import PRECISIONS, autocast_dtype, choose_device, precision_name
+from minibert.command import run_command
+from minibert.data import Examples, iter_examples
+from minibert.devices import PRECISIONS
 from minibert.errors import MinibertError
-from minibert.files import atomic_write_text
-from minibert.heads import BertForSequenceClassification
+from minibert.files import atomic_write_with
+from minibert.inference import InferenceModel, LongTextFlags
 from minibert.labels import Labels
-from minibert.long_text import SUN_ET_AL_HEAD, pool_windows
-from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS, LongText, read_record, resolve_long_text
+from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS
 from minibert.metrics import compute_metrics
-from minibert.tokenizer import BertTokenizer
+
+CHUNK_TEXTS = 1024  # rows read, predicted and written at a time: memory stays bounded whatever the input's size
+MAX_TEXT_BYTES = 10_000_000  # a longer line is refused before it is read whole (--max-text-bytes)
 
 
 @dataclass
@@ -45,7 +50,8 @@ class Options:
     text_pair_column: str | None = option(None, "second text column for sentence pairs")
     label_column: str | None = option(None, "gold label column: if present, unknown labels are listed and accuracy "
                                             "printed")
-    output: str | None = option(None, "write the JSON lines here (default: stdout); written whole at the end")
+    output: str | None = option(None, "write the JSON lines here (default: stdout); an earlier file is replaced only "
+                                      "when every row is done")
     long_text: str = option("auto", "texts longer than --max-length: keep the first tokens (truncate), the first "
                                     "--head-tokens and the last ones (head-tail), or score every window of "
                                     "--max-length tokens overlapping by --stride and pool them (chunks); auto: what "
@@ -68,6 +74,7 @@ class Options:
                                           "max_position_embeddings); longer texts: see --long-text", at_least=2)
     all_scores: bool = option(False, "also output the probability of every label")
     quoted_tsv: bool = option(False, "process quotes in TSV files")
+    max_text_bytes: int = option(MAX_TEXT_BYTES, "refuse an input line (one row) longer than this", at_least=1)
     attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
     precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, "
                                     "else fp32)", choices=PRECISIONS)
@@ -97,119 +104,78 @@ def check_paths(opts: Options) -> None:
     run_folder.check_writable_folder(output.parent, "--output")
 
 
-def model_folder(path: Path) -> Path:
-    """The model in a run folder (`best/`, else the newest checkpoint), or the folder itself."""
-    if (path / "best" / "config.json").is_file():
-        return path / "best"
-    if (path / "config.json").is_file():
-        return path
-    if path.is_dir():
-        return run_folder.find_checkpoint(path)
-    raise MinibertError(f"{path} does not exist; pass the run folder written by minibert.finetune.")
+class Gold:
+    """Gold labels seen so far (when the input has a label column) and the model's logits for them: scored at the
+    end, listing any label the model never saw."""
 
+    def __init__(self) -> None:
+        self.labels: list[Any] = []
+        self.sources: list[tuple[str, int]] = []
+        self.logits: list[torch.Tensor] = []
 
-def read_input(opts: Options) -> Examples:
-    if opts.input == "-":
-        lines = [line.rstrip("\r\n") for line in sys.stdin]
-        return Examples(lines, None, None, [("<stdin>", i) for i in range(1, len(lines) + 1)])
-    table = read_table(opts.input, opts.quoted_tsv)
-    columns = choose_columns(table, opts.text_column, opts.text_pair_column, opts.label_column, need_label=False)
-    columns.label = columns.label or find_column(table.columns, LABEL_NAMES)
-    return examples_from(table, columns)
+    def add(self, examples: Examples, logits: torch.Tensor) -> None:
+        if examples.labels is not None:
+            self.labels += examples.labels
+            self.sources += examples.sources
+            self.logits.append(logits)
 
-
-def results(logits: torch.Tensor, labels: Labels, all_scores: bool) -> list[dict[str, Any]]:
-    if labels.problem_type == "regression":
-        return [{"score": value} for value in logits.view(-1).tolist()]
-    multi = labels.problem_type == "multi_label_classification"
-    probs = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=-1)
-    out = []
-    for row in probs.tolist():
-        if multi:
-            chosen = [i for i, p in enumerate(row) if p > 0.5]
-            record: dict[str, Any] = {"label": [labels.names[i] for i in chosen], "score": [row[i] for i in chosen]}
-        else:
-            best = max(range(len(row)), key=row.__getitem__)
-            record = {"label": labels.names[best], "score": row[best]}
-        if all_scores:
-            record["scores"] = dict(zip(labels.names, row))
-        out.append(record)
-    return out
-
-
-def check_has_classifier(folder: Path) -> None:
-    """A model without a trained classification head would label texts at random: refuse it up front."""
-    shapes = read_shapes(resolve_checkpoint(folder).weight_files)
-    if shapes is not None and not any(name.endswith("classifier.weight") for name in shapes):
-        raise MinibertError(f"{folder} has no classification head (no classifier.weight): it is not a fine-tuned "
-                            "classifier; fine-tune it first with python -m minibert.finetune, or use "
-                            "python -m minibert.embed for sentence embeddings.")
-
-
-def long_text_for(opts: Options, record: dict[str, Any], max_length: int, examples: Examples, problem_type: str
-                  ) -> tuple[LongText, str]:
-    """How this prediction reads long texts, and how its windows are pooled: the flags given, else what the model
-    folder records of its fine-tuning (`record`, empty without one), else `--long-text auto`'s rule and the
-    defaults."""
-    how = record.get("how", "auto") if opts.long_text == "auto" else opts.long_text
-    head = opts.head_tokens if opts.head_tokens is not None else record.get("head_tokens", SUN_ET_AL_HEAD)
-    stride = opts.stride if opts.stride is not None else (
-        record["stride"] if record.get("max_length") == max_length else None)
-    long_text = resolve_long_text(how, head, stride, max_length, examples.pairs is not None, problem_type)
-    how, stride, pool = long_text.how, long_text.stride, opts.pool or record.get("pool", "mean")
-    if opts.long_text == "auto":
-        source = "as the model was fine-tuned" if record else "no long_text.json in the model folder"
-        what = {"truncate": f"first {max_length} tokens", "head-tail": f"first {head} tokens and the end",
-                "chunks": f"windows of {max_length} tokens, stride {stride}, {pool}-pooled"}[how]
-        print(f"--long-text auto: {how} ({what}; {source}).", file=sys.stderr)
-    return long_text, pool
-
-
-def predict(opts: Options) -> list[dict[str, Any]]:
-    check_paths(opts)
-    device = choose_device(opts.device)
-    amp = autocast_dtype(opts.precision, device)
-    folder = model_folder(Path(opts.model))
-    check_has_classifier(folder)
-    tokenizer = BertTokenizer.from_pretrained(folder)
-    model = BertForSequenceClassification.from_pretrained(folder, attn_impl=opts.attn_impl).to(device)
-    check_vocabulary(tokenizer, model, folder)
-    labels = Labels.from_config(model.config.problem_type, model.config.id2label)
-    examples = read_input(opts)
-    limit = model.config.max_position_embeddings
-    record = read_record(folder) or {}
-    if opts.max_length is not None and opts.max_length > limit:
-        print(f"--max-length {opts.max_length} is more than the model's {limit} positions; using {limit}.",
-              file=sys.stderr)
-    max_length = min(opts.max_length or record.get("max_length") or 512, limit)
-    long_text, pool = long_text_for(opts, record, max_length, examples, labels.problem_type)
-    data: Encoded = encode(tokenizer, examples, max_length, progress=not opts.no_progress, long_text=long_text)
-    logits = torch.empty(len(data), model.config.num_labels)
-    batches = plan_batches(data.lengths, opts.max_batch_tokens, opts.batch_size)
-    show = not opts.no_progress and len(batches) > 1
-    with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        for indices in tqdm(batches, desc=f"predicting ({precision_name(amp)})", unit="batch", disable=not show,
-                            file=sys.stderr):
-            batch = {k: v.to(device) for k, v in collate(data, indices).items()}
-            logits[indices] = model(**batch).logits.float().cpu()
-    if data.doc_index is not None:  # windows of long texts: one answer per input row
-        logits = pool_windows(logits, data.doc_index, len(examples), pool)
-    if examples.labels is not None:  # gold labels given: score them, listing any the model never saw
+    def report(self, labels: Labels) -> None:
+        if not self.labels:
+            return
         try:
-            gold = labels.encode(examples, "prediction")
-            metrics = compute_metrics(logits, gold, labels.problem_type)
+            gold = labels.encode(Examples([""] * len(self.labels), None, self.labels, self.sources), "prediction")
+            metrics = compute_metrics(torch.cat(self.logits), gold, labels.problem_type)
             print(", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not isinstance(v, bool)), file=sys.stderr)
         except MinibertError as e:
             logging.getLogger("minibert").warning("%s", e)
-    return results(logits, labels, opts.all_scores)
+
+
+def predict_chunk(model: InferenceModel, examples: Examples, opts: Options) -> torch.Tensor:
+    """Each text's pooled logits: tokenised as `model` reads long texts, batched longest first."""
+    prepared = model.prepare("predict", examples.texts, examples.pairs)
+    outputs = run_offline(prepared.rows, lambda rows: model.forward("predict", rows), opts.max_batch_tokens,
+                          opts.batch_size)
+    return model.pooled_logits(outputs, prepared)
+
+
+def predict_to(out: IO[str], opts: Options, model: InferenceModel) -> int:
+    """Predict every input row and write its JSON line to `out` as each chunk is done; the number of rows."""
+    assert model.labels is not None
+    gold, count, announced = Gold(), 0, False
+    with tqdm(desc=f"predicting ({model.precision.name})", unit=" texts", disable=opts.no_progress, delay=2,
+              file=sys.stderr) as bar:
+        for examples in iter_examples(opts.input, opts.text_column, opts.text_pair_column, opts.label_column,
+                                      opts.quoted_tsv, CHUNK_TEXTS, opts.max_text_bytes, find_label=True):
+            if not announced and opts.long_text == "auto":
+                print(f"--long-text auto: {model.describe_long_text(examples.pairs is not None)}.", file=sys.stderr)
+                announced = True
+            logits = predict_chunk(model, examples, opts)
+            gold.add(examples, logits)
+            out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in model.records(logits, opts.all_scores)))
+            out.flush()
+            count += len(examples)
+            bar.update(len(examples))
+    gold.report(model.labels)
+    return count
 
 
 def run(opts: Options) -> int:
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predict(opts))
-    if opts.output:
-        atomic_write_text(opts.output, lines)
-    else:
-        sys.stdout.write(lines)
+    check_paths(opts)
+    started = time.monotonic()
+    model = InferenceModel.load(opts.model, task="predict", max_length=opts.max_length,
+                                long_text=LongTextFlags(opts.long_text, opts.head_tokens, opts.stride, opts.pool),
+                                precision=opts.precision, attn_impl=opts.attn_impl, device=opts.device)
+    if opts.output is None:
+        predict_to(sys.stdout, opts, model)
+        return 0
+    counted: list[int] = []
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as out:
+            counted.append(predict_to(out, opts, model))
+
+    atomic_write_with(opts.output, write)
+    print(f"wrote {counted[0]} predictions to {opts.output} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
     return 0
 
 

@@ -24,7 +24,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -34,8 +33,9 @@ from minibert.attention import ATTN_IMPLS
 from minibert.batching import ORDERS, Batcher, BatchStats, Closed, QueueFull, TooBig
 from minibert.cli import option, options_parser
 from minibert.devices import PRECISIONS
-from minibert.engine import Engine, TooLong, resolve_folder
 from minibert.errors import MinibertError
+from minibert.inference import InferenceModel, LongTextFlags, TooLong
+from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS
 from minibert.malloc import HeapTrimmer, tune_malloc
 from minibert.serve_json import BadJson, parse_json
 from minibert.serve_logs import FailureLog, RateLimitFilter
@@ -71,11 +71,23 @@ class Options:
     max_queue_tokens: int = option(131072, "real tokens waiting for the model at most (requests being tokenised "
                                            "count by their size); beyond, requests get 503 with Retry-After",
                                    at_least=1)
-    max_length: int = option(512, "tokens per text; longer texts are truncated (see --no-truncate)", at_least=2)
+    max_length: int | None = option(None, "tokens per sequence (default: the length the model was fine-tuned with, "
+                                          "from its long_text.json, else 512); longer texts: see --long-text",
+                                    at_least=2)
+    long_text: str = option("auto", "texts longer than --max-length, as predict reads them: truncate, head-tail, "
+                                    "chunks (every window scored, pooled per text), or auto (what the model was "
+                                    "fine-tuned with)", choices=LONG_TEXT_CHOICES)
+    head_tokens: int | None = option(None, "head-tail: tokens kept from the start (default: the model's fine-tuning "
+                                           "value, else 128)", at_least=0)
+    stride: int | None = option(None, "chunks: tokens each window shares with the previous one (default: the "
+                                      "model's fine-tuning value, else a quarter of --max-length)", at_least=0)
+    pool: str | None = option(None, "chunks: how a text's window logits are pooled (default: the model's "
+                                    "fine-tuning value, else mean)", choices=POOLS)
     max_inputs: int = option(64, "texts per request at most (413 beyond); --max-inputs texts of --max-length tokens "
                                  "must fit in --max-queue-tokens", at_least=1)
     max_body_bytes: int = option(1_000_000, "request body size at most (413 beyond)", at_least=1)
-    no_truncate: bool = option(False, "refuse texts longer than --max-length (422) instead of truncating them")
+    no_truncate: bool = option(False, "refuse texts longer than --max-length (422) instead of reading them as "
+                                      "--long-text says")
     batch_order: str = option("arrival", "arrival: fill batches in arrival order; longest: the oldest text, then "
                                          "the longest waiting", choices=ORDERS)
     precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the CPU computes it natively)",
@@ -106,18 +118,26 @@ def parse_args(argv: list[str] | None = None) -> Options:
     return opts
 
 
-def check_limits(opts: Options) -> None:
-    """A request the server accepts must fit in its queue: --max-inputs texts of --max-length tokens."""
-    if opts.max_inputs * opts.max_length > opts.max_queue_tokens:
-        raise MinibertError(f"--max-inputs {opts.max_inputs} texts of --max-length {opts.max_length} tokens make "
-                            f"{opts.max_inputs * opts.max_length} tokens, more than --max-queue-tokens "
+def check_limits(opts: Options, max_length: int) -> None:
+    """A request the server accepts must fit in its queue: --max-inputs texts of the model's max length (with
+    windows, a text may take more; such a request gets 413)."""
+    if opts.max_inputs * max_length > opts.max_queue_tokens:
+        raise MinibertError(f"--max-inputs {opts.max_inputs} texts of {max_length} tokens (the max length) make "
+                            f"{opts.max_inputs * max_length} tokens, more than --max-queue-tokens "
                             f"{opts.max_queue_tokens}: such a request could never be queued; raise "
-                            "--max-queue-tokens or lower one of the others.")
+                            "--max-queue-tokens or lower --max-inputs or --max-length.")
 
 
 def worker_threads(opts: Options) -> int:
     """torch threads per model worker: --threads, or torch's default (the cores) shared out among the workers."""
     return opts.threads or max(1, torch.get_num_threads() // opts.workers)
+
+
+def load_model(opts: Options) -> InferenceModel:
+    """The model as the flags say: predict's long-text rules, precision and kernel."""
+    return InferenceModel.load(opts.model, max_length=opts.max_length,
+                               long_text=LongTextFlags(opts.long_text, opts.head_tokens, opts.stride, opts.pool),
+                               precision=opts.precision, attn_impl=opts.attn_impl)
 
 
 def require_serve_extra() -> None:
@@ -128,38 +148,6 @@ def require_serve_extra() -> None:
     except ImportError as e:
         raise MinibertError(f"python -m minibert.serve needs {e.name}, which is not installed; run "
                             "pip install 'minibert[serve]' (fastapi, uvicorn, prometheus-client).") from None
-
-
-def public_name(model: str) -> str:
-    """How answers name the model: a local folder by its name (a run folder's, not `best`), a Hub id as is."""
-    path = Path(model)
-    if not path.is_dir():
-        return model
-    path = path.resolve()
-    return path.parent.name if path.name == "best" else path.name
-
-
-def path_scrubber(model: str) -> Callable[[Any], Any]:
-    """A function that replaces the model's local paths by its public name in any string of a JSON value, so that
-    no answer shows where the server's files are."""
-    name = public_name(model)
-    paths = set()
-    if Path(model).is_dir():
-        folder = resolve_folder(model)
-        paths = {str(p) for p in (Path(model), Path(model).resolve(), folder, Path(folder).resolve())}
-    paths = sorted(paths - {name}, key=len, reverse=True)
-
-    def scrub(value: Any) -> Any:
-        if isinstance(value, str):
-            for p in paths:
-                value = value.replace(p, name)
-            return value
-        if isinstance(value, dict):
-            return {k: scrub(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [scrub(v) for v in value]
-        return value
-    return scrub
 
 
 class ApiError(Exception):
@@ -259,27 +247,31 @@ async def unless_gone(request: Any, work: asyncio.Future) -> Any:
     return work.result()
 
 
-# --- the engine, behind two functions --------------------------------------------------------------------------
+# --- the model, behind two functions ----------------------------------------------------------------------------
 
-def prepare(engine: Engine, kind: str, texts: list[str], pairs: list[str] | None, truncate: bool) -> Any:
-    """A request's texts as rows for the batcher, with what the answer says per text (runs in the tokenizer pool)."""
+def prepare(model: InferenceModel, kind: str, texts: list[str], pairs: list[str] | None, refuse_long: bool) -> Any:
+    """A request's texts as rows for the batcher, with what the answer says per text (runs in a tokenizer thread)."""
     try:
-        return engine.tokenize(kind, texts, pairs, truncate=truncate)
+        return model.prepare(kind, texts, pairs, refuse_long=refuse_long)
     except TooLong as e:
         raise ApiError(422, str(e)) from None
 
 
-def finish(engine: Engine, kind: str, outputs: list[Any], prepared: Any, want_tokens: bool) -> dict[str, Any]:
-    """The answer's JSON from the model's outputs for the rows of `prepare`."""
-    extra: list[dict[str, Any]] = [{"truncated": t} for t in prepared.truncated]
+def finish(model: InferenceModel, kind: str, outputs: list[Any], prepared: Any, want_tokens: bool) -> dict[str, Any]:
+    """The answer's JSON from the model's outputs for the rows of `prepare`: per text, how it was read (one sequence,
+    truncated or not; or n windows pooled) and on request its tokens."""
+    extra: list[dict[str, Any]] = [{"windows": n} if n > 1 else {"truncated": t}
+                                   for n, t in zip(prepared.windows, prepared.truncated)]
     if want_tokens:
-        for record, row in zip(extra, prepared.rows):
-            record["tokens"] = engine.tokens(row)
+        rows: list[list[list[str]]] = [[] for _ in extra]
+        for doc, row in zip(prepared.doc_index, prepared.rows):
+            rows[doc].append(model.tokens(row))
+        for record, tokens in zip(extra, rows):
+            record["tokens"] = tokens[0] if len(tokens) == 1 else tokens
     if kind == "predict":
-        return {"results": [{**o, **e} for o, e in zip(outputs, extra)]}
-    pooling = engine.encoder.pooling
-    return {"embeddings": outputs, "inputs": extra,
-            "pooling": {"mode": pooling.mode, "normalize": pooling.normalize, "source": pooling.source}}
+        answers = model.records(model.pooled_logits(outputs, prepared))
+        return {"results": [{**o, **e} for o, e in zip(answers, extra)]}
+    return {"embeddings": [v.tolist() for v in outputs], "inputs": extra, "pooling": model.pooling_info()}
 
 
 # --- the app -----------------------------------------------------------------------------------------------------
@@ -307,7 +299,7 @@ class Shutdown:
         asyncio.get_running_loop().call_later(timeout, expire)
 
 
-def create_app(engine: Engine, opts: Options) -> Any:
+def create_app(engine: InferenceModel, opts: Options) -> Any:
     """The FastAPI app over a loaded engine; its batcher's worker starts now and drains at shutdown."""
     require_serve_extra()
     from contextlib import asynccontextmanager
@@ -318,12 +310,11 @@ def create_app(engine: Engine, opts: Options) -> Any:
     from pydantic import BaseModel, ConfigDict
     from starlette.exceptions import HTTPException
 
-    check_limits(opts)
+    check_limits(opts, engine.max_length["predict" if engine.classifier is not None else "embed"])
     metrics = Metrics()
     failures = FailureLog(logger, metrics.failure)
     trimmer = HeapTrimmer()
-    scrub = path_scrubber(engine.name)
-    name = public_name(engine.name)
+    name = engine.name  # a folder name or a Hub id, never a path
     shutdown = Shutdown()
 
     def on_batch(stats: BatchStats) -> None:
@@ -369,7 +360,7 @@ def create_app(engine: Engine, opts: Options) -> Any:
                                                       lambda: batcher.close(drain=False, timeout=0))
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": scrub(message)}, status_code=status, headers=headers)
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -385,7 +376,7 @@ def create_app(engine: Engine, opts: Options) -> Any:
         except BadJson as e:
             raise ApiError(400, str(e)) from None
         texts, pairs, want_tokens = parse_inputs(value, opts.max_inputs, pairs_allowed=kind == "predict")
-        return prepare(engine, kind, texts, pairs, truncate=not opts.no_truncate), want_tokens
+        return prepare(engine, kind, texts, pairs, refuse_long=opts.no_truncate), want_tokens
 
     def admit(size: int) -> int:
         """Reserve room in the queue for a body of `size` bytes, before reading or tokenising it."""
@@ -437,7 +428,7 @@ def create_app(engine: Engine, opts: Options) -> Any:
                 raise ApiError(500, f"the model failed on this request ({type(e).__name__}); the server logged the "
                                     "details.") from None
             ticket = None
-            return JSONResponse(scrub(finish(engine, kind, outputs, prepared, want_tokens)))
+            return JSONResponse(finish(engine, kind, outputs, prepared, want_tokens))
         except ApiError as e:
             return error(e.status, e.message, e.headers)
         except ClientGone:
@@ -478,8 +469,8 @@ def create_app(engine: Engine, opts: Options) -> Any:
     async def info() -> dict:
         limits = {k: getattr(opts, k) for k in ("max_batch_tokens", "max_wait_ms", "max_queue_tokens", "max_inputs",
                                                  "max_body_bytes", "batch_order")}
-        return scrub({**engine.info(), "model": name, **limits, "truncate": not opts.no_truncate,
-                      "threads": worker_threads(opts), "workers": opts.workers, "api_key": bool(opts.api_key)})
+        return {**engine.info(), **limits, "truncate": not opts.no_truncate, "threads": worker_threads(opts),
+                "workers": opts.workers, "api_key": bool(opts.api_key)}
 
     @app.get("/metrics", summary="Prometheus text format")
     async def prometheus() -> Response:
@@ -495,9 +486,6 @@ def create_app(engine: Engine, opts: Options) -> Any:
 
     page_route("/", PAGE, "a page to try the model")
     page_route("/docs", DOCS, "the routes and their JSON, from /openapi.json (no external assets)")
-
-    openapi = app.openapi
-    app.openapi = lambda: scrub(openapi())  # type: ignore[method-assign]
 
     app.add_middleware(Guard, hosts=allowed_hosts(opts.allowed_hosts, opts.host), api_key=opts.api_key,
                        public=PUBLIC_ROUTES)
@@ -535,7 +523,6 @@ def serve(opts: Options) -> None:
 
     from minibert.serve_connections import connection_cap, guarded_protocol, raise_fd_limit
 
-    check_limits(opts)
     tune_malloc()
     fd_limit = raise_fd_limit()
     max_connections = connection_cap(opts.max_connections, fd_limit)
@@ -545,18 +532,19 @@ def serve(opts: Options) -> None:
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     sock = bind(opts.host, opts.port)
-    engine = Engine(opts.model, opts.max_length, opts.precision, opts.attn_impl)
+    engine = load_model(opts)
     engine.warm_up()
     app = create_app(engine, opts)
     failures: FailureLog = app.state.failures
     logging.getLogger("uvicorn.error").addFilter(RateLimitFilter(failures))
     info = engine.info()
     hosts = allowed_hosts(opts.allowed_hosts, opts.host)
-    logger.info("serving %s: %s%s, max length %s, kernel %s, %s, %d worker(s) of %d thread(s), on http://%s:%d; "
-                "hosts %s, %s", public_name(engine.name), info["task"],
-                f" ({', '.join(info['labels'])})" if info["labels"] else "", info["max_length"], info["kernel"],
-                info["precision"], opts.workers, worker_threads(opts), opts.host, sock.getsockname()[1],
-                ", ".join(hosts) if hosts else "any", "API key required" if opts.api_key else "no API key")
+    logger.info("serving %s: %s%s, max length %s, long texts: %s, kernel %s, %s, %d worker(s) of %d thread(s), on "
+                "http://%s:%d; hosts %s, %s", engine.name, info["task"],
+                f" ({', '.join(info['labels'])})" if info["labels"] else "", info["max_length"],
+                engine.describe_long_text(), info["kernel"], info["precision"], opts.workers, worker_threads(opts),
+                opts.host, sock.getsockname()[1], ", ".join(hosts) if hosts else "any",
+                "API key required" if opts.api_key else "no API key")
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:

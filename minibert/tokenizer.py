@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from minibert.encoding import BatchEncoding, Row, keep_lengths, pad_row, pair_windows, span_row, windows
+from minibert.encoding import BatchEncoding, SpanRow, keep_lengths, pad_row, pair_windows, span_row, windows
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
 from minibert.tokenizer_files import (
@@ -392,13 +392,13 @@ class BertTokenizer:
 
     def _span_rows(self, texts: list[str], pairs: list[str | None], add_special_tokens: bool, truncation: str | None,
                    max_length: int | None, stride: int, padding: str | None, pad_to_multiple_of: int | None
-                   ) -> tuple[list[Row], list[int]]:
+                   ) -> tuple[list[SpanRow], list[int]]:
         """The slow path: each input's rows (one, or its windows) with where each token came from, padded, and the
         input index of each row."""
         if truncation is not None and max_length is not None and max_length - 2 >= 0 and max_length - 2 < stride:
             raise MinibertError(f"stride={stride} must be at most max_length ({max_length}) minus the 2 special "
                                 "tokens; lower stride or raise max_length.")
-        rows: list[Row] = []
+        rows: list[SpanRow] = []
         sample: list[int] = []
         cls, sep = self.vocab[self.special_tokens["cls_token"]], self.vocab[self.special_tokens["sep_token"]]
         specials = (cls, sep) if add_special_tokens else None

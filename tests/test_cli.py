@@ -132,7 +132,7 @@ def test_predict_lists_unknown_gold_labels(run, tmp_path, caplog) -> None:
 
 def test_predict_on_a_folder_without_model(tmp_path, capsys) -> None:
     assert predict.main(["--model", str(tmp_path / "nothing"), "--input", "-"]) == 1
-    assert "does not exist; pass the run folder" in last_line(capsys)
+    assert "nothing does not exist; check the path" in last_line(capsys)
 
 
 def test_help_documents_every_flag_with_its_default(capsys) -> None:

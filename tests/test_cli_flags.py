@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from minibert import finetune, predict, pretrain
+from minibert import finetune, inference, predict, pretrain
 from tests.tiny import sentiment_rows, write_csv, write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ PRETRAIN_BAD = {flag: values for flag, values in FINETUNE_BAD.items()
 PRETRAIN_BAD.update({"--max-length": ["2", "0"], "--mlm-probability": ["0", "1.5", "nan"]})
 PREDICT_BAD = {"--batch-size": ["0", "-1"], "--max-batch-tokens": ["0"], "--max-length": ["1", "0"],
                "--precision": ["fp16"], "--attn-impl": ["flash"], "--long-text": ["middle"], "--head-tokens": ["-1"],
-               "--stride": ["-1"], "--pool": ["sum"]}
+               "--stride": ["-1"], "--pool": ["sum"], "--max-text-bytes": ["0"]}
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a model or tokenizer was loaded before the flags were checked")
 
-    for module in (finetune, predict):
+    for module in (finetune, inference):
         monkeypatch.setattr(module.BertForSequenceClassification, "from_pretrained", refuse)
         monkeypatch.setattr(module.BertTokenizer, "from_pretrained", refuse)
 
@@ -169,7 +169,7 @@ def test_predict_refuses_a_model_without_a_classifier(files, tmp_path, capsys) -
     BertModel.from_pretrained(files["model"]).save_pretrained(encoder)
     (encoder / "vocab.txt").write_bytes((files["model"] / "vocab.txt").read_bytes())
     line = user_error(predict.main, ["--model", str(encoder), "--input", str(files["train"])], capsys)
-    assert line.startswith(f"error: {encoder} has no classification head (no classifier.weight)")
+    assert line.startswith("error: encoder has no classification head (no classifier.weight)")
 
 
 def test_vocabulary_of_another_size_than_the_checkpoint_is_refused(files, tmp_path, capsys) -> None:

@@ -146,5 +146,6 @@ def test_embed_cli_writes_what_encode_returns(tmp_path: Path, tiny: Path, capsys
     written = torch.tensor([json.loads(line)["embedding"] for line in out.read_text().splitlines()])
     expected = SentenceEncoder.from_pretrained(tiny).encode(texts)
     assert (written - expected).abs().max().item() < 1e-6
+    assert capsys.readouterr().err.startswith(f"wrote 3 embeddings to {out} (")
     assert embed_main(["--model", str(tmp_path / "nowhere"), "--input", "-"]) == 1
     assert capsys.readouterr().err.startswith("error: ")

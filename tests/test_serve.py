@@ -4,6 +4,8 @@ request gets its status and sentence, metrics count what happened; and the batch
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import sys
 import threading
@@ -22,11 +24,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from minibert.batching import Batcher, QueueFull, Row, TooBig  # noqa: E402
 from minibert.config import BertConfig  # noqa: E402
-from minibert.engine import Engine  # noqa: E402
 from minibert.heads import BertForSequenceClassification  # noqa: E402
+from minibert.inference import InferenceModel  # noqa: E402
+from minibert.long_text_options import LongText, write_record  # noqa: E402
 from minibert.pooling import SentenceEncoder  # noqa: E402
 from minibert.predict import main as predict_main  # noqa: E402
-from minibert.serve import Options, create_app, parse_args  # noqa: E402
+from minibert.serve import Options, create_app, load_model, parse_args  # noqa: E402
 from minibert.tokenizer import BertTokenizer  # noqa: E402
 from tests.test_pooling import write_st_layout, write_tiny_encoder  # noqa: E402
 from tests.tiny import write_csv, write_tiny_model  # noqa: E402
@@ -59,14 +62,15 @@ def write_classifier(folder: Path, base: Path | None = None, seed: int = 0) -> P
 
 
 def offline_predict(folder: Path, texts: list[str], tmp: Path, pairs: list[str] | None = None,
-                    max_length: int = 512) -> list[dict[str, Any]]:
-    """`python -m minibert.predict --all-scores` on the same texts, in fp32, truncating as the server does."""
+                    max_length: int = 512, flags: tuple[str, ...] = ("--long-text", "truncate")
+                    ) -> list[dict[str, Any]]:
+    """`python -m minibert.predict --all-scores` on the same texts, in fp32, with `flags` (the server's)."""
     rows = [(t,) if pairs is None else (t, p) for t, p in zip(texts, pairs or texts)]
     header = ("text",) if pairs is None else ("text", "text_pair")
     csv = write_csv(tmp / "offline.csv", rows, header)
     out = tmp / "offline.jsonl"
     argv = ["--model", str(folder), "--input", str(csv), "--output", str(out), "--all-scores", "--precision", "fp32",
-            "--max-length", str(max_length), "--device", "cpu", "--long-text", "truncate"]
+            "--max-length", str(max_length), "--device", "cpu", *flags]
     if pairs is not None:
         argv += ["--text-pair-column", "text_pair"]
     assert predict_main(argv) == 0
@@ -84,7 +88,7 @@ def assert_same_predictions(served: list[dict], offline: list[dict], tol: float 
 
 def client_for(folder: Path, **options: Any) -> TestClient:
     opts = Options(model=str(folder), precision="fp32", **options)
-    engine = Engine(str(folder), opts.max_length, "fp32")
+    engine = load_model(opts)
     engine.warm_up()
     return TestClient(create_app(engine, opts), base_url="http://localhost")
 
@@ -170,7 +174,7 @@ def test_embed_tiny_layout_and_default_pooling(tmp_path: Path, tiny_classifier: 
 def test_truncation(tiny_classifier: Path, tmp_path: Path) -> None:
     long_text = "the movie was good and " * 10  # 52 tokens with [CLS] and [SEP]
     texts = [long_text, "bad"]
-    with client_for(tiny_classifier, max_length=16) as c:
+    with client_for(tiny_classifier, max_length=16, long_text="truncate") as c:
         results = c.post("/predict", json={"inputs": texts, "tokens": True}).json()["results"]
     assert [r["truncated"] for r in results] == [True, False]
     assert len(results[0]["tokens"]) == 16 and results[0]["tokens"][-1] == "[SEP]"
@@ -179,8 +183,63 @@ def test_truncation(tiny_classifier: Path, tmp_path: Path) -> None:
         refused = c.post("/predict", json={"inputs": texts})
         assert c.post("/predict", json={"inputs": ["bad"]}).status_code == 200
     assert refused.status_code == 422
-    assert refused.json()["error"] == ("input 0 has 52 tokens, more than the limit of 16; shorten it, or start the "
-                                       "server without --no-truncate to have it truncated.")
+    assert refused.json()["error"] == ("input 0 has more than the limit of 16 tokens; shorten it, or start the "
+                                       "server without --no-truncate to have it read as --long-text says.")
+
+
+@pytest.fixture(scope="module")
+def minilm_long_reviews(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path, shared_dir: Path
+                        ) -> tuple[Path, list[str]]:
+    """A MiniLM classifier with a seeded head, and three IMDB reviews of 300-400 tokens plus a short text."""
+    folder = write_classifier(tmp_path_factory.mktemp("long") / "minilm-classifier", base=minilm_dir)
+    rows = csv.DictReader(io.StringIO((shared_dir / "data" / "imdb" / "train.csv").read_text()[:100_000]))
+    reviews = [r["text"] for r in rows if 1500 < len(r["text"]) < 2000][:3]
+    return folder, [*reviews, "a short one"]
+
+
+def window_reference(folder: Path, texts: list[str], max_length: int, stride: int, pool: str) -> list[list[float]]:
+    """Probabilities computed apart from minibert's long-text code: transformers' tokenizer cuts the windows
+    (`return_overflowing_tokens`), the model scores each, the logits are pooled per text by hand."""
+    from transformers import AutoTokenizer
+
+    enc = AutoTokenizer.from_pretrained(str(folder))(texts, max_length=max_length, truncation=True, stride=stride,
+                                                      return_overflowing_tokens=True, padding=True,
+                                                      return_tensors="pt")
+    model = BertForSequenceClassification.from_pretrained(folder, attn_impl="math")
+    with torch.no_grad():
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                       token_type_ids=enc["token_type_ids"]).logits
+    docs = enc["overflow_to_sample_mapping"].tolist()
+    pooled = [torch.stack([logits[i] for i, d in enumerate(docs) if d == doc]) for doc in range(len(texts))]
+    return [(p.amax(0) if pool == "max" else p.mean(0)).softmax(-1).tolist() for p in pooled]
+
+
+@pytest.mark.parametrize("mode", ["truncate", "head-tail", "chunks", "recorded"])
+def test_long_reviews_answer_what_predict_answers(mode: str, minilm_long_reviews: tuple[Path, list[str]],
+                                                  tmp_path: Path) -> None:
+    """The server reads long texts as predict does, in every mode ("recorded": no flag, the model folder's
+    long_text.json as finetune writes it), to 1e-5 in fp32; each answer says how its text was read; windows are
+    pooled as an independent computation pools them."""
+    folder, reviews = minilm_long_reviews
+    (folder / "long_text.json").unlink(missing_ok=True)
+    if mode == "recorded":
+        write_record(folder, LongText("chunks", 16, 24), 96, "max")
+        flags: tuple[str, ...] = ()
+        server: dict[str, Any] = {}
+    else:
+        flags = ("--long-text", mode, "--head-tokens", "40", "--stride", "24")
+        server = {"long_text": mode, "head_tokens": 40, "stride": 24, "max_length": 96}
+    offline = offline_predict(folder, reviews, tmp_path, max_length=96, flags=flags)
+    with client_for(folder, **server) as c:
+        results = c.post("/predict", json={"inputs": reviews}).json()["results"]
+    assert_same_predictions(results, offline)
+    if mode in ("chunks", "recorded"):
+        assert all(r["windows"] > 3 for r in results[:3]) and results[3]["truncated"] is False
+        reference = window_reference(folder, reviews, 96, 24, "max" if mode == "recorded" else "mean")
+        for result, probs in zip(results, reference):
+            assert max(abs(a - b) for a, b in zip(result["scores"].values(), probs)) < 1e-5
+    else:
+        assert [r["truncated"] for r in results] == [True, True, True, False]
 
 
 # --- bad requests --------------------------------------------------------------------------------------------------
@@ -310,7 +369,7 @@ def test_health_info_metrics_page(tiny_classifier: Path) -> None:
         assert metric(c, 'minibert_requests_total{endpoint="/predict",status="400"}') == 1
         assert metric(c, 'minibert_requests_total{endpoint="/predict",status="415"}') == 1
         assert metric(c, 'minibert_texts_total{kind="predict"}') == 3 * len(TEXTS)
-        tokens = sum(len(r) for r in Engine(str(tiny_classifier)).tokenize("predict", TEXTS, None, True).rows)
+        tokens = sum(len(r) for r in InferenceModel.load(str(tiny_classifier)).prepare("predict", TEXTS).rows)
         assert metric(c, 'minibert_tokens_total{kind="predict"}') == 3 * tokens
         assert metric(c, 'minibert_batch_texts_count{kind="predict"}') == 3
         assert metric(c, 'minibert_batch_texts_sum{kind="predict"}') == 3 * len(TEXTS)

@@ -75,7 +75,7 @@ def read_answer(sock: socket.socket, deadline: float) -> bytes:
 
 def test_a_1mb_body_does_not_stall_health(server: str) -> None:
     """One text of 1 MB of fresh words (the tiny vocabulary spells them letter by letter: about a million tokens to
-    find): /health keeps answering within a fraction of a second the whole time."""
+    find): /health keeps answering within a fraction of a second the whole time it is tokenised."""
     words = " ".join(f"q{i:x}zv" for i in range(160_000))[:990_000]
     body = json.dumps({"inputs": [words]}).encode()
     result: dict[str, httpx.Response] = {}
@@ -89,7 +89,9 @@ def test_a_1mb_body_does_not_stall_health(server: str) -> None:
         latencies.append(time.monotonic() - began)
         time.sleep(0.05)
     sender.join(60)
-    assert result["big"].status_code == 200 and result["big"].json()["results"][0]["truncated"] is True
+    # read in windows as predict would, it is more work than the whole queue holds: refused in one sentence
+    assert result["big"].status_code == 413
+    assert result["big"].json()["error"].startswith("this request is too large for the server (it has ")
     assert max(latencies) < 0.5, f"/health took up to {max(latencies):.2f} s while a 1 MB body was tokenised"
     assert len(latencies) >= 5, "the large request was too quick to measure anything"
 

@@ -44,9 +44,9 @@ def test_head_tail_by_hand():
 def test_head_tail_inputs_by_hand(tok):
     got = head_tail_inputs(tok, [DOC, "w3 w4"], max_length=8, head=2)
     assert got.input_ids == [[2, 4, 5, 10, 11, 12, 13, 3], [2, 7, 8, 3]]  # 2 head + 4 tail; a short text whole
-    assert got.token_type_ids == [[0] * 8, [0] * 4] and got.doc_index == [0, 1]
+    assert got.token_type_ids == [[0] * 8, [0] * 4] and got.doc_index == [0, 1] and got.truncated == [True, False]
     pair = head_tail_inputs(tok, [DOC], ["w5"], max_length=8, head=2)  # the pair takes 2: 2 head + 2 tail
-    assert pair == LongTextInputs([[2, 4, 5, 12, 13, 3, 9, 3]], [[0, 0, 0, 0, 0, 0, 1, 1]], [0])
+    assert pair == LongTextInputs([[2, 4, 5, 12, 13, 3, 9, 3]], [[0, 0, 0, 0, 0, 0, 1, 1]], [0], [True])
     with pytest.raises(MinibertError, match="leaves 1 tokens for text 0"):
         head_tail_inputs(tok, [DOC], ["w1 w2 w3 w4"], max_length=8, head=2)
 
@@ -75,6 +75,21 @@ def test_chunks_match_transformers_overflowing_tokens(tmp_path, monkeypatch):
     expected = ref(texts, pairs, truncation="only_first", max_length=64, stride=5, return_overflowing_tokens=True)
     got = chunk(ours, texts, pairs, max_length=64, stride=5, num_workers=2)
     assert got.input_ids == expected["input_ids"] and got.doc_index == expected["overflow_to_sample_mapping"]
+
+
+def test_truncate_inputs_match_transformers_truncation(tmp_path):
+    """One tokeniser pass, then `longest_first` by hand: the ids transformers gives with truncation=True, for texts
+    and pairs, and `truncated` exactly where the full encoding is longer than max_length."""
+    folder = write_small_vocab(tmp_path)
+    ours, ref = BertTokenizer.from_pretrained(folder), transformers.BertTokenizer.from_pretrained(folder)
+    texts = sample_sentences(200)
+    pairs = [text[: 5 + i % 40] for i, text in enumerate(texts[::-1])]
+    for second in (None, pairs):
+        got = truncate_inputs(ours, texts, second, max_length=24)
+        expected = ref(texts, second, truncation=True, max_length=24)
+        assert got.input_ids == expected["input_ids"] and got.token_type_ids == expected["token_type_ids"]
+        full = ref(texts, second)["input_ids"]
+        assert got.truncated == [len(ids) > 24 for ids in full] and 0 < sum(got.truncated) < len(texts)
 
 
 def test_encode_long_modes(tok):
