@@ -77,7 +77,11 @@ def run_offline(rows: Sequence[Row], forward: Callable[[list[Row]], Sequence[Any
 
 
 class QueueFull(Exception):
-    """The queue holds `max_queue` texts already; the caller should answer 503 and ask to retry."""
+    """The waiting work would pass `max_queue_tokens`; the caller should answer 503 and ask to retry."""
+
+
+class TooBig(Exception):
+    """One request alone has more tokens than the whole queue holds; retrying cannot help (413)."""
 
 
 class Closed(Exception):
@@ -140,15 +144,18 @@ class Batcher:
     """
 
     def __init__(self, forward: Callable[[str, list[Row]], Sequence[Any]], max_batch_tokens: int = 8192,
-                 max_wait_ms: float = 5.0, max_queue: int = 4096, order: str = "arrival",
+                 max_wait_ms: float = 5.0, max_queue_tokens: int = 131072, order: str = "arrival",
                  on_batch: Callable[[BatchStats], None] | None = None, threads: int = 0, workers: int = 1) -> None:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}")
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.forward, self.on_batch, self.order, self.threads = forward, on_batch, order, threads
-        self.max_batch_tokens, self.max_wait, self.max_queue = max_batch_tokens, max_wait_ms / 1000, max_queue
+        self.max_batch_tokens, self.max_wait = max_batch_tokens, max_wait_ms / 1000
+        self.max_queue_tokens = max_queue_tokens
         self._queue: deque[_Job] = deque()
+        self._queued_tokens = 0  # real tokens of the jobs in _queue
+        self._reserved_tokens = 0  # admitted requests still being tokenised: their estimated tokens
         self._cond = threading.Condition()
         self._closing = False
         self._scatter = threading.Lock()  # a request's texts may finish in two workers' batches at once
@@ -161,29 +168,63 @@ class Batcher:
         """Texts waiting (not yet in a forward)."""
         return len(self._queue)
 
+    def waiting_tokens(self) -> int:
+        """Real tokens waiting, plus the estimates of admitted requests still being tokenised."""
+        return self._queued_tokens + self._reserved_tokens
+
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads) and not self._closing
 
-    def submit(self, kind: str, rows: Sequence[Row]) -> Ticket:
-        ticket = Ticket(len(rows))
-        if not rows:
-            ticket.future.set_result([])
-            return ticket
+    def admit(self, estimate: int) -> None:
+        """Reserve room for a request before it is tokenised (`estimate`: its tokens, as far as its size tells);
+        QueueFull when the waiting work leaves no room. `submit(..., reserved=estimate)` hands the room back."""
         with self._cond:
             if self._closing:
                 raise Closed("the server is shutting down")
-            if len(self._queue) + len(rows) > self.max_queue:
-                raise QueueFull(f"{len(self._queue)} texts are waiting (the limit is {self.max_queue})")
+            self._check_room(estimate)
+            self._reserved_tokens += estimate
+
+    def release(self, reserved: int) -> None:
+        """Give back an `admit` reservation whose request will not be submitted (refused, or its client left)."""
+        with self._cond:
+            self._reserved_tokens -= reserved
+
+    def submit(self, kind: str, rows: Sequence[Row], reserved: int = 0) -> Ticket:
+        """Queue a request's rows; `reserved` is what `admit` reserved for it, released here whatever happens."""
+        ticket = Ticket(len(rows))
+        with self._cond:
+            self._reserved_tokens -= reserved
+            if not rows:
+                ticket.future.set_result([])
+                return ticket
+            if self._closing:
+                raise Closed("the server is shutting down")
+            tokens = sum(len(r) for r in rows)
+            self._check_room(tokens)
             self._queue.extend(_Job(ticket, i, row, kind) for i, row in enumerate(rows))
+            self._queued_tokens += tokens
             self._cond.notify()
         return ticket
+
+    def _check_room(self, tokens: int) -> None:
+        if tokens > self.max_queue_tokens:
+            raise TooBig(f"it has {tokens} tokens, more than the {self.max_queue_tokens} the server queues at once")
+        waiting = self._queued_tokens + self._reserved_tokens
+        if waiting + tokens > self.max_queue_tokens:
+            raise QueueFull(f"{waiting} tokens are waiting, and {tokens} more would pass the limit of "
+                            f"{self.max_queue_tokens}")
 
     def cancel(self, ticket: Ticket) -> None:
         """Drop a ticket's texts that have not run yet (its client went away)."""
         with self._cond:
             ticket.cancelled = True
-            self._queue = deque(j for j in self._queue if j.ticket is not ticket)
+            self._remove({id(j) for j in self._queue if j.ticket is ticket})
         ticket.future.cancel()
+
+    def _remove(self, ids: set[int]) -> None:
+        """Take the jobs with these ids out of the queue (the lock held)."""
+        self._queued_tokens -= sum(len(j.row) for j in self._queue if id(j) in ids)
+        self._queue = deque(j for j in self._queue if id(j) not in ids)
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop taking work; with `drain`, finish every text already queued, else fail them."""
@@ -193,6 +234,7 @@ class Batcher:
                 for job in self._queue:
                     _settle(job.ticket.future, exception=Closed("the server stopped before this request ran"))
                 self._queue.clear()
+                self._queued_tokens = 0
             self._cond.notify_all()
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
@@ -238,8 +280,7 @@ class Batcher:
             if tokens + len(job.row) <= self.max_batch_tokens:
                 batch.append(job)
                 tokens += len(job.row)
-        taken = {id(j) for j in batch}
-        self._queue = deque(j for j in self._queue if id(j) not in taken)
+        self._remove({id(j) for j in batch})
         return batch
 
     def _run(self, batch: list[_Job]) -> None:

@@ -1,24 +1,27 @@
 """`python -m minibert.serve`: a classifier or an embedding model behind HTTP, with dynamic batching.
 
     python -m minibert.serve --model weights/sst2 --port 8000
-    curl -s localhost:8000/predict -d '{"inputs": ["a fine film", "a dull one"]}'
+    curl -s localhost:8000/predict --json '{"inputs": ["a fine film", "a dull one"]}'
 
 Routes: POST /predict, POST /embed, GET /health, /info, /metrics (Prometheus), / (a page to try it), /docs.
-The HTTP side parses and checks requests and queues their texts; a worker thread (--workers of them) runs the
-queued texts of many requests as one forward (`minibert.batching`). Needs the `serve` extra (fastapi, uvicorn,
-prometheus-client). SIGTERM or Ctrl-C stops accepting, finishes the accepted requests and exits 0; a second
-signal exits at once.
+A request goes: admission (its body size against the waiting work) -> its body read (bounded in size and time) ->
+parsed and tokenised in a thread pool, off the event loop -> its rows queued -> a worker thread (--workers of them)
+runs the queued rows of many requests as one forward (`minibert.batching`). Needs the `serve` extra (fastapi,
+uvicorn, prometheus-client). SIGTERM or Ctrl-C stops accepting, finishes the accepted requests for at most
+--shutdown-timeout seconds, answers the rest 503, and exits 0; a second signal exits at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from types import FrameType
@@ -27,14 +30,18 @@ from typing import Any
 import torch
 
 from minibert.attention import ATTN_IMPLS
-from minibert.batching import ORDERS, Batcher, BatchStats, Closed, QueueFull
+from minibert.batching import ORDERS, Batcher, BatchStats, Closed, QueueFull, TooBig
 from minibert.cli import option, options_parser
 from minibert.devices import PRECISIONS
 from minibert.errors import MinibertError
 from minibert.inference import InferenceModel, LongTextFlags, TooLong
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS
 from minibert.malloc import HeapTrimmer, tune_malloc
+from minibert.serve_json import BadJson, parse_json
+from minibert.serve_logs import FailureLog, RateLimitFilter
 from minibert.serve_metrics import Metrics
+from minibert.serve_outcomes import Outcomes
+from minibert.serve_security import Guard, allowed_hosts, page_csp
 
 try:  # at module level: FastAPI reads the routes' annotations from this module's names
     from fastapi import Request
@@ -43,7 +50,12 @@ except ImportError:  # the serve extra is missing: require_serve_extra() says so
     Request = HTMLResponse = JSONResponse = Response = Any  # type: ignore[misc,assignment]
 
 logger = logging.getLogger("minibert.serve")
-PAGE = "serve_page.html"
+PAGE, DOCS = "serve_page.html", "serve_docs.html"
+PUBLIC_ROUTES = ("/health", "/", "/docs")  # no API key needed: the pages ask for it, /health is for load balancers
+ROUTES = ("/predict", "/embed", "/health", "/info", "/metrics", "/", "/docs", "/openapi.json")
+BYTES_PER_TOKEN = 8  # admission's estimate of a body's tokens: English is ~4.5 bytes a token, JSON adds quotes
+GRACE_SECONDS = 5.0  # after --shutdown-timeout, for the 503 answers to go out before uvicorn gives up
+SMALL_BODY_BYTES = 64 * 1024  # bodies up to this size are tokenised in their own pool, never behind large ones
 
 
 @dataclass
@@ -56,7 +68,9 @@ class Options:
                                          "batched together", at_least=1)
     max_wait_ms: float = option(2.0, "how long the oldest waiting text may wait for others to fill its batch",
                                 at_least=0)
-    max_queue: int = option(4096, "texts waiting at most; beyond, requests get 503 with Retry-After", at_least=1)
+    max_queue_tokens: int = option(131072, "real tokens waiting for the model at most (requests being tokenised "
+                                           "count by their size); beyond, requests get 503 with Retry-After",
+                                   at_least=1)
     max_length: int | None = option(None, "tokens per sequence (default: the length the model was fine-tuned with, "
                                           "from its long_text.json, else 512); longer texts: see --long-text",
                                     at_least=2)
@@ -69,7 +83,8 @@ class Options:
                                       "model's fine-tuning value, else a quarter of --max-length)", at_least=0)
     pool: str | None = option(None, "chunks: how a text's window logits are pooled (default: the model's "
                                     "fine-tuning value, else mean)", choices=POOLS)
-    max_inputs: int = option(64, "texts per request at most (413 beyond)", at_least=1)
+    max_inputs: int = option(64, "texts per request at most (413 beyond); --max-inputs texts of --max-length tokens "
+                                 "must fit in --max-queue-tokens", at_least=1)
     max_body_bytes: int = option(1_000_000, "request body size at most (413 beyond)", at_least=1)
     no_truncate: bool = option(False, "refuse texts longer than --max-length (422) instead of reading them as "
                                       "--long-text says")
@@ -82,13 +97,35 @@ class Options:
                           at_least=0)
     workers: int = option(1, "model worker threads, each running its own batch (on a CPU, keep workers x threads "
                              "at most the number of cores)", at_least=1)
-    shutdown_timeout: float = option(30.0, "seconds to finish accepted requests after SIGTERM before closing their "
-                                           "connections", at_least=0)
+    shutdown_timeout: float = option(30.0, "seconds to finish accepted requests after SIGTERM; the ones still "
+                                           "unanswered then get 503", at_least=0)
+    max_connections: int = option(4096, "open connections at most (503 beyond); kept under the process's limit "
+                                        "on open files", at_least=1)
+    header_timeout: float = option(10.0, "seconds for a request's line and headers to arrive (408 after)", above=0)
+    body_timeout: float = option(30.0, "seconds for a request's whole body to arrive (408 after)", above=0)
+    keep_alive_timeout: int = option(5, "seconds an idle kept-alive connection stays open", at_least=1)
+    api_key: str = option("", "require Authorization: Bearer KEY on every route but /health, / and /docs "
+                              "(default: the MINIBERT_API_KEY environment variable; none if unset)")
+    allowed_hosts: str = option("", "Host names to answer, comma-separated, * for any (default: localhost, "
+                                    "127.0.0.1 and ::1 when bound to a loopback address, any otherwise)")
+    cors_origins: str = option("", "origins whose web pages may call the API, comma-separated (default: none)")
     debug: bool = option(False, "show the full traceback of startup errors")
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    return Options(**vars(options_parser(Options, "python -m minibert.serve", __doc__).parse_args(argv)))
+    opts = Options(**vars(options_parser(Options, "python -m minibert.serve", __doc__).parse_args(argv)))
+    opts.api_key = opts.api_key or os.environ.get("MINIBERT_API_KEY", "")
+    return opts
+
+
+def check_limits(opts: Options, max_length: int) -> None:
+    """A request the server accepts must fit in its queue: --max-inputs texts of the model's max length (with
+    windows, a text may take more; such a request gets 413)."""
+    if opts.max_inputs * max_length > opts.max_queue_tokens:
+        raise MinibertError(f"--max-inputs {opts.max_inputs} texts of {max_length} tokens (the max length) make "
+                            f"{opts.max_inputs * max_length} tokens, more than --max-queue-tokens "
+                            f"{opts.max_queue_tokens}: such a request could never be queued; raise "
+                            "--max-queue-tokens or lower --max-inputs or --max-length.")
 
 
 def worker_threads(opts: Options) -> int:
@@ -125,34 +162,34 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
 
+BUSY = {"Retry-After": "1"}
+CLOSE = {"Connection": "close"}  # for answers sent before the body was read: the connection cannot be reused
+STOPPING = "the server is shutting down; send the request elsewhere or later."
+
+
 # --- requests ----------------------------------------------------------------------------------------------------
 
 FIELDS = {"inputs", "tokens"}
 EXAMPLE = '{"inputs": ["a text", "another"]}'
 
 
-async def read_json(request: Any, limit: int) -> Any:
-    """The body as JSON, read up to `limit` bytes: 413 beyond, 400 when it is not UTF-8 JSON."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"the body has {declared} bytes, more than the limit of {limit}; send fewer or shorter "
-                            "texts per request.")
+async def read_body(request: Any, limit: int, timeout: float) -> bytes:
+    """The body, up to `limit` bytes (413 beyond) within `timeout` seconds (408 after); ClientGone on a hang-up."""
+    from starlette.requests import ClientDisconnect
+
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"the body is over the limit of {limit} bytes; send fewer or shorter texts per "
-                                "request.")
     try:
-        text = bytes(body).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ApiError(400, f"the body is not UTF-8 (byte {e.start} cannot be decoded); send JSON encoded as "
-                            "UTF-8.") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ApiError(400, f"the body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); send an "
-                            f"object like {EXAMPLE}.") from None
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, f"the body is over the limit of {limit} bytes; send fewer or shorter texts "
+                                        "per request.", CLOSE)
+    except TimeoutError:
+        raise ApiError(408, f"the body did not arrive within {timeout:g} s; send it at once.", CLOSE) from None
+    except ClientDisconnect:
+        raise ClientGone from None
+    return bytes(body)
 
 
 def parse_inputs(body: Any, max_inputs: int, pairs_allowed: bool) -> tuple[list[str], list[str] | None, bool]:
@@ -161,7 +198,7 @@ def parse_inputs(body: Any, max_inputs: int, pairs_allowed: bool) -> tuple[list[
         raise ApiError(422, f"the body must be a JSON object like {EXAMPLE}, not a {type(body).__name__}.")
     unknown = sorted(set(body) - FIELDS)
     if unknown:
-        raise ApiError(422, f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are "
+        raise ApiError(422, f"unknown field(s) {', '.join(repr(u[:40]) for u in unknown[:5])}; the fields are "
                             f"{', '.join(sorted(FIELDS))}.")
     if "inputs" not in body:
         raise ApiError(422, f"the field 'inputs' is missing; send {EXAMPLE}.")
@@ -197,7 +234,70 @@ async def disconnected(request: Any) -> None:
         pass
 
 
+async def unless_gone(request: Any, work: asyncio.Future) -> Any:
+    """`work`'s result, or ClientGone (and `work` cancelled) if the client leaves first."""
+    watcher = asyncio.ensure_future(disconnected(request))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if watcher.done() and not watcher.cancelled():  # gone, even if the work finished in the same instant
+        work.cancel()
+        raise ClientGone
+    return work.result()
+
+
+# --- the model, behind two functions ----------------------------------------------------------------------------
+
+def prepare(model: InferenceModel, kind: str, texts: list[str], pairs: list[str] | None, refuse_long: bool) -> Any:
+    """A request's texts as rows for the batcher, with what the answer says per text (runs in a tokenizer thread)."""
+    try:
+        return model.prepare(kind, texts, pairs, refuse_long=refuse_long)
+    except TooLong as e:
+        raise ApiError(422, str(e)) from None
+
+
+def finish(model: InferenceModel, kind: str, outputs: list[Any], prepared: Any, want_tokens: bool) -> dict[str, Any]:
+    """The answer's JSON from the model's outputs for the rows of `prepare`: per text, how it was read (one sequence,
+    truncated or not; or n windows pooled) and on request its tokens."""
+    extra: list[dict[str, Any]] = [{"windows": n} if n > 1 else {"truncated": t}
+                                   for n, t in zip(prepared.windows, prepared.truncated)]
+    if want_tokens:
+        rows: list[list[list[str]]] = [[] for _ in extra]
+        for doc, row in zip(prepared.doc_index, prepared.rows):
+            rows[doc].append(model.tokens(row))
+        for record, tokens in zip(extra, rows):
+            record["tokens"] = tokens[0] if len(tokens) == 1 else tokens
+    if kind == "predict":
+        answers = model.records(model.pooled_logits(outputs, prepared))
+        return {"results": [{**o, **e} for o, e in zip(answers, extra)]}
+    return {"embeddings": [v.tolist() for v in outputs], "inputs": extra, "pooling": model.pooling_info()}
+
+
 # --- the app -----------------------------------------------------------------------------------------------------
+
+class Shutdown:
+    """The server's promise at SIGTERM: requests accepted before it get until the deadline, later ones 503 at once,
+    and every request still unanswered at the deadline is cancelled and answered 503."""
+
+    def __init__(self) -> None:
+        self.accepting, self.expired = True, False
+        self.pending: set[asyncio.Task] = set()
+
+    def track(self, work: asyncio.Task) -> None:
+        self.pending.add(work)
+        work.add_done_callback(self.pending.discard)
+
+    def begin(self, timeout: float, on_expiry: Callable[[], None]) -> None:
+        self.accepting = False
+
+        def expire() -> None:
+            self.expired = True
+            for work in list(self.pending):
+                work.cancel()
+            on_expiry()
+        asyncio.get_running_loop().call_later(timeout, expire)
+
 
 def create_app(engine: InferenceModel, opts: Options) -> Any:
     """The FastAPI app over a loaded engine; its batcher's worker starts now and drains at shutdown."""
@@ -205,20 +305,31 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from pydantic import BaseModel, ConfigDict
     from starlette.exceptions import HTTPException
 
+    check_limits(opts, engine.max_length["predict" if engine.classifier is not None else "embed"])
     metrics = Metrics()
+    failures = FailureLog(logger, metrics.failure)
     trimmer = HeapTrimmer()
+    name = engine.name  # a folder name or a Hub id, never a path
+    shutdown = Shutdown()
 
     def on_batch(stats: BatchStats) -> None:
         metrics.on_batch(stats)
         trimmer.maybe_trim()
 
-    batcher = Batcher(engine.forward, opts.max_batch_tokens, opts.max_wait_ms, opts.max_queue, opts.batch_order,
-                      on_batch=on_batch, threads=worker_threads(opts), workers=opts.workers)
-    metrics.track_queue(batcher.depth)
+    batcher = Batcher(engine.forward, opts.max_batch_tokens, opts.max_wait_ms, opts.max_queue_tokens,
+                      opts.batch_order, on_batch=on_batch, threads=worker_threads(opts), workers=opts.workers)
+    metrics.track_queue(batcher.depth, batcher.waiting_tokens)
+    # Tokenising is pure Python: in the event loop's thread, one 1 MB body stalled every other request for seconds.
+    # Two thread pools, by body size, so that a small request never queues behind a large one; threads, not
+    # processes, because the tokenizer and the rows stay in this process (no pickling of 1 MB texts and their ids)
+    # and a thread that holds the GIL gives it up every 5 ms, which keeps the loop's latency within a few switches.
+    pools = {"small": concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="minibert-tokenize-small"),
+             "large": concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="minibert-tokenize-large")}
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -234,12 +345,19 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        asyncio.get_running_loop().set_exception_handler(failures.loop_exception_handler)
         yield
-        await asyncio.to_thread(batcher.close, True, opts.shutdown_timeout)
+        # every request is answered by now (the deadline answered the rest): wait for the batch in the model, so
+        # that no worker thread is inside torch when the interpreter exits
+        await asyncio.to_thread(batcher.close, True, None)
+        for pool in pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
 
-    app = FastAPI(title="minibert", version="0.1.0", lifespan=lifespan,
-                  description=f"{engine.task} model {engine.name}: POST /predict or /embed.")
-    app.state.batcher, app.state.engine, app.state.metrics = batcher, engine, metrics
+    app = FastAPI(title="minibert", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description=f"{engine.task} model {name}: POST /predict or /embed.")
+    app.state.batcher, app.state.engine, app.state.metrics, app.state.failures = batcher, engine, metrics, failures
+    app.state.begin_shutdown = lambda: shutdown.begin(opts.shutdown_timeout,
+                                                      lambda: batcher.close(drain=False, timeout=0))
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -247,100 +365,135 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return error(404, f"there is no {request.url.path}; the routes are /predict, /embed, /health, /info, "
-                              "/metrics, / and /docs.")
+            return error(404, f"there is no {request.url.path[:100]}; the routes are /predict, /embed, /health, "
+                              "/info, /metrics, / and /docs.")
         return error(exc.status_code, str(exc.detail))
 
-    async def answer(request: Request, endpoint: str, kind: str) -> Response:
+    def parse_and_prepare(body: bytes, kind: str) -> tuple[Any, bool]:
+        """In a tokenizer thread: the body's JSON, its inputs, their rows."""
         try:
-            if not batcher.alive():
-                raise ApiError(503, "the server is shutting down; send the request elsewhere or later.")
+            value = parse_json(body, EXAMPLE)
+        except BadJson as e:
+            raise ApiError(400, str(e)) from None
+        texts, pairs, want_tokens = parse_inputs(value, opts.max_inputs, pairs_allowed=kind == "predict")
+        return prepare(engine, kind, texts, pairs, refuse_long=opts.no_truncate), want_tokens
+
+    def admit(size: int) -> int:
+        """Reserve room in the queue for a body of `size` bytes, before reading or tokenising it."""
+        estimate = min(size // BYTES_PER_TOKEN, opts.max_queue_tokens)
+        try:
+            batcher.admit(estimate)
+        except QueueFull as e:
+            raise ApiError(503, f"the server is busy ({e}); retry in a second.", {**BUSY, **CLOSE}) from None
+        except Closed:
+            raise ApiError(503, STOPPING, CLOSE) from None
+        return estimate
+
+    async def respond(request: Request, kind: str) -> Response:
+        reserved, ticket = 0, None
+        try:
+            if not shutdown.accepting or not batcher.alive():
+                raise ApiError(503, STOPPING, CLOSE)
             if kind == "predict" and engine.classifier is None:
-                raise ApiError(400, f"{engine.name} is an embedding model without a classification head; use "
-                                    "/embed.")
-            body = await read_json(request, opts.max_body_bytes)
-            texts, pairs, want_tokens = parse_inputs(body, opts.max_inputs, pairs_allowed=kind == "predict")
+                raise ApiError(400, f"{name} is an embedding model without a classification head; use /embed.")
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > opts.max_body_bytes:
+                raise ApiError(413, f"the body has {declared} bytes, more than the limit of {opts.max_body_bytes}; "
+                                    "send fewer or shorter texts per request.", CLOSE)
+            if declared.isdigit():
+                reserved = admit(int(declared))
+            body = await read_body(request, opts.max_body_bytes, opts.body_timeout)
+            if not declared.isdigit():
+                reserved = admit(len(body))
+            pool = pools["small" if len(body) <= SMALL_BODY_BYTES else "large"]
+            work = asyncio.wrap_future(pool.submit(parse_and_prepare, body, kind))
+            prepared, want_tokens = await unless_gone(request, work)
+            held, reserved = reserved, 0
             try:
-                prepared = engine.prepare(kind, texts, pairs, refuse_long=opts.no_truncate)
-            except TooLong as e:
-                raise ApiError(422, str(e)) from None
-            try:
-                ticket = batcher.submit(kind, prepared.rows)
+                ticket = batcher.submit(kind, prepared.rows, reserved=held)
             except QueueFull as e:
-                raise ApiError(503, f"the server is busy ({e}); retry in a second.", {"Retry-After": "1"}) from None
+                raise ApiError(503, f"the server is busy ({e}); retry in a second.", BUSY) from None
+            except TooBig as e:
+                raise ApiError(413, f"this request is too large for the server ({e}); split it.") from None
             except Closed:
-                raise ApiError(503, "the server is shutting down; send the request elsewhere or later.") from None
-            result = asyncio.wrap_future(ticket.future)
-            watcher = asyncio.ensure_future(disconnected(request))
+                raise ApiError(503, STOPPING) from None
             try:
-                await asyncio.wait({result, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                watcher.cancel()
-            if not result.done():
-                batcher.cancel(ticket)
-                raise ClientGone
-            try:
-                outputs = result.result()
+                outputs = await unless_gone(request, asyncio.wrap_future(ticket.future))
             except Closed:
                 raise ApiError(503, "the server stopped before this request ran; send it again.") from None
+            except ClientGone:
+                raise
             except Exception as e:  # a bug or an out-of-memory in the forward: this request fails, the server serves on
-                logger.exception("the forward pass failed")
-                raise ApiError(500, f"the model failed on this request ({type(e).__name__}: {e}); the server "
-                                    "logged the details.") from None
+                failures.failure("forward", f"the forward pass failed ({type(e).__name__})", exc_info=e)
+                raise ApiError(500, f"the model failed on this request ({type(e).__name__}); the server logged the "
+                                    "details.") from None
+            ticket = None
+            return JSONResponse(finish(engine, kind, outputs, prepared, want_tokens))
         except ApiError as e:
-            metrics.request(endpoint, e.status)
             return error(e.status, e.message, e.headers)
         except ClientGone:
-            metrics.request(endpoint, 499)
             return Response(status_code=499)
-        # per text: how it was read (one sequence, truncated or not; or n windows pooled), and on request its tokens
-        extra: list[dict[str, Any]] = [{"windows": n} if n > 1 else {"truncated": t}
-                                       for n, t in zip(prepared.windows, prepared.truncated)]
-        if want_tokens:
-            rows: list[list[list[str]]] = [[] for _ in texts]
-            for doc, row in zip(prepared.doc_index, prepared.rows):
-                rows[doc].append(engine.tokens(row))
-            for record, tokens in zip(extra, rows):
-                record["tokens"] = tokens[0] if len(tokens) == 1 else tokens
-        metrics.request(endpoint, 200)
-        if kind == "predict":
-            answers = engine.records(engine.pooled_logits(outputs, prepared))
-            return JSONResponse({"results": [{**o, **e} for o, e in zip(answers, extra)]})
-        return JSONResponse({"embeddings": [v.tolist() for v in outputs], "inputs": extra,
-                             "pooling": engine.pooling_info()})
+        finally:
+            if reserved:
+                batcher.release(reserved)
+            if ticket is not None:
+                batcher.cancel(ticket)
+
+    async def answer(request: Request, kind: str) -> Response:
+        """`respond`, unless the shutdown deadline comes first: then 503."""
+        work = asyncio.ensure_future(respond(request, kind))
+        shutdown.track(work)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if not (shutdown.expired and work.cancelled()):
+                raise
+        return error(503, "the server stopped before this request was answered; send it again.")
 
     @app.post("/predict", openapi_extra=body_doc(PredictRequest),
               summary="label, score and every label's probability (or the regression value) per input")
     async def predict(request: Request) -> Response:
-        return await answer(request, "/predict", "predict")
+        return await answer(request, "predict")
 
     @app.post("/embed", openapi_extra=body_doc(EmbedRequest),
               summary="one sentence vector per text (the model's pooling, L2-normalised unless it says otherwise)")
     async def embed(request: Request) -> Response:
-        return await answer(request, "/embed", "embed")
+        return await answer(request, "embed")
 
     @app.get("/health", summary="200 once the model is loaded and warmed up, 503 while shutting down")
     async def health() -> Response:
-        ok = batcher.alive()
-        metrics.request("/health", 200 if ok else 503)
+        ok = batcher.alive() and shutdown.accepting
         return JSONResponse({"status": "ok" if ok else "shutting down"}, status_code=200 if ok else 503)
 
     @app.get("/info", summary="what is served: task, labels, limits, kernel, precision")
     async def info() -> dict:
-        metrics.request("/info", 200)
-        limits = {k: getattr(opts, k) for k in ("max_batch_tokens", "max_wait_ms", "max_queue", "max_inputs",
+        limits = {k: getattr(opts, k) for k in ("max_batch_tokens", "max_wait_ms", "max_queue_tokens", "max_inputs",
                                                  "max_body_bytes", "batch_order")}
-        return {**engine.info(), **limits, "truncate": not opts.no_truncate,
-                "threads": worker_threads(opts), "workers": opts.workers}
+        return {**engine.info(), **limits, "truncate": not opts.no_truncate, "threads": worker_threads(opts),
+                "workers": opts.workers, "api_key": bool(opts.api_key)}
 
     @app.get("/metrics", summary="Prometheus text format")
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/", response_class=HTMLResponse, summary="a page to try the model")
-    async def page() -> HTMLResponse:
-        return HTMLResponse(resources.files("minibert").joinpath(PAGE).read_text(encoding="utf-8"))
+    def page_route(path: str, filename: str, summary: str) -> None:
+        html = resources.files("minibert").joinpath(filename).read_text(encoding="utf-8")
+        headers = {"Content-Security-Policy": page_csp(html)}
 
+        @app.get(path, response_class=HTMLResponse, summary=summary)
+        async def page() -> HTMLResponse:
+            return HTMLResponse(html, headers=headers)
+
+    page_route("/", PAGE, "a page to try the model")
+    page_route("/docs", DOCS, "the routes and their JSON, from /openapi.json (no external assets)")
+
+    app.add_middleware(Guard, hosts=allowed_hosts(opts.allowed_hosts, opts.host), api_key=opts.api_key,
+                       public=PUBLIC_ROUTES)
+    origins = [o.strip() for o in opts.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    app.add_middleware(Outcomes, count=metrics.request, failures=failures, routes=ROUTES)
     return app
 
 
@@ -368,19 +521,30 @@ def serve(opts: Options) -> None:
     require_serve_extra()
     import uvicorn
 
-    tune_malloc()
+    from minibert.serve_connections import connection_cap, guarded_protocol, raise_fd_limit
 
+    tune_malloc()
+    fd_limit = raise_fd_limit()
+    max_connections = connection_cap(opts.max_connections, fd_limit)
+    if max_connections < opts.max_connections:
+        logger.warning("at most %d connections (not %d): the process may open %d files", max_connections,
+                       opts.max_connections, fd_limit)
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     sock = bind(opts.host, opts.port)
     engine = load_model(opts)
     engine.warm_up()
     app = create_app(engine, opts)
+    failures: FailureLog = app.state.failures
+    logging.getLogger("uvicorn.error").addFilter(RateLimitFilter(failures))
     info = engine.info()
+    hosts = allowed_hosts(opts.allowed_hosts, opts.host)
     logger.info("serving %s: %s%s, max length %s, long texts: %s, kernel %s, %s, %d worker(s) of %d thread(s), on "
-                "http://%s:%d", engine.name, info["task"], f" ({', '.join(info['labels'])})" if info["labels"] else "",
-                info["max_length"], engine.describe_long_text(), info["kernel"], info["precision"], opts.workers,
-                worker_threads(opts), opts.host, sock.getsockname()[1])
+                "http://%s:%d; hosts %s, %s", engine.name, info["task"],
+                f" ({', '.join(info['labels'])})" if info["labels"] else "", info["max_length"],
+                engine.describe_long_text(), info["kernel"], info["precision"], opts.workers, worker_threads(opts),
+                opts.host, sock.getsockname()[1], ", ".join(hosts) if hosts else "any",
+                "API key required" if opts.api_key else "no API key")
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -390,8 +554,16 @@ def serve(opts: Options) -> None:
             logger.info("%s: finishing the accepted requests, then exiting", signal.Signals(sig).name)
             self.should_exit = True  # not recorded as a captured signal, so uvicorn does not re-raise it: exit 0
 
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=opts.shutdown_timeout,
-                            access_log=False)
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app.state.begin_shutdown()
+            await super().shutdown(sockets)
+
+    protocol = guarded_protocol(max_connections, opts.header_timeout, failures.failure)
+    # uvicorn's own deadline comes after ours: by then every request has its answer (ours, or 503), so uvicorn never
+    # cancels a request task (which answered a plain-text 500 and left threads inside torch at exit)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=opts.shutdown_timeout + GRACE_SECONDS,
+                            access_log=False, http=protocol, ws="none", timeout_keep_alive=opts.keep_alive_timeout,
+                            backlog=2048)
     Server(config).run(sockets=[sock])
 
 

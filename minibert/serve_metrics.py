@@ -20,6 +20,11 @@ class Metrics:
         self.requests = Counter("minibert_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
                                 registry=r)
         self.queue_depth = Gauge("minibert_queue_depth", "texts waiting for the model", registry=r)
+        self.queue_tokens = Gauge("minibert_queue_tokens", "tokens waiting for the model, and the estimated tokens of "
+                                  "admitted requests still being read or tokenised", registry=r)
+        self.failures = Counter("minibert_failures", "failures by kind (timeouts, refused connections, forward "
+                                "errors, asyncio errors...); the log has one line per kind per minute", ["kind"],
+                                registry=r)
         self.batch_texts = Histogram("minibert_batch_texts", "texts per forward pass", ["kind"], registry=r,
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
         self.batch_tokens = Histogram("minibert_batch_tokens", "real tokens per forward pass", ["kind"], registry=r,
@@ -36,8 +41,12 @@ class Metrics:
         self.tokens_per_second = Gauge("minibert_tokens_per_second",
                                        "real tokens per second of model time, over the last forward pass", registry=r)
 
-    def track_queue(self, depth: Callable[[], int]) -> None:
+    def track_queue(self, depth: Callable[[], int], tokens: Callable[[], int]) -> None:
         self.queue_depth.set_function(depth)
+        self.queue_tokens.set_function(tokens)
+
+    def failure(self, kind: str) -> None:
+        self.failures.labels(kind).inc()
 
     def request(self, endpoint: str, status: int) -> None:
         self.requests.labels(endpoint, str(status)).inc()

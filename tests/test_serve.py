@@ -22,7 +22,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from minibert.batching import Batcher, QueueFull, Row  # noqa: E402
+from minibert.batching import Batcher, QueueFull, Row, TooBig  # noqa: E402
 from minibert.config import BertConfig  # noqa: E402
 from minibert.heads import BertForSequenceClassification  # noqa: E402
 from minibert.inference import InferenceModel  # noqa: E402
@@ -90,7 +90,7 @@ def client_for(folder: Path, **options: Any) -> TestClient:
     opts = Options(model=str(folder), precision="fp32", **options)
     engine = load_model(opts)
     engine.warm_up()
-    return TestClient(create_app(engine, opts))
+    return TestClient(create_app(engine, opts), base_url="http://localhost")
 
 
 @pytest.fixture(scope="module")
@@ -280,19 +280,24 @@ def test_bad_embed_requests_and_unknown_routes(client: TestClient) -> None:
 
 
 def test_body_limit_and_full_queue(tiny_classifier: Path) -> None:
-    with client_for(tiny_classifier, max_body_bytes=100, max_queue=3) as c:
+    with client_for(tiny_classifier, max_body_bytes=100, max_queue_tokens=9, max_inputs=2, max_length=4) as c:
         big = c.post("/predict", json={"inputs": ["good " * 30]})
         assert big.status_code == 413
         assert big.json()["error"] == ("the body has 165 bytes, more than the limit of 100; send fewer or shorter "
                                        "texts per request.")
         # no Content-Length (chunked): the limit is enforced while reading
-        chunked = c.post("/predict", content=iter([b'{"inputs": ["', b"good " * 30, b'"]}']))
+        chunked = c.post("/predict", content=iter([b'{"inputs": ["', b"good " * 30, b'"]}']),
+                         headers={"content-type": "application/json"})
         assert chunked.status_code == 413 and "over the limit of 100 bytes" in chunked.json()["error"]
-        full = c.post("/predict", json={"inputs": ["a", "b", "c", "d"]})
+        # the queue counts tokens: two texts of 4 tokens fit in 9, and a request alone over 9 can never be queued
+        assert c.post("/predict", json={"inputs": ["a b", "c d"]}).status_code == 200
+        c.app.state.batcher.admit(5)  # as if a request of 40 bytes were being tokenised
+        full = c.post("/predict", json={"inputs": ["a b", "c"]})
         assert full.status_code == 503 and full.headers["retry-after"] == "1"
-        assert full.json()["error"] == ("the server is busy (0 texts are waiting (the limit is 3)); retry in a "
-                                        "second.")
-        assert c.post("/predict", json={"inputs": ["a", "b", "c"]}).status_code == 200
+        assert full.json()["error"] == ("the server is busy (5 tokens are waiting, and 7 more would pass the limit "
+                                        "of 9); retry in a second.")
+        c.app.state.batcher.release(5)
+        assert c.post("/predict", json={"inputs": ["a b", "c"]}).status_code == 200
 
 
 def test_client_disconnect_drops_its_texts(tiny_classifier: Path) -> None:
@@ -314,8 +319,8 @@ def test_client_disconnect_drops_its_texts(tiny_classifier: Path) -> None:
 
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
                  "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
-                 "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
-                 "server": ("127.0.0.1", 80)}
+                 "headers": [(b"content-type", b"application/json"), (b"host", b"localhost")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
         texts_before = metric(c, 'minibert_texts_total{kind="predict"}')
         asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
         assert sent[0]["status"] == 499
@@ -339,8 +344,10 @@ def test_failed_forward_is_a_500_and_the_server_serves_on(tiny_classifier: Path)
         batcher.forward = failing
         failed = c.post("/predict", json={"inputs": ["good"]})
         assert failed.status_code == 500
-        assert failed.json()["error"] == ("the model failed on this request (RuntimeError: out of memory); the server "
-                                          "logged the details.")
+        assert failed.json()["error"] == ("the model failed on this request (RuntimeError); the server logged the "
+                                          "details.")
+        assert metric(c, 'minibert_requests_total{endpoint="/predict",status="500"}') == 1
+        assert metric(c, 'minibert_failures_total{kind="forward"}') == 1
         assert c.post("/predict", json={"inputs": ["good movie"]}).status_code == 200
 
 
@@ -355,10 +362,12 @@ def test_health_info_metrics_page(tiny_classifier: Path) -> None:
         assert info["workers"] == 1 and info["threads"] == torch.get_num_threads()
         for _ in range(3):
             c.post("/predict", json={"inputs": TEXTS})
-        c.post("/predict", content=b"{")
+        c.post("/predict", content=b"{", headers={"content-type": "application/json"})
+        c.post("/predict", content=b"{")  # not JSON by its Content-Type: 415
         c.post("/embed", json={"inputs": TEXTS[:2]})
         assert metric(c, 'minibert_requests_total{endpoint="/predict",status="200"}') == 3
         assert metric(c, 'minibert_requests_total{endpoint="/predict",status="400"}') == 1
+        assert metric(c, 'minibert_requests_total{endpoint="/predict",status="415"}') == 1
         assert metric(c, 'minibert_texts_total{kind="predict"}') == 3 * len(TEXTS)
         tokens = sum(len(r) for r in InferenceModel.load(str(tiny_classifier)).prepare("predict", TEXTS).rows)
         assert metric(c, 'minibert_tokens_total{kind="predict"}') == 3 * tokens
@@ -531,25 +540,34 @@ def test_batcher_queue_limit_cancel_errors_and_drain() -> None:
 
     def forward(kind: str, rows: list[Row]) -> list[int]:
         gate.wait(5)
-        if any(len(r) == 13 for r in rows):
+        if any(r.input_ids[0] == 99 for r in rows):
             raise RuntimeError("boom")
         ran.extend(len(r) for r in rows)
         return [len(r) for r in rows]
 
-    batcher = Batcher(forward, max_batch_tokens=4, max_wait_ms=0, max_queue=4)
+    batcher = Batcher(forward, max_batch_tokens=4, max_wait_ms=0, max_queue_tokens=8)
     first = batcher.submit("predict", rows_of(1))  # taken by the worker, which then blocks on the gate
     time.sleep(0.2)
     waiting = batcher.submit("predict", rows_of(2, 2))
     dropped = batcher.submit("predict", rows_of(3))
-    with pytest.raises(QueueFull):
+    assert batcher.waiting_tokens() == 7
+    with pytest.raises(QueueFull):  # the budget counts tokens: 7 waiting + 2 > 8
         batcher.submit("predict", rows_of(1, 1))
+    with pytest.raises(TooBig):  # more than the whole queue: no retry can help
+        batcher.submit("predict", rows_of(9))
     batcher.cancel(dropped)
-    failing = batcher.submit("predict", rows_of(13))
+    assert batcher.waiting_tokens() == 4
+    batcher.admit(3)  # a request being tokenised holds its estimate
+    with pytest.raises(QueueFull):
+        batcher.admit(2)
+    failing = batcher.submit("predict", [Row([99] * 4, [0] * 4)], reserved=3)
+    assert batcher.waiting_tokens() == 8
     gate.set()
     assert first.future.result(5) == [1] and waiting.future.result(5) == [2, 2]
     with pytest.raises(RuntimeError, match="boom"):
         failing.future.result(5)
     assert dropped.future.cancelled() and 3 not in ran
+    assert batcher.waiting_tokens() == 0
     late = batcher.submit("predict", rows_of(4))  # the worker survived the failed batch
     batcher.close(drain=True)
     assert late.future.result(0) == [4]

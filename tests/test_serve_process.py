@@ -31,9 +31,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(model: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+def start(model: Path, *flags: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "minibert.serve", "--model", str(model), "--host", HOST,
                              "--port", str(port), "--precision", "fp32", "--threads", "1", *flags],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
