@@ -87,6 +87,9 @@ def read_pooling(name_or_path: str | Path, revision: str | None = None) -> Pooli
     if modules is None:
         return Pooling(max_length=max_length)
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+    if kinds == ["Transformer"]:  # a CrossEncoder's folder: a classifier, which declares no pooling of its own
+        return Pooling(max_length=max_length, source="default (a cross-encoder: modules.json has no Pooling): mean "
+                                                     "pooling over real tokens, L2-normalised")
     unknown = [k for k in kinds if k not in RUNNABLE_MODULES]
     if unknown or "Pooling" not in kinds:
         raise MinibertError(f"{name_or_path}/modules.json lists {', '.join(unknown) or 'no Pooling module'}; "
