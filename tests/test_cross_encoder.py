@@ -130,9 +130,14 @@ def test_folder_saved_by_sentence_transformers(tmp_path: Path, tiny: Path) -> No
     save_with_vocab(model, tmp_path / "saved", tiny)
     assert json.loads((tmp_path / "saved" / "config_sentence_transformers.json").read_text())["activation_fn"] \
         == "torch.nn.modules.activation.Tanh"
-    theirs = st.CrossEncoder(str(tmp_path / "saved"), device="cpu")
     ours = CrossEncoder.from_pretrained(str(tmp_path / "saved"), device="cpu")
-    assert (ours.max_length, ours.activation_name) == (theirs.max_seq_length, "Tanh") == (24, "Tanh")
+    theirs = st.CrossEncoder(str(tmp_path / "saved"), device="cpu")
+    assert (ours.max_length, ours.activation_name) == (theirs.max_seq_length, "Tanh") == (24, "Tanh")  # tokenizer's
+    st_config = json.loads((tmp_path / "saved" / "sentence_bert_config.json").read_text())
+    (tmp_path / "saved" / "sentence_bert_config.json").write_text(json.dumps({**st_config, "max_seq_length": 20}))
+    ours = CrossEncoder.from_pretrained(str(tmp_path / "saved"), device="cpu")
+    theirs = st.CrossEncoder(str(tmp_path / "saved"), device="cpu")
+    assert ours.max_length == theirs.max_seq_length == 20  # sentence_bert_config.json's, over the tokenizer's
     pairs = [("good movie " * 8, p + " fun" * 12) for p in tiny_passages(10)]
     expected = torch.as_tensor(theirs.predict(pairs))
     assert (ours.predict(pairs) - expected).abs().max().item() < ATOL
