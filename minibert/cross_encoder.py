@@ -34,6 +34,7 @@ from minibert.checkpoint_files import resolve_checkpoint
 from minibert.config import BertConfig
 from minibert.errors import MinibertError
 from minibert.inference import InferenceModel, LongTextFlags, Prepared, resolve_folder
+from minibert.ranking import ranking
 from minibert.st_files import st_dict
 from minibert.tokenizer import BertTokenizer
 
@@ -105,14 +106,6 @@ def is_cross_encoder(name_or_path: str) -> bool:
         return True
     config = BertConfig.from_json(resolve_checkpoint(folder).config_file)
     return "sentence_transformers" in config.extra or "sbert_ce_default_activation_function" in config.extra
-
-
-def ranking(scores: torch.Tensor, top_k: int | None = None) -> list[int]:
-    """Indices by score, highest first; equal scores keep their input order (Python's stable sort, which is what
-    sentence-transformers' `sorted(..., reverse=True)` gives)."""
-    values = scores.tolist()
-    order = sorted(range(len(values)), key=values.__getitem__, reverse=True)
-    return order if top_k is None else order[:top_k]
 
 
 class CrossEncoder:

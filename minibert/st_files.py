@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from minibert.errors import MinibertError
+from minibert.files import atomic_write_text
 from minibert.hub import hub_file
 
 
@@ -32,3 +33,20 @@ def st_dict(where: Path | str, name: str, revision: str | None = None) -> dict[s
         raise MinibertError(f"{name} of {where} holds a {type(value).__name__}, not the JSON object "
                             "sentence-transformers writes there.")
     return value
+
+
+def write_cross_encoder_files(folder: Path, max_length: int) -> None:
+    """What sentence-transformers 6 writes beside a CrossEncoder's weights, so that `CrossEncoder(folder)` loads
+    a minibert-trained reranker with its sigmoid and reads pairs up to the `max_length` it was trained at."""
+    files = {
+        "modules.json": [{"idx": 0, "name": "0", "path": "",
+                          "type": "sentence_transformers.base.modules.transformer.Transformer"}],
+        "sentence_bert_config.json": {"transformer_task": "sequence-classification",
+                                      "modality_config": {"text": {"method": "forward",
+                                                                   "method_output_name": "logits"}},
+                                      "module_output_name": "scores", "max_seq_length": max_length},
+        "config_sentence_transformers.json": {"model_type": "CrossEncoder", "prompts": {}, "default_prompt_name": None,
+                                              "activation_fn": "torch.nn.modules.activation.Sigmoid"},
+    }
+    for name, value in files.items():
+        atomic_write_text(folder / name, json.dumps(value, indent=2) + "\n")

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from minibert import BertForSequenceClassification, CrossEncoder
-from minibert.cross_encoder import is_cross_encoder, ranking
+from minibert.cross_encoder import is_cross_encoder
 from minibert.errors import MinibertError
 from minibert.inference import TooLong
+from minibert.ranking import ranking
 from tests.tiny import WORDS, write_tiny_model
 
 st = pytest.importorskip("sentence_transformers")
