@@ -160,6 +160,7 @@ def test_refusals(tiny: Path, tmp_path: Path) -> None:
         CrossEncoder.from_pretrained(str(two), device="cpu").rank("good", ["fun"])
 
 
+@pytest.mark.slow  # about 45 s on 2 shared cores
 def test_minilm_reranker_equals_sentence_transformers(tmp_path: Path, minilm_dir: Path, shared_dir: Path) -> None:
     """A seeded one-logit head on MiniLM, built and saved by sentence-transformers; SST-2 sentences as passages
     for a query made of one of their words, one of them past the 512-token limit."""
