@@ -8,6 +8,8 @@
 What sentence-transformers decides from the folder, decided here the same way:
 - the token limit: `max_seq_length` of `sentence_bert_config.json`, else the tokenizer's `model_max_length` capped
   at the model's positions; pairs longer than it are cut "longest_first";
+- the prompt (`config_sentence_transformers.json`'s `prompts` / `default_prompt_name`, or `prompt=`), put before
+  each query;
 - the activation on the logits: `activation_fn` of `config_sentence_transformers.json` (sentence-transformers 6),
   else `config.json`'s `sentence_transformers.activation_fn` (versions 4-5) or `sbert_ce_default_activation_function`
   (older), else Sigmoid for one logit and Identity for several. sentence-transformers imports that name as code;
@@ -34,6 +36,7 @@ from minibert.checkpoint_files import resolve_checkpoint
 from minibert.config import BertConfig
 from minibert.errors import MinibertError
 from minibert.inference import InferenceModel, LongTextFlags, Prepared, resolve_folder
+from minibert.prompts import Prompts, read_prompts
 from minibert.ranking import ranking
 from minibert.st_files import st_dict
 from minibert.tokenizer import BertTokenizer
@@ -111,10 +114,12 @@ def is_cross_encoder(name_or_path: str) -> bool:
 class CrossEncoder:
     """Scores (query, passage) pairs with a sequence classifier, as sentence-transformers' `CrossEncoder` does."""
 
-    def __init__(self, model: InferenceModel, activation_name: str, activation: nn.Module) -> None:
+    def __init__(self, model: InferenceModel, activation_name: str, activation: nn.Module,
+                 prompts: Prompts | None = None) -> None:
         if model.classifier is None:
             raise MinibertError(f"{model.name} has no classification head; a cross-encoder needs one.")
         self.model, self.activation_name, self.activation = model, activation_name, activation
+        self.prompts = prompts or Prompts()
         self.num_labels = model.classifier.config.num_labels
 
     @classmethod
@@ -129,7 +134,7 @@ class CrossEncoder:
         model = InferenceModel.load(name_or_path, task="predict", max_length=length,
                                     long_text=LongTextFlags(how="truncate"), precision=precision,
                                     attn_impl=attn_impl, device=device, revision=revision)
-        return cls(model, *read_activation(folder, model.classifier.config, revision))
+        return cls(model, *read_activation(folder, model.classifier.config, revision), read_prompts(folder, revision))
 
     @property
     def max_length(self) -> int:
@@ -137,15 +142,20 @@ class CrossEncoder:
 
     # --- the steps a server batches ----------------------------------------------------------------------------
 
-    def prepare(self, query: str, texts: Sequence[str], refuse_long: bool = False) -> Prepared:
+    def prepare(self, query: str, texts: Sequence[str], refuse_long: bool = False, prompt_name: str | None = None,
+                prompt: str | None = None) -> Prepared:
         """(query, text) pairs as model rows, cut to `max_length` (`refuse_long`: raise `TooLong` instead)."""
-        return self.prepare_pairs([(query, text) for text in texts], refuse_long)
+        return self.prepare_pairs([(query, text) for text in texts], refuse_long, prompt_name, prompt)
 
-    def prepare_pairs(self, pairs: Sequence[tuple[str, str]], refuse_long: bool = False) -> Prepared:
+    def prepare_pairs(self, pairs: Sequence[tuple[str, str]], refuse_long: bool = False,
+                      prompt_name: str | None = None, prompt: str | None = None) -> Prepared:
+        """Pairs as model rows, the prompt (if any) before each query as sentence-transformers puts it."""
         for i, pair in enumerate(pairs):
             if len(pair) != 2 or not all(isinstance(part, str) for part in pair):
                 raise MinibertError(f"input {i} is not a pair of two texts (query, passage).")
-        return self.model.prepare("predict", [a for a, _ in pairs], [b for _, b in pairs], refuse_long=refuse_long)
+        prefix = self.prompts.resolve(prompt, prompt_name) or ""
+        return self.model.prepare("predict", [prefix + a for a, _ in pairs], [b for _, b in pairs],
+                                  refuse_long=refuse_long)
 
     def activate(self, logits: torch.Tensor, activation: str | Callable[[torch.Tensor], torch.Tensor] | None = None
                  ) -> torch.Tensor:
@@ -162,34 +172,38 @@ class CrossEncoder:
 
     def score(self, pairs: Sequence[tuple[str, str]], batch_size: int | None = None,
               activation: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
-              max_batch_tokens: int = DEFAULT_BATCH_TOKENS, refuse_long: bool = False) -> Scored:
+              max_batch_tokens: int = DEFAULT_BATCH_TOKENS, refuse_long: bool = False,
+              prompt_name: str | None = None, prompt: str | None = None) -> Scored:
         """Raw logits and activated scores of every pair, in input order."""
         if not pairs:
             return Scored(torch.empty(0, self.num_labels), self.activate(torch.empty(0, self.num_labels), activation))
-        prepared = self.prepare_pairs(pairs, refuse_long)
+        prepared = self.prepare_pairs(pairs, refuse_long, prompt_name, prompt)
         outputs = run_offline(prepared.rows, lambda rows: self.model.forward("predict", rows), max_batch_tokens,
                               batch_size)
         logits = self.model.pooled_logits(outputs, prepared)
         return Scored(logits, self.activate(logits, activation))
 
     def predict(self, pairs: Sequence[tuple[str, str]] | tuple[str, str], batch_size: int = 32,
-                activation: str | Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                activation: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
+                prompt_name: str | None = None, prompt: str | None = None) -> torch.Tensor:
         """sentence-transformers' `predict`: (n,) scores for a one-logit model, (n, labels) otherwise; one pair
         (two texts) gives one score."""
         single = isinstance(pairs, (list, tuple)) and len(pairs) > 0 and isinstance(pairs[0], str)
-        scores = self.score([pairs] if single else list(pairs), batch_size, activation).scores  # type: ignore[list-item]
+        scores = self.score([pairs] if single else list(pairs), batch_size, activation,  # type: ignore[list-item]
+                            prompt_name=prompt_name, prompt=prompt).scores
         return scores[0] if single else scores
 
     def rank(self, query: str, texts: Sequence[str], top_k: int | None = None, return_documents: bool = False,
-             batch_size: int = 32, activation: str | Callable[[torch.Tensor], torch.Tensor] | None = None
-             ) -> list[dict[str, Any]]:
+             batch_size: int = 32, activation: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
+             prompt_name: str | None = None, prompt: str | None = None) -> list[dict[str, Any]]:
         """sentence-transformers' `rank`: `{"corpus_id", "score"(, "text")}` per text, highest score first."""
         if self.num_labels != 1:
             raise MinibertError(f"{self.model.name} has {self.num_labels} outputs; rank needs a model with one "
                                 "(use predict for the scores of each label).")
         if isinstance(texts, str):
             raise MinibertError("rank takes a list of texts to rank; wrap a single text in a list.")
-        scores = self.score([(query, text) for text in texts], batch_size, activation).scores
+        scores = self.score([(query, text) for text in texts], batch_size, activation, prompt_name=prompt_name,
+                            prompt=prompt).scores
         values = scores.tolist()
         return [{"corpus_id": i, "score": values[i], **({"text": texts[i]} if return_documents else {})}
                 for i in ranking(scores, top_k)]

@@ -143,6 +143,18 @@ def test_folder_saved_by_sentence_transformers(tmp_path: Path, tiny: Path) -> No
     expected = torch.as_tensor(theirs.predict(pairs))
     assert (ours.predict(pairs) - expected).abs().max().item() < ATOL
     assert is_cross_encoder(str(tmp_path / "saved"))
+    # prompts: the default one before each query, or one by name, or a text given
+    config = json.loads((tmp_path / "saved" / "config_sentence_transformers.json").read_text())
+    config.update(prompts={"web": "web query: ", "fun": "fun fun "}, default_prompt_name="fun")
+    (tmp_path / "saved" / "config_sentence_transformers.json").write_text(json.dumps(config))
+    ours = CrossEncoder.from_pretrained(str(tmp_path / "saved"), device="cpu")
+    theirs = st.CrossEncoder(str(tmp_path / "saved"), device="cpu")
+    for kwargs in ({}, {"prompt_name": "web"}, {"prompt": "bad "}):
+        expected = torch.as_tensor(theirs.predict(pairs, **kwargs))
+        assert (ours.predict(pairs, **kwargs) - expected).abs().max().item() < ATOL, kwargs
+        assert_same_ranking(ours.rank("good", [p for _, p in pairs], **kwargs),
+                            theirs.rank("good", [p for _, p in pairs], **kwargs))
+    assert (ours.predict(pairs, prompt="") - ours.predict(pairs)).abs().max().item() > ATOL
 
 
 def test_refusals(tiny: Path, tmp_path: Path) -> None:
