@@ -123,10 +123,11 @@ class CrossEncoder:
         self.num_labels = model.classifier.config.num_labels
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, max_length: int | None = None, precision: str = "fp32",
+    def from_pretrained(cls, name_or_path: str | Path, *, max_length: int | None = None, precision: str = "fp32",
                         attn_impl: str = "auto", device: str = "auto", revision: str | None = None) -> CrossEncoder:
         """`name_or_path`: a folder (a finetune run folder gives its best/ model) or a Hub id. `max_length` replaces
         the folder's limit; `precision` fp32 by default, as sentence-transformers runs."""
+        name_or_path = str(name_or_path)
         folder = resolve_folder(name_or_path)
         config = BertConfig.from_json(resolve_checkpoint(folder, revision=revision).config_file)
         tokenizer = BertTokenizer.from_pretrained(folder, revision=revision)

@@ -159,9 +159,14 @@ def test_refusals(tiny: Path, tmp_path: Path) -> None:
         ours.predict([("a", "b")], activation="Swish")
     with pytest.raises(MinibertError, match="list of texts"):
         ours.rank("good", "one text")
-    two = write_tiny_model(tmp_path / "two-labels")  # a two-class classifier: predict works, rank does not
+    two = write_tiny_model(tmp_path / "two-labels")  # a two-class classifier: predict works (Identity), rank does not
+    two_labels = CrossEncoder.from_pretrained(two, device="cpu")
+    pairs = [("good movie", p) for p in tiny_passages(5)]
+    expected = torch.as_tensor(st.CrossEncoder(str(two), device="cpu").predict(pairs))
+    assert two_labels.activation_name == "Identity" and two_labels.predict(pairs).shape == expected.shape == (5, 2)
+    assert (two_labels.predict(pairs) - expected).abs().max().item() < ATOL
     with pytest.raises(MinibertError, match="rank needs a model with one"):
-        CrossEncoder.from_pretrained(str(two), device="cpu").rank("good", ["fun"])
+        two_labels.rank("good", ["fun"])
 
 
 @pytest.mark.slow  # about 45 s on 2 shared cores
