@@ -117,9 +117,11 @@ def test_an_oversized_text_is_refused_and_the_earlier_output_kept(run: dict[str,
     assert "line 1502" in capsys.readouterr().err and out.read_text() == "earlier predictions\n"
 
 
-def test_chunks_of_a_file_equal_one_pass(run: dict[str, Path], tmp_path: Path) -> None:
-    """2,500 rows (three chunks) give the answers of the model run on all of them at once, in input order."""
-    rows = sentiment_rows(2500, seed=3)
+def test_chunks_of_a_file_equal_one_pass(run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """250 rows read 100 at a time (three chunks) give the answers of the model run on all of them at once, in input
+    order."""
+    monkeypatch.setattr(predict, "CHUNK_TEXTS", 100)
+    rows = sentiment_rows(250, seed=3)
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "p.jsonl"
     assert predict.main(["--model", str(run["out"]), "--input", str(src), "--output", str(out), "--no-progress",
@@ -129,7 +131,7 @@ def test_chunks_of_a_file_equal_one_pass(run: dict[str, Path], tmp_path: Path) -
     texts = [text for text, _ in rows]
     prepared = model.prepare("predict", texts)
     whole = model.records(model.pooled_logits(model.forward("predict", prepared.rows), prepared))
-    assert len(streamed) == 2500
+    assert len(streamed) == 250
     assert max(abs(a["score"] - b["score"]) for a, b in zip(streamed, whole)) < 1e-5
     assert [a["label"] for a in streamed] == [b["label"] for b in whole]
 
