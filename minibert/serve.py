@@ -14,7 +14,6 @@ uvicorn, prometheus-client). SIGTERM or Ctrl-C stops accepting, finishes the acc
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from minibert.serve_logs import FailureLog, RateLimitFilter
 from minibert.serve_metrics import Metrics
 from minibert.serve_outcomes import Outcomes
 from minibert.serve_security import Guard, allowed_hosts, page_csp
+from minibert.serve_tokenize import TokenizerPools
 
 try:  # at module level: FastAPI reads the routes' annotations from this module's names
     from fastapi import Request
@@ -55,7 +55,6 @@ PUBLIC_ROUTES = ("/health", "/", "/docs")  # no API key needed: the pages ask fo
 ROUTES = ("/predict", "/embed", "/health", "/info", "/metrics", "/", "/docs", "/openapi.json")
 BYTES_PER_TOKEN = 8  # admission's estimate of a body's tokens: English is ~4.5 bytes a token, JSON adds quotes
 GRACE_SECONDS = 5.0  # after --shutdown-timeout, for the 503 answers to go out before uvicorn gives up
-SMALL_BODY_BYTES = 64 * 1024  # bodies up to this size are tokenised in their own pool, never behind large ones
 
 
 @dataclass
@@ -104,6 +103,8 @@ class Options:
     header_timeout: float = option(10.0, "seconds for a request's line and headers to arrive (408 after)", above=0)
     body_timeout: float = option(30.0, "seconds for a request's whole body to arrive (408 after)", above=0)
     keep_alive_timeout: int = option(5, "seconds an idle kept-alive connection stays open", at_least=1)
+    tokenizer_processes: int = option(1, "processes that tokenise request bodies over 64 KiB, so that a large one "
+                                         "never holds the event loop's GIL (0: threads only)", at_least=0)
     api_key: str = option("", "require Authorization: Bearer KEY on every route but /health, / and /docs "
                               "(default: the MINIBERT_API_KEY environment variable; none if unset)")
     allowed_hosts: str = option("", "Host names to answer, comma-separated, * for any (default: localhost, "
@@ -156,6 +157,9 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
+
+    def __reduce__(self) -> tuple:  # raised in a tokenizer process, it travels back whole
+        return ApiError, (self.status, self.message, self.headers)
 
 
 class ClientGone(Exception):
@@ -257,6 +261,18 @@ def prepare(model: InferenceModel, kind: str, texts: list[str], pairs: list[str]
         raise ApiError(422, str(e)) from None
 
 
+def read_request(model: InferenceModel, body: bytes, kind: str, max_inputs: int,
+                 refuse_long: bool) -> tuple[Any, bool]:
+    """Off the event loop (a tokenizer thread or process): the body's JSON, its inputs, their rows; and whether the
+    answer should list the tokens."""
+    try:
+        value = parse_json(body, EXAMPLE)
+    except BadJson as e:
+        raise ApiError(400, str(e)) from None
+    texts, pairs, want_tokens = parse_inputs(value, max_inputs, pairs_allowed=kind == "predict")
+    return prepare(model, kind, texts, pairs, refuse_long), want_tokens
+
+
 def finish(model: InferenceModel, kind: str, outputs: list[Any], prepared: Any, want_tokens: bool) -> dict[str, Any]:
     """The answer's JSON from the model's outputs for the rows of `prepare`: per text, how it was read (one sequence,
     truncated or not; or n windows pooled) and on request its tokens."""
@@ -324,12 +340,7 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
     batcher = Batcher(engine.forward, opts.max_batch_tokens, opts.max_wait_ms, opts.max_queue_tokens,
                       opts.batch_order, on_batch=on_batch, threads=worker_threads(opts), workers=opts.workers)
     metrics.track_queue(batcher.depth, batcher.waiting_tokens)
-    # Tokenising is pure Python: in the event loop's thread, one 1 MB body stalled every other request for seconds.
-    # Two thread pools, by body size, so that a small request never queues behind a large one; threads, not
-    # processes, because the tokenizer and the rows stay in this process (no pickling of 1 MB texts and their ids)
-    # and a thread that holds the GIL gives it up every 5 ms, which keeps the loop's latency within a few switches.
-    pools = {"small": concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="minibert-tokenize-small"),
-             "large": concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="minibert-tokenize-large")}
+    pools = TokenizerPools(engine, processes=opts.tokenizer_processes)
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -346,12 +357,12 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         asyncio.get_running_loop().set_exception_handler(failures.loop_exception_handler)
+        await asyncio.to_thread(pools.warm_up)
         yield
         # every request is answered by now (the deadline answered the rest): wait for the batch in the model, so
         # that no worker thread is inside torch when the interpreter exits
         await asyncio.to_thread(batcher.close, True, None)
-        for pool in pools.values():
-            pool.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(pools.close)
 
     app = FastAPI(title="minibert", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"{engine.task} model {name}: POST /predict or /embed.")
@@ -368,15 +379,6 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
             return error(404, f"there is no {request.url.path[:100]}; the routes are /predict, /embed, /health, "
                               "/info, /metrics, / and /docs.")
         return error(exc.status_code, str(exc.detail))
-
-    def parse_and_prepare(body: bytes, kind: str) -> tuple[Any, bool]:
-        """In a tokenizer thread: the body's JSON, its inputs, their rows."""
-        try:
-            value = parse_json(body, EXAMPLE)
-        except BadJson as e:
-            raise ApiError(400, str(e)) from None
-        texts, pairs, want_tokens = parse_inputs(value, opts.max_inputs, pairs_allowed=kind == "predict")
-        return prepare(engine, kind, texts, pairs, refuse_long=opts.no_truncate), want_tokens
 
     def admit(size: int) -> int:
         """Reserve room in the queue for a body of `size` bytes, before reading or tokenising it."""
@@ -405,8 +407,8 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
             body = await read_body(request, opts.max_body_bytes, opts.body_timeout)
             if not declared.isdigit():
                 reserved = admit(len(body))
-            pool = pools["small" if len(body) <= SMALL_BODY_BYTES else "large"]
-            work = asyncio.wrap_future(pool.submit(parse_and_prepare, body, kind))
+            work = asyncio.wrap_future(pools.submit(len(body), read_request, body, kind, opts.max_inputs,
+                                                    opts.no_truncate))
             prepared, want_tokens = await unless_gone(request, work)
             held, reserved = reserved, 0
             try:

@@ -87,7 +87,7 @@ def assert_same_predictions(served: list[dict], offline: list[dict], tol: float 
 
 
 def client_for(folder: Path, **options: Any) -> TestClient:
-    opts = Options(model=str(folder), precision="fp32", **options)
+    opts = Options(model=str(folder), precision="fp32", **{"tokenizer_processes": 0, **options})
     engine = load_model(opts)
     engine.warm_up()
     return TestClient(create_app(engine, opts), base_url="http://localhost")
