@@ -357,7 +357,7 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         asyncio.get_running_loop().set_exception_handler(failures.loop_exception_handler)
-        await asyncio.to_thread(pools.warm_up)
+        pools.warm_up()  # in the main thread, before anything is served (see TokenizerPools.warm_up)
         yield
         # every request is answered by now (the deadline answered the rest): wait for the batch in the model, so
         # that no worker thread is inside torch when the interpreter exits
@@ -385,8 +385,9 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
         estimate = min(size // BYTES_PER_TOKEN, opts.max_queue_tokens)
         try:
             batcher.admit(estimate)
-        except QueueFull as e:
-            raise ApiError(503, f"the server is busy ({e}); retry in a second.", {**BUSY, **CLOSE}) from None
+        except QueueFull as e:  # no Connection: close: uvicorn reads and drops the rest of the body (at most
+            # --max-body-bytes), so that the client can read this answer instead of a reset connection
+            raise ApiError(503, f"the server is busy ({e}); retry in a second.", BUSY) from None
         except Closed:
             raise ApiError(503, STOPPING, CLOSE) from None
         return estimate

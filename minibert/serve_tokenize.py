@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
 SMALL_BODY_BYTES = 64 * 1024
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when the thread that started it ends
 
 _model: Any = None  # in a tokenizer process: the model without its weights
 
@@ -33,9 +38,15 @@ def tokenizer_side(model: Any) -> Any:
     return side
 
 
-def _adopt(model: Any) -> None:
+def _adopt(model: Any, parent: int) -> None:
+    """In a new tokenizer process: keep the model, and die with the server (killed, or exiting at a second signal,
+    it cannot stop its children, which would hold its stdout open and live on)."""
     global _model
     _model = model
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the server died before prctl took effect
+        os._exit(0)
 
 
 def _with_model(fn: Callable[..., Any], *args: Any) -> Any:
@@ -53,7 +64,7 @@ class TokenizerPools:
         # spawn, not fork: the server has threads (model workers, torch's pool) that a fork would copy mid-flight
         self.processes = concurrent.futures.ProcessPoolExecutor(
             processes, mp_context=multiprocessing.get_context("spawn"), initializer=_adopt,
-            initargs=(tokenizer_side(model),)) if processes else None
+            initargs=(tokenizer_side(model), os.getpid())) if processes else None
 
     def submit(self, size: int, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
         if size <= SMALL_BODY_BYTES or self.processes is None:
@@ -61,7 +72,8 @@ class TokenizerPools:
         return self.processes.submit(_with_model, fn, *args)
 
     def warm_up(self) -> None:
-        """Start the tokenizer processes now (a spawned Python takes seconds), not on the first large body."""
+        """Start the tokenizer processes now (a spawned Python takes seconds), not on the first large body. Call it
+        from the main thread: a process's PR_SET_PDEATHSIG fires when the thread that started it ends."""
         if self.processes is not None:
             self.processes.submit(_adopt_check).result()
 
