@@ -380,10 +380,14 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
                               "/info, /metrics, / and /docs.")
         return error(exc.status_code, str(exc.detail))
 
-    def admit(size: int) -> int:
-        """Reserve room in the queue for a body of `size` bytes, before reading or tokenising it."""
+    def admit(size: int, reserve: bool) -> int:
+        """Room in the queue for a body of `size` bytes: checked before the body is read (a body that cannot fit
+        now is not read at all), reserved once it has arrived, before it is tokenised."""
         estimate = min(size // BYTES_PER_TOKEN, opts.max_queue_tokens)
         try:
+            if not reserve:
+                batcher.check_room(estimate)
+                return 0
             batcher.admit(estimate)
         except QueueFull as e:  # no Connection: close: uvicorn reads and drops the rest of the body (at most
             # --max-body-bytes), so that the client can read this answer instead of a reset connection
@@ -404,10 +408,9 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
                 raise ApiError(413, f"the body has {declared} bytes, more than the limit of {opts.max_body_bytes}; "
                                     "send fewer or shorter texts per request.", CLOSE)
             if declared.isdigit():
-                reserved = admit(int(declared))
+                admit(int(declared), reserve=False)
             body = await read_body(request, opts.max_body_bytes, opts.body_timeout)
-            if not declared.isdigit():
-                reserved = admit(len(body))
+            reserved = admit(len(body), reserve=True)
             work = asyncio.wrap_future(pools.submit(len(body), read_request, body, kind, opts.max_inputs,
                                                     opts.no_truncate))
             prepared, want_tokens = await unless_gone(request, work)
