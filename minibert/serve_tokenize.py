@@ -3,13 +3,13 @@ in a separate process.
 
 Tokenising on the loop froze every other request while one large body was read (a 1 MB body stalled /health for
 2-4 s). Off the loop, threads are not enough for large bodies. Measured with `bench/serve.py --attack` (MiniLM's
-tokenizer, a 1 MB body of fresh words, bench/README.md "serve.py: attack"): a 5 ms timer on the event loop ran late
-by p99 244 ms (max 957 ms) while the body was tokenised in a thread, and by p99 12 ms (max 275 ms) while it was
-tokenised in another process; small requests went through either pool at the same rate (2,310 and 2,178 requests/s
-with two workers). A thread cannot do better: the tokenizer's regular expressions run over a whole text in C and hold
-the GIL for as long as the text is long. Small bodies stay in threads: their GIL holds are short, and they pay no
-pickling of texts and token ids; only bodies over `SMALL_BODY_BYTES` go to the process, which holds the tokenizer
-alone (not the model's weights).
+tokenizer, a 1 MB body of fresh words; three runs, bench/README.md "serve.py --attack"): a 5 ms timer on the event
+loop ran late by p99 244-511 ms (max up to 979 ms) while the body was tokenised in a thread, and by p99 7-12 ms while it
+was tokenised in another process; small requests went through either pool at about the same rate. A thread cannot do
+better: the tokenizer's regular expressions and Unicode normalisation run over a whole text in C and hold the GIL
+for as long as the text is long. Small bodies stay in threads: their GIL holds are short, and they pay no pickling
+of texts and token ids; only bodies over `SMALL_BODY_BYTES` go to the process, which holds the tokenizer alone (not
+the model's weights).
 """
 
 from __future__ import annotations
