@@ -4,9 +4,10 @@
     curl -s localhost:8000/predict --json '{"inputs": ["a fine film", "a dull one"]}'
 
 Routes: POST /predict, POST /embed, GET /health, /info, /metrics (Prometheus), / (a page to try it), /docs.
-A request goes: admission (its body size against the waiting work) -> its body read (bounded in size and time) ->
-parsed and tokenised in a thread pool, off the event loop -> its rows queued -> a worker thread (--workers of them)
-runs the queued rows of many requests as one forward (`minibert.batching`). Needs the `serve` extra (fastapi,
+A request goes: Host, key and media type checked (`serve_security`) -> its declared size against the waiting work
+-> its body read (bounded in size and time) -> room reserved in the queue -> parsed and tokenised off the event loop
+(`serve_tokenize`) -> its rows queued -> a worker thread (--workers of them) runs the queued rows of many requests as
+one forward (`minibert.batching`) -> its answer. Needs the `serve` extra (fastapi,
 uvicorn, prometheus-client). SIGTERM or Ctrl-C stops accepting, finishes the accepted requests for at most
 --shutdown-timeout seconds, answers the rest 503, and exits 0; a second signal exits at once.
 """

@@ -36,7 +36,7 @@ def server(classifier: Path) -> Iterator[str]:
     """One server for the module, with short read timeouts. At the end, its whole log: no traceback, and at most
     one line per kind of failure (hundreds of timeouts and hang-ups happened)."""
     proc, url = start(classifier, "--header-timeout", str(TIMEOUT), "--body-timeout", str(TIMEOUT),
-                      "--max-connections", "1000")
+                      "--max-connections", "1000", "--keep-alive-timeout", "1")
     yield url
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
@@ -136,6 +136,16 @@ def test_stalled_connections_are_closed_and_health_answers(server: str) -> None:
     assert metric(server, 'minibert_requests_total{endpoint="/predict",status="408"}') - before == 301
     assert metric(server, 'minibert_failures_total{kind="header-timeout"}') >= 50
     assert httpx.get(server + "/health", timeout=5).status_code == 200
+
+
+def test_an_idle_kept_alive_connection_is_closed(server: str) -> None:
+    sock = raw_socket(server)
+    sock.sendall(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+    began = time.monotonic()
+    answer = read_answer(sock, began + 5)  # the answer, then the close after --keep-alive-timeout 1
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"status":"ok"}')
+    assert 0.8 < time.monotonic() - began < 4
 
 
 def test_the_soft_file_limit_is_raised_to_the_hard_one(server: str) -> None:
