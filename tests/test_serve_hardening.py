@@ -92,7 +92,9 @@ def test_a_1mb_body_does_not_stall_health(server: str) -> None:
     # read in windows as predict would, it is more work than the whole queue holds: refused in one sentence
     assert result["big"].status_code == 413
     assert result["big"].json()["error"].startswith("this request is too large for the server (it has ")
-    assert max(latencies) < 0.5, f"/health took up to {max(latencies):.2f} s while a 1 MB body was tokenised"
+    # on a shared machine one probe may wait for a core; tokenising on the event loop stalled it for seconds
+    slow = sorted(latencies)[len(latencies) // 2]
+    assert max(latencies) < 1.5 and slow < 0.2, f"/health took {slow:.2f} s (median), up to {max(latencies):.2f} s"
     assert len(latencies) >= 5, "the large request was too quick to measure anything"
 
 
