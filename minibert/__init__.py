@@ -1,6 +1,7 @@
 """minibert: a BERT encoder written from first principles in PyTorch, compatible with Hugging Face checkpoints."""
 
 from minibert.config import BertConfig
+from minibert.cross_encoder import CrossEncoder
 from minibert.errors import MinibertError
 from minibert.heads import (
     BertForMaskedLM,
@@ -27,6 +28,7 @@ __all__ = [
     "BertModel",
     "BertPreTrainedModel",
     "BertTokenizer",
+    "CrossEncoder",
     "MinibertError",
     "SentenceEncoder",
     "embed",

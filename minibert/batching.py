@@ -32,6 +32,7 @@ class Row:
 
     input_ids: list[int]
     token_type_ids: list[int]
+    pooled_from: int = 0  # embeddings: tokens at the start left out of pooling (a prompt the pooling excludes)
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -5,7 +5,9 @@
 
 Pooling and normalisation come from the model's sentence-transformers files (`minibert.pooling`); a folder without
 them gets mean pooling and L2 normalisation, and one line says so. Texts longer than the model's limit are truncated,
-as sentence-transformers does. Like `predict`, the input is read, embedded and written a chunk at a time.
+as sentence-transformers does. `--prompt-name` / `--prompt` are its `prompt_name` / `prompt` (`minibert.prompts`);
+`--truncate-dim N` keeps the first N components, normalised again when the model normalises (its `truncate_dim` with
+`normalize_embeddings`). Like `predict`, the input is read, embedded and written a chunk at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import IO
 
+import torch
 from tqdm.auto import tqdm
 
 from minibert.attention import ATTN_IMPLS
@@ -43,6 +46,12 @@ class Options:
     text_column: str | None = option(None, "text column (default: detected among text, sentence, review, ...)")
     output: str | None = option(None, "write the JSON lines here (default: stdout); an earlier file is replaced only "
                                       "when every row is done")
+    prompt_name: str | None = option(None, "put the model's prompt of this name before each text (its "
+                                           "config_sentence_transformers.json; default: its default prompt, if any)")
+    prompt: str | None = option(None, "put this text before each text (instead of a named prompt)")
+    truncate_dim: int | None = option(None, "keep the first N components of each vector (L2-normalised again when "
+                                            "the model normalises): for models trained to allow it (Matryoshka)",
+                                      at_least=1)
     max_batch_tokens: int = option(DEFAULT_BATCH_TOKENS, "real tokens per forward pass", at_least=1)
     max_text_bytes: int = option(MAX_TEXT_BYTES, "refuse an input line (one row) longer than this", at_least=1)
     attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
@@ -60,8 +69,10 @@ def embed_to(out: IO[str], opts: Options, model: InferenceModel) -> int:
               file=sys.stderr) as bar:
         for examples in iter_examples(opts.input, opts.text_column, None, None, False, CHUNK_TEXTS,
                                       opts.max_text_bytes):
-            prepared = model.prepare("embed", examples.texts)
+            prepared = model.prepare("embed", examples.texts, prompt_name=opts.prompt_name, prompt=opts.prompt)
             vectors = run_offline(prepared.rows, lambda rows: model.forward("embed", rows), opts.max_batch_tokens)
+            if opts.truncate_dim is not None and vectors:
+                vectors = list(model.truncate(torch.stack(vectors), opts.truncate_dim))
             out.write("".join(json.dumps({"embedding": v.tolist()}) + "\n" for v in vectors))
             out.flush()
             count += len(examples)
@@ -73,6 +84,9 @@ def run(opts: Options) -> int:
     started = time.monotonic()
     model = InferenceModel.load(opts.model, task="embed", precision=opts.precision, attn_impl=opts.attn_impl,
                                 device=opts.device)
+    model.encoder.prompts.resolve(opts.prompt, opts.prompt_name)  # an unknown prompt name, before any input is read
+    if opts.truncate_dim is not None:
+        model.truncate(torch.zeros(1, model.config.hidden_size), opts.truncate_dim)  # more than the model has
     if not model.encoder.pooling.from_files:
         logger.warning("%s has no sentence-transformers pooling files (modules.json): using mean pooling and L2 "
                        "normalisation.", model.name)

@@ -48,6 +48,8 @@ from minibert.long_text import SUN_ET_AL_HEAD
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS, resolve_long_text, write_record
 from minibert.metrics import best_key, evaluate_classifier
 from minibert.plot import plot_metrics
+from minibert.ranking import BINARY, TOP_K, binary_targets, query_groups
+from minibert.st_files import write_cross_encoder_files
 from minibert.tokenizer import BertTokenizer
 from minibert.train import Summary, train
 
@@ -74,8 +76,10 @@ class Options(RunFlags):
                                           "fix it to compare seeds on one validation set)")
     quoted_tsv: bool = option(False, "process quotes in TSV files (off by default: SST-2-style texts contain bare "
                                      "quotes)")
-    problem_type: str = option("auto", "auto (from the labels: ints/strings, lists, floats), or force one",
-                               choices=("auto", *PROBLEM_TYPES))
+    problem_type: str = option("auto", "auto (from the labels: ints/strings, lists, floats), or force one; binary: a "
+                                       "reranker, one logit trained with binary cross-entropy on 0/1 labels of "
+                                       "(query, passage) rows, saved as a sentence-transformers CrossEncoder",
+                               choices=("auto", *PROBLEM_TYPES, "binary"))
     label_names: str | None = option(None, "names of the classes of integer labels, class 0 first, separated by "
                                            "commas (SST-2: negative,positive); the model, predict and the server "
                                            "then answer with the names")
@@ -215,10 +219,12 @@ def finetune(opts: Options, d: Dist) -> Summary:
             raise MinibertError(f"--label-names names the classes of single-label data; it does not apply to "
                                 f"--problem-type {problem_type}.")
         train_ex, val_ex, test_ex = (name_labels(ex, names) if ex else ex for ex in (train_ex, val_ex, test_ex))
-    labels = Labels.from_training(train_ex.labels, problem_type, names)
-    train_y = labels.encode(train_ex, "training")
-    val_y = labels.encode(val_ex, "validation") if val_ex else None
-    test_y = labels.encode(test_ex, "test") if test_ex else None
+    binary = problem_type == "binary"
+    labels = BINARY if binary else Labels.from_training(train_ex.labels, problem_type, names)
+    targets = binary_targets if binary else labels.encode
+    train_y = targets(train_ex, "training")
+    val_y = targets(val_ex, "validation") if val_ex else None
+    test_y = targets(test_ex, "test") if test_ex else None
     run_dir = resume.parent if resume else run_dir_for(opts, data_name)
     if not resume and d.main:
         run_folder.prepare_new_run(run_dir, opts.overwrite)
@@ -256,16 +262,20 @@ def finetune(opts: Options, d: Dist) -> Summary:
               + (f" (their first {opts.head_tokens} tokens and their end)." if opts.long_text == "head-tail" else "."),
               file=sys.stderr)
     evaluate = None
+    groups = query_groups(val_ex, val_y) if binary and val_ex else None  # a reranker's validation queries
     if val_ex:
         evaluate = partial(evaluate_classifier, data=tokens(val_ex, val_y, "tokenizing validation data"),
-                           batch_size=opts.batch_size, problem_type=labels.problem_type, pool=opts.pool)
+                           batch_size=opts.batch_size, problem_type=labels.problem_type, pool=opts.pool, groups=groups)
 
     def save_model(folder: Path) -> None:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         write_record(folder, long_text, opts.max_length, opts.pool)  # predict reads long texts the same way
+        if binary:
+            write_cross_encoder_files(folder, opts.max_length)
 
-    metric, sign = best_key(labels.problem_type)
+
+    metric, sign = (f"ndcg@{TOP_K}", 1.0) if groups else best_key(labels.problem_type)
     train_opts = train_options(opts, output_dir=run_dir, resume=resume, best_metric=metric,
                                greater_is_better=sign > 0, fingerprint=fingerprint(train_ex, labels, opts))
     if not resume and d.main:
@@ -280,7 +290,8 @@ def finetune(opts: Options, d: Dist) -> Summary:
         best = BertForSequenceClassification.from_pretrained(summary.best_dir, attn_impl=opts.attn_impl).to(d.device)
         amp = torch.bfloat16 if summary.precision == "bf16 autocast" else None
         test = evaluate_classifier(best, d, amp, data=tokens(test_ex, test_y, "tokenizing test data"),
-                                   batch_size=opts.batch_size, problem_type=labels.problem_type, pool=opts.pool)
+                                   batch_size=opts.batch_size, problem_type=labels.problem_type, pool=opts.pool,
+                                   groups=query_groups(test_ex, test_y) if binary else None)
         if d.main:
             print(f"test ({summary.precision}, as validation): "
                   + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if not isinstance(v, bool)), file=sys.stderr)

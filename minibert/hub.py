@@ -4,9 +4,39 @@ shared by the model, tokenizer and dataset loaders. huggingface_hub is imported 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from minibert.errors import MinibertError
+
+PROBE_SECONDS = 3.0  # how long the one reachability probe of a process waits for the Hub's host
+_probed = False
+
+
+def hub_reachable(endpoint: str) -> bool:
+    """Whether the Hub's host (HF_ENDPOINT, else huggingface.co) accepts a TCP connection within PROBE_SECONDS."""
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=PROBE_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
+def go_offline_if_unreachable() -> None:
+    """Before this process's first Hub request: huggingface_hub retries an unreachable Hub for about 30 s with two
+    warnings per try, so probe its host once instead and, when it does not answer, switch huggingface_hub to
+    offline mode: models in the local cache still load, others fail at once with one sentence."""
+    global _probed
+    from huggingface_hub import constants
+
+    if _probed or constants.is_offline_mode():
+        return
+    _probed = True
+    if not hub_reachable(constants.ENDPOINT):
+        constants.HF_HUB_OFFLINE = True
 
 
 def local_folder_or_repo_id(name_or_path: str | os.PathLike, needs: str) -> Path | str:
@@ -35,6 +65,7 @@ def hub_file(repo_id: str, filename: str, revision: str | None, cache_dir: str |
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    go_offline_if_unreachable()
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
     except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: keep it first
@@ -53,12 +84,13 @@ class hub_errors:  # noqa: N801 - used as a `with` block, reads like one
         self.repo_id, self.revision, self.repo_type = repo_id, revision, repo_type
 
     def __enter__(self) -> None:
-        return None
+        go_offline_if_unreachable()
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
         from huggingface_hub.errors import (
             GatedRepoError,
             LocalEntryNotFoundError,
+            OfflineModeIsEnabled,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
@@ -75,9 +107,10 @@ class hub_errors:  # noqa: N801 - used as a `with` block, reads like one
         if isinstance(exc, RepositoryNotFoundError):
             raise MinibertError(f"{what} was not found on the Hub (or is private); check the id, or pass a "
                                 "local folder.") from None
-        if isinstance(exc, LocalEntryNotFoundError):
+        if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
             raise MinibertError(f"{what} is not in the local Hugging Face cache and the Hub cannot be reached "
-                                "(offline); download it once with network access, or pass a local folder.") from None
+                                "(offline); pass a local folder, or download it once with network access "
+                                "(HF_HUB_OFFLINE=1 skips the Hub and reads the cache).") from None
         if isinstance(exc, OSError) and not isinstance(exc, MinibertError):
             raise MinibertError(f"could not fetch {what} from the Hub ({exc}); check the network or pass a "
                                 "local folder.") from None

@@ -39,7 +39,8 @@ from minibert.labels import Labels
 from minibert.long_text import SUN_ET_AL_HEAD, encode_long, pool_windows
 from minibert.long_text_options import LongText, read_record, resolve_long_text
 from minibert.models import BertModel
-from minibert.pooling import Pooling, SentenceEncoder, read_pooling
+from minibert.pooling import Pooling, SentenceEncoder, read_pooling, truncate_embeddings
+from minibert.prompts import read_prompts
 from minibert.tokenizer import BertTokenizer
 
 logger = logging.getLogger("minibert")
@@ -177,7 +178,7 @@ class InferenceModel:
             raise MinibertError(f"the tokenizer of {name} has {len(tokenizer)} tokens but the model's vocab_size is "
                                 f"{config.vocab_size}; use the vocab.txt the checkpoint was trained with.")
         pooling: Pooling = read_pooling(folder, revision)
-        encoder = SentenceEncoder(encoder_model, tokenizer, pooling)
+        encoder = SentenceEncoder(encoder_model, tokenizer, pooling, read_prompts(folder, revision))
         record = (read_record(folder) if isinstance(folder, Path) else None) or {}
         length = config.fit_max_length(max_length or int(record.get("max_length") or DEFAULT_MAX_LENGTH),
                                        say=max_length is not None)
@@ -234,12 +235,16 @@ class InferenceModel:
     # --- the work --------------------------------------------------------------------------------------------------
 
     def prepare(self, kind: str, texts: Sequence[str], pairs: Sequence[str] | None = None,
-                refuse_long: bool = False) -> Prepared:
+                refuse_long: bool = False, prompt_name: str | None = None, prompt: str | None = None) -> Prepared:
         """Tokenise once: "predict" reads long texts as `long_text` says (windows become rows of the same text);
-        "embed" truncates at the encoder's limit, as sentence-transformers does. `refuse_long` raises `TooLong` for
-        a text that does not fit in one sequence."""
+        "embed" puts the prompt before each text (`prompt`, else the model's prompt `prompt_name`, else its default
+        prompt: `minibert.prompts`) and truncates at the encoder's limit, as sentence-transformers does.
+        `refuse_long` raises `TooLong` for a text that does not fit in one sequence."""
         if kind not in KINDS:
             raise MinibertError(f"kind {kind!r} is not one of {', '.join(KINDS)}.")
+        prefix = self.encoder.prompts.resolve(prompt, prompt_name) if kind == "embed" else None
+        if prefix:
+            texts = [prefix + text for text in texts]
         mode = self.long_text(pairs is not None) if kind == "predict" else LongText("truncate")
         limit = self.max_length[kind]
         inputs = encode_long(self.tokenizer, texts, pairs, limit, mode.how, mode.head_tokens, mode.stride)
@@ -251,7 +256,8 @@ class InferenceModel:
             i = cut.index(True)
             raise TooLong(f"input {i} has more than the limit of {limit} tokens; shorten it, or start the server "
                           "without --no-truncate to have it read as --long-text says.")
-        rows = [Row(ids, types) for ids, types in zip(inputs.input_ids, inputs.token_type_ids)]
+        skip = self.encoder.pooled_from(prefix, limit)
+        rows = [Row(ids, types, skip) for ids, types in zip(inputs.input_ids, inputs.token_type_ids)]
         return Prepared(rows, list(inputs.doc_index), windows, inputs.truncated)
 
     @torch.inference_mode()
@@ -272,6 +278,11 @@ class InferenceModel:
         if len(prepared.rows) == len(prepared):
             return logits
         return pool_windows(logits, prepared.doc_index, len(prepared), self.pool)
+
+    def truncate(self, vectors: torch.Tensor, dimensions: int) -> torch.Tensor:
+        """`embed`'s vectors cut to their first `dimensions` components, L2-normalised again when the model's
+        vectors are (OpenAI's `dimensions`; sentence-transformers' `truncate_dim` with `normalize_embeddings`)."""
+        return truncate_embeddings(vectors, dimensions, normalize=self.encoder.pooling.normalize)
 
     def records(self, logits: torch.Tensor, all_scores: bool = True) -> list[dict[str, Any]]:
         """`predict`'s answer per text, from `pooled_logits`."""

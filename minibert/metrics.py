@@ -1,7 +1,9 @@
-"""What a classifier's evaluation reports: accuracy and macro-F1 (or MSE and Pearson), gathered over all ranks."""
+"""What a classifier's evaluation reports: accuracy and macro-F1 (or MSE and Pearson; a reranker's MRR and NDCG),
+gathered over all ranks."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -11,6 +13,7 @@ from torch import nn
 from minibert.batches import Encoded, collate, sorted_batches
 from minibert.devices import Dist
 from minibert.long_text import pool_windows
+from minibert.ranking import ranking_metrics
 
 
 def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> dict[str, float]:
@@ -45,12 +48,14 @@ def best_key(problem_type: str) -> tuple[str, float]:
 
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, d: Dist, amp: torch.dtype | None, *, data: Encoded, batch_size: int,
-                        problem_type: str, pool: str = "mean") -> dict[str, float]:
+                        problem_type: str, pool: str = "mean", groups: Sequence[int] | None = None
+                        ) -> dict[str, float]:
     """Loss and metrics over the whole evaluation set: each rank runs its share, the results are gathered.
 
     `amp` is the training run's autocast dtype, so validation and test numbers come from the same arithmetic.
     For documents cut into windows, the loss is the windows' and the metrics are the documents': each document's
-    windows' logits pooled (`pool`: mean or max) against its label."""
+    windows' logits pooled (`pool`: mean or max) against its label. With `groups` (a reranker's query id per row),
+    also MRR@10 and NDCG@10 (`ranking.ranking_metrics`)."""
     model.eval()
     parts = []
     for indices in sorted_batches(data.lengths, batch_size, d.rank, d.world_size):
@@ -68,4 +73,6 @@ def evaluate_classifier(model: nn.Module, d: Dist, amp: torch.dtype | None, *, d
     if data.doc_index is not None:
         logits, labels = pool_windows(logits, data.doc_index, data.num_documents, pool), data.document_labels
     metrics = compute_metrics(logits, labels, problem_type)
+    if groups is not None:
+        metrics.update(ranking_metrics(logits, labels, groups))
     return {"loss": sum(loss for _, _, loss in parts) / len(data), **metrics}

@@ -36,8 +36,10 @@ from minibert.files import atomic_write_text
 from minibert.tokenizer_files import (
     CONFIG_FILE,
     SPECIAL_TOKENS_FILE,
+    TOKENIZER_JSON,
     VOCAB_FILE,
     read_settings,
+    read_tokenizer_json,
     read_vocab,
     resolve_tokenizer_files,
 )
@@ -122,7 +124,11 @@ class BertTokenizer:
             token = settings.get(name)
             if token is not None:  # special_tokens_map.json may hold {"content": "[UNK]", ...} instead of a string
                 kwargs[name] = token["content"] if isinstance(token, dict) else token
-        return cls(folder / VOCAB_FILE, **{**kwargs, **overrides})
+        vocab: Path | dict[str, int] = folder / VOCAB_FILE
+        if not vocab.is_file():  # a folder transformers 5 saved: the vocabulary (and normalizer) of tokenizer.json
+            vocab, normalizer = read_tokenizer_json(folder / TOKENIZER_JSON)
+            kwargs.update(normalizer)
+        return cls(vocab, **{**kwargs, **overrides})
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[Path]:
         """Write `vocab.txt`, `tokenizer_config.json` and `special_tokens_map.json`; transformers loads them as is."""

@@ -1,5 +1,6 @@
 """A BERT tokenizer's files: `vocab.txt` (one token a line), `tokenizer_config.json` and `special_tokens_map.json`,
-in a local folder or a Hub repo, read with one sentence for every way they can be wrong."""
+in a local folder or a Hub repo, read with one sentence for every way they can be wrong. A local folder without
+vocab.txt may hold the vocabulary in `tokenizer.json` instead (what transformers 5 saves alone)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from minibert.hub import hub_errors, hub_file, local_folder_or_repo_id
 VOCAB_FILE = "vocab.txt"
 CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
+TOKENIZER_JSON = "tokenizer.json"
 
 
 def read_vocab(path: Path) -> dict[str, int]:
@@ -49,8 +51,9 @@ def resolve_tokenizer_files(name_or_path: str | os.PathLike, revision: str | Non
     files are fetched with huggingface_hub (honouring its cache, `revision` and `HF_HUB_OFFLINE`)."""
     where = local_folder_or_repo_id(name_or_path, VOCAB_FILE)
     if isinstance(where, Path):
-        if not (where / VOCAB_FILE).is_file():
-            raise MinibertError(f"{where} has no {VOCAB_FILE}; point to the folder of a BERT tokenizer.")
+        if not (where / VOCAB_FILE).is_file() and not (where / TOKENIZER_JSON).is_file():
+            raise MinibertError(f"{where} has no {VOCAB_FILE} (nor a {TOKENIZER_JSON}); point to the folder of a BERT "
+                                "tokenizer.")
         return where
     with hub_errors(where, revision):
         vocab = hub_file(where, VOCAB_FILE, revision, cache_dir, required=True)
@@ -59,6 +62,24 @@ def resolve_tokenizer_files(name_or_path: str | os.PathLike, revision: str | Non
         for optional in (CONFIG_FILE, SPECIAL_TOKENS_FILE):  # land in the same snapshot folder as vocab.txt
             hub_file(where, optional, revision, cache_dir, required=False)
     return vocab.parent
+
+
+def read_tokenizer_json(path: Path) -> tuple[dict[str, int], dict[str, Any]]:
+    """The vocabulary of a WordPiece `tokenizer.json`, and its BertNormalizer's settings under
+    tokenizer_config.json's names (lowercasing, accents, CJK characters)."""
+    data = _read_json(path)
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    vocab = model.get("vocab")
+    if (model.get("type") != "WordPiece" or model.get("continuing_subword_prefix", "##") != "##"
+            or not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values())):
+        raise MinibertError(f"{path} is not a BERT WordPiece tokenizer (its model is {model.get('type')!r}); minibert "
+                            "reads BERT's vocab.txt or a WordPiece tokenizer.json.")
+    normalizer = data.get("normalizer") if isinstance(data.get("normalizer"), dict) else {}
+    names = {"lowercase": "do_lower_case", "strip_accents": "strip_accents",
+             "handle_chinese_chars": "tokenize_chinese_chars"}
+    settings = ({names[k]: v for k, v in normalizer.items() if k in names and v is not None}
+                if normalizer.get("type") == "BertNormalizer" else {})
+    return vocab, settings
 
 
 def read_settings(folder: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -380,6 +381,16 @@ def test_hub_download_cache_offline_and_errors(tmp_path, saved):
     assert "revision 'v9' of model 'someone/tiny-bert' does not exist on the Hub" in revision
     assert "model 'someone/other' is not in the local Hugging Face cache and the Hub cannot be reached (offline)" \
         in not_cached
+    # the Hub unreachable without HF_HUB_OFFLINE: one probe, then the cache (no retries, no warnings); a model not in
+    # the cache is one sentence that names HF_HUB_OFFLINE, within seconds instead of huggingface_hub's ~30 s of retries
+    unreachable = load_in_subprocess("http://127.0.0.1:9", cache, "someone/tiny-bert")
+    assert unreachable.stdout.strip() == "loaded" and "Retry" not in unreachable.stderr, unreachable.stderr
+    started = time.monotonic()
+    failed = load_in_subprocess("http://127.0.0.1:9", cache, "someone/other")
+    assert time.monotonic() - started < 20 and "Retry" not in failed.stderr, failed.stderr
+    assert user_error(failed).endswith("is not in the local Hugging Face cache and the Hub cannot be reached "
+                                       "(offline); pass a local folder, or download it once with network access "
+                                       "(HF_HUB_OFFLINE=1 skips the Hub and reads the cache).")
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
