@@ -31,10 +31,11 @@ _model: Any = None  # in a tokenizer process: the model without its weights
 
 
 def tokenizer_side(model: Any) -> Any:
-    """The model as `prepare` needs it (tokenizer, lengths, long-text settings), without its torch modules: a few KB
-    to send to another process."""
+    """The model as `prepare` needs it (tokenizer, lengths, long-text settings, the encoder's pooling and prompts),
+    without its torch modules: a few KB to send to another process."""
     side = copy.copy(model)
-    side.encoder = side.classifier = None
+    side.encoder = copy.copy(model.encoder)
+    side.encoder.model = side.classifier = None
     return side
 
 

@@ -98,6 +98,17 @@ def test_a_1mb_body_does_not_stall_health(server: str) -> None:
     assert len(latencies) >= 5, "the large request was too quick to measure anything"
 
 
+def test_large_bodies_tokenised_in_the_tokenizer_process_answer_as_small_ones(server: str) -> None:
+    """Bodies over 64 KiB go to the tokenizer process, the others to threads: both read a text the same way (here
+    both texts are cut at the same 512th token, so their vectors and their windows' predictions agree)."""
+    large, small = "good movie " * 10_000, "good movie " * 300  # 110 KB and 3.3 KB, both over 512 tokens
+    vectors = [httpx.post(server + "/embed", json={"inputs": [t]}, timeout=60).json() for t in (large, small)]
+    assert vectors[0]["inputs"] == vectors[1]["inputs"] == [{"truncated": True}]
+    assert max(abs(a - b) for a, b in zip(vectors[0]["embeddings"][0], vectors[1]["embeddings"][0])) < 1e-6
+    predicted = httpx.post(server + "/predict", json={"inputs": [large]}, timeout=60).json()["results"][0]
+    assert predicted["windows"] == 53  # 20,000 tokens in windows of 512 sharing 128
+
+
 def test_stalled_connections_are_closed_and_health_answers(server: str) -> None:
     """300 connections that send their headers and one byte of a 100-byte body, 50 that send half a request line:
     /health answers throughout, and others' requests get through; after the timeouts each gets 408 JSON and is
