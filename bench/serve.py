@@ -4,6 +4,8 @@
     python bench/serve.py --seconds 20 --clients 1,8,64 --threads 1 --workers 2   # two model workers per server
     python bench/serve.py --servers minibert@auto,hf,hf@auto      # each server at its own precision
     python bench/serve.py --soak 300          # 64 clients, 5 % malformed requests, answers checked, RSS watched
+    python bench/serve.py --attack 20         # small requests and /health while 1 MB bodies and stalled
+                                              # connections arrive; and thread vs process pools for tokenising
 
 Servers, each its own process with the same torch threads and precision (--precision, fp32 by default, or
 NAME@PRECISION in --servers; `auto` is bf16 autocast where the CPU computes bf16 natively, as minibert.serve's
@@ -204,7 +206,8 @@ async def load(url: str, texts: list[str], clients: int, seconds: float, seed: i
         while time.monotonic() < stop_at:
             if rng.random() < bad_fraction:
                 counts["bad_sent"] += 1
-                r = await http.post(url + "/predict", content=rng.choice(BAD_BODIES), timeout=120)
+                r = await http.post(url + "/predict", content=rng.choice(BAD_BODIES), timeout=120,
+                                    headers={"content-type": "application/json"})
                 counts["bad_answered"] += r.status_code in (400, 422)
                 continue
             batch = [rng.choice(texts) for _ in range(rng.randint(1, 4))]
@@ -295,6 +298,169 @@ def soak(model_dir: Path, args: argparse.Namespace) -> dict:
     return result
 
 
+# --- attack mode ---------------------------------------------------------------------------------------------------
+
+def fresh_words_body(size: int) -> bytes:
+    """A JSON body of `size` bytes: 8 texts of random 8-letter hex words, new ones each time (the tokenizer caches
+    the words it has seen, so repeated bodies would cost it nothing)."""
+    import secrets
+
+    per_text = size // 8 - 16
+    texts = []
+    for _ in range(8):
+        letters = secrets.token_hex(per_text // 2)
+        texts.append(" ".join(letters[i:i + 8] for i in range(0, len(letters), 9)))
+    return json.dumps({"inputs": texts}).encode()
+
+
+async def attacked_load(url: str, texts: list[str], seconds: float, clients: int, big_senders: int,
+                        stalled: int) -> dict:
+    """`clients` loops of small requests (1-4 SST-2 sentences) and a /health probe every 50 ms for `seconds`, while
+    `big_senders` loops post 1 MB bodies of fresh words and `stalled` connections (reopened when the server closes
+    them) each send their headers and one byte of a body. Latencies of the small requests and of /health."""
+    import httpx
+
+    host, port = url.removeprefix("http://").split(":")
+    small_ms: list[float] = []
+    health_ms: list[float] = []
+    counts = {"small_errors": 0, "health_errors": 0, "big_sent": 0, "big_answers": {}, "stalled_opened": 0}
+    stop_at = time.monotonic() + seconds
+
+    async def small(k: int) -> None:
+        rng = random.Random(k)
+        async with httpx.AsyncClient() as http:
+            while time.monotonic() < stop_at:
+                batch = [rng.choice(texts) for _ in range(rng.randint(1, 4))]
+                began = time.perf_counter()
+                try:
+                    r = await http.post(url + "/predict", json={"inputs": batch}, timeout=60)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    small_ms.append(1000 * (time.perf_counter() - began))
+                else:
+                    counts["small_errors"] += 1
+
+    async def health() -> None:
+        async with httpx.AsyncClient() as http:
+            while time.monotonic() < stop_at:
+                began = time.perf_counter()
+                try:
+                    ok = (await http.get(url + "/health", timeout=30)).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    health_ms.append(1000 * (time.perf_counter() - began))
+                else:
+                    counts["health_errors"] += 1
+                await asyncio.sleep(0.05)
+
+    async def big() -> None:
+        async with httpx.AsyncClient() as http:
+            while time.monotonic() < stop_at:
+                body = await asyncio.to_thread(fresh_words_body, 1_000_000)
+                counts["big_sent"] += 1
+                try:
+                    r = await http.post(url + "/predict", content=body, timeout=120,
+                                        headers={"content-type": "application/json"})
+                    status = str(r.status_code)
+                except httpx.HTTPError as e:
+                    status = type(e).__name__
+                counts["big_answers"][status] = counts["big_answers"].get(status, 0) + 1
+
+    async def stall() -> None:
+        while time.monotonic() < stop_at:
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port))
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            counts["stalled_opened"] += 1
+            writer.write(b"POST /predict HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                         b"content-length: 1000\r\n\r\n{")
+            try:
+                await asyncio.wait_for(reader.read(), max(0.0, stop_at - time.monotonic()))
+            except (TimeoutError, OSError):
+                pass
+            writer.close()
+
+    tasks = [small(k) for k in range(clients)] + [health()]
+    tasks += [big() for _ in range(big_senders)] + [stall() for _ in range(stalled)]
+    await asyncio.gather(*tasks)
+    return {"small_requests": len(small_ms), "small_p50_ms": percentile(small_ms, 0.5),
+            "small_p99_ms": percentile(small_ms, 0.99), "health_requests": len(health_ms),
+            "health_p50_ms": percentile(health_ms, 0.5), "health_p99_ms": percentile(health_ms, 0.99), **counts}
+
+
+def tokenize_in(pool_kind: str, model_dir: str, texts: list[str]) -> dict:
+    """How a pool of 2 threads or 2 processes tokenising for the event loop serves it: the loop's lag (a 5 ms timer's
+    lateness) while a 1 MB body of fresh words is tokenised, and requests of 1-4 SST-2 sentences tokenised per s."""
+    import concurrent.futures
+
+    from minibert.inference import InferenceModel
+
+    if pool_kind == "threads":
+        model = InferenceModel.load(model_dir, precision="fp32")
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        prepare = model.prepare
+    else:
+        pool = concurrent.futures.ProcessPoolExecutor(2, initializer=_load_for_process, initargs=(model_dir,))
+        prepare = _prepare_in_process
+    rng = random.Random(0)
+    requests = [[rng.choice(texts) for _ in range(rng.randint(1, 4))] for _ in range(400)]
+    list(pool.map(prepare, ["predict"] * 4, [["warm-up"]] * 4))  # the processes start and load the tokenizer
+
+    async def lag() -> list[float]:
+        big = json.loads(fresh_words_body(1_000_000))["inputs"]
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(pool, prepare, "predict", big)
+        late = []
+        while not work.done():
+            began = time.perf_counter()
+            await asyncio.sleep(0.005)
+            late.append(1000 * (time.perf_counter() - began - 0.005))
+        await work
+        return late
+
+    late = asyncio.run(lag())
+    began = time.perf_counter()
+    list(pool.map(prepare, ["predict"] * len(requests), requests))
+    per_s = len(requests) / (time.perf_counter() - began)
+    pool.shutdown()
+    return {"pool": pool_kind, "loop_lag_p50_ms": percentile(late, 0.5), "loop_lag_p99_ms": percentile(late, 0.99),
+            "loop_lag_max_ms": max(late), "small_requests_per_s": per_s}
+
+
+_process_model = None
+
+
+def _load_for_process(model_dir: str) -> None:
+    global _process_model
+    from minibert.inference import InferenceModel
+
+    _process_model = InferenceModel.load(model_dir, precision="fp32")
+
+
+def _prepare_in_process(kind: str, texts: list[str]):
+    return _process_model.prepare(kind, texts)
+
+
+def attack(model_dir: Path, args: argparse.Namespace) -> list[dict]:
+    texts = sst2("dev")
+    rows = [{"part": "pools", **tokenize_in(kind, str(model_dir), texts)} for kind in ("threads", "processes")]
+    proc, url = start("minibert", model_dir, args.threads, args.precision, args.minibert_flags.split(), args.workers)
+    try:
+        asyncio.run(load(url, texts, 4, 3))  # warm-up
+        for condition, big_senders, stalled in (("quiet", 0, 0), ("attacked", 2, 300)):
+            r = asyncio.run(attacked_load(url, texts, args.attack, 4, big_senders, stalled))
+            rows.append({"part": "attack", "condition": condition, "clients": 4, "big_senders": big_senders,
+                         "stalled": stalled, **r, "big_answers": json.dumps(r["big_answers"], sort_keys=True)})
+    finally:
+        rows.append({"part": "exit", "exit_code": stop(proc)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve", choices=SERVERS[1:], help=argparse.SUPPRESS)
@@ -311,6 +477,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
     parser.add_argument("--minibert-flags", default="", help="extra flags for minibert.serve, e.g. '--max-wait-ms 2'")
     parser.add_argument("--soak", type=float, default=0, help="run the soak for this many seconds instead")
+    parser.add_argument("--attack", type=float, default=0,
+                        help="run the attack mode for this many seconds per condition instead")
     args = parser.parse_args()
     if args.serve:
         run_server(args.serve, args.model, args.port, args.threads, args.workers, args.precision)
@@ -318,6 +486,11 @@ def main() -> None:
     setup(args.threads)  # the record's "threads" are the servers' (this process only sends requests)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else build_model(Path(tmp) / "minilm-classifier")
+        if args.attack:
+            rows = attack(model_dir, args)
+            print(json.dumps(rows, indent=2))
+            write_json("serve_attack", {"rows": rows, "seconds": args.attack})
+            return
         if args.soak:
             result = soak(model_dir, args)
             print(json.dumps(result, indent=2))

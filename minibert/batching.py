@@ -176,6 +176,12 @@ class Batcher:
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads) and not self._closing
 
+    def check_room(self, tokens: int) -> None:
+        """QueueFull (or TooBig) if `tokens` more would not fit now; reserves nothing (for a body not yet read: a
+        client that uploads slowly must not hold room that others could use)."""
+        with self._cond:
+            self._check_room(tokens)
+
     def admit(self, estimate: int) -> None:
         """Reserve room for a request before it is tokenised (`estimate`: its tokens, as far as its size tells);
         QueueFull when the waiting work leaves no room. `submit(..., reserved=estimate)` hands the room back."""

@@ -4,9 +4,10 @@
     curl -s localhost:8000/predict --json '{"inputs": ["a fine film", "a dull one"]}'
 
 Routes: POST /predict, POST /embed, GET /health, /info, /metrics (Prometheus), / (a page to try it), /docs.
-A request goes: admission (its body size against the waiting work) -> its body read (bounded in size and time) ->
-parsed and tokenised in a thread pool, off the event loop -> its rows queued -> a worker thread (--workers of them)
-runs the queued rows of many requests as one forward (`minibert.batching`). Needs the `serve` extra (fastapi,
+A request goes: Host, key and media type checked (`serve_security`) -> its declared size against the waiting work
+-> its body read (bounded in size and time) -> room reserved in the queue -> parsed and tokenised off the event loop
+(`serve_tokenize`) -> its rows queued -> a worker thread (--workers of them) runs the queued rows of many requests as
+one forward (`minibert.batching`) -> its answer. Needs the `serve` extra (fastapi,
 uvicorn, prometheus-client). SIGTERM or Ctrl-C stops accepting, finishes the accepted requests for at most
 --shutdown-timeout seconds, answers the rest 503, and exits 0; a second signal exits at once.
 """
@@ -14,7 +15,6 @@ uvicorn, prometheus-client). SIGTERM or Ctrl-C stops accepting, finishes the acc
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import os
@@ -42,6 +42,7 @@ from minibert.serve_logs import FailureLog, RateLimitFilter
 from minibert.serve_metrics import Metrics
 from minibert.serve_outcomes import Outcomes
 from minibert.serve_security import Guard, allowed_hosts, page_csp
+from minibert.serve_tokenize import TokenizerPools
 
 try:  # at module level: FastAPI reads the routes' annotations from this module's names
     from fastapi import Request
@@ -55,7 +56,6 @@ PUBLIC_ROUTES = ("/health", "/", "/docs")  # no API key needed: the pages ask fo
 ROUTES = ("/predict", "/embed", "/health", "/info", "/metrics", "/", "/docs", "/openapi.json")
 BYTES_PER_TOKEN = 8  # admission's estimate of a body's tokens: English is ~4.5 bytes a token, JSON adds quotes
 GRACE_SECONDS = 5.0  # after --shutdown-timeout, for the 503 answers to go out before uvicorn gives up
-SMALL_BODY_BYTES = 64 * 1024  # bodies up to this size are tokenised in their own pool, never behind large ones
 
 
 @dataclass
@@ -104,6 +104,8 @@ class Options:
     header_timeout: float = option(10.0, "seconds for a request's line and headers to arrive (408 after)", above=0)
     body_timeout: float = option(30.0, "seconds for a request's whole body to arrive (408 after)", above=0)
     keep_alive_timeout: int = option(5, "seconds an idle kept-alive connection stays open", at_least=1)
+    tokenizer_processes: int = option(1, "processes that tokenise request bodies over 64 KiB, so that a large one "
+                                         "never holds the event loop's GIL (0: threads only)", at_least=0)
     api_key: str = option("", "require Authorization: Bearer KEY on every route but /health, / and /docs "
                               "(default: the MINIBERT_API_KEY environment variable; none if unset)")
     allowed_hosts: str = option("", "Host names to answer, comma-separated, * for any (default: localhost, "
@@ -156,6 +158,9 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
+
+    def __reduce__(self) -> tuple:  # raised in a tokenizer process, it travels back whole
+        return ApiError, (self.status, self.message, self.headers)
 
 
 class ClientGone(Exception):
@@ -257,6 +262,18 @@ def prepare(model: InferenceModel, kind: str, texts: list[str], pairs: list[str]
         raise ApiError(422, str(e)) from None
 
 
+def read_request(model: InferenceModel, body: bytes, kind: str, max_inputs: int,
+                 refuse_long: bool) -> tuple[Any, bool]:
+    """Off the event loop (a tokenizer thread or process): the body's JSON, its inputs, their rows; and whether the
+    answer should list the tokens."""
+    try:
+        value = parse_json(body, EXAMPLE)
+    except BadJson as e:
+        raise ApiError(400, str(e)) from None
+    texts, pairs, want_tokens = parse_inputs(value, max_inputs, pairs_allowed=kind == "predict")
+    return prepare(model, kind, texts, pairs, refuse_long), want_tokens
+
+
 def finish(model: InferenceModel, kind: str, outputs: list[Any], prepared: Any, want_tokens: bool) -> dict[str, Any]:
     """The answer's JSON from the model's outputs for the rows of `prepare`: per text, how it was read (one sequence,
     truncated or not; or n windows pooled) and on request its tokens."""
@@ -324,12 +341,7 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
     batcher = Batcher(engine.forward, opts.max_batch_tokens, opts.max_wait_ms, opts.max_queue_tokens,
                       opts.batch_order, on_batch=on_batch, threads=worker_threads(opts), workers=opts.workers)
     metrics.track_queue(batcher.depth, batcher.waiting_tokens)
-    # Tokenising is pure Python: in the event loop's thread, one 1 MB body stalled every other request for seconds.
-    # Two thread pools, by body size, so that a small request never queues behind a large one; threads, not
-    # processes, because the tokenizer and the rows stay in this process (no pickling of 1 MB texts and their ids)
-    # and a thread that holds the GIL gives it up every 5 ms, which keeps the loop's latency within a few switches.
-    pools = {"small": concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="minibert-tokenize-small"),
-             "large": concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="minibert-tokenize-large")}
+    pools = TokenizerPools(engine, processes=opts.tokenizer_processes)
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -346,12 +358,12 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         asyncio.get_running_loop().set_exception_handler(failures.loop_exception_handler)
+        pools.warm_up()  # in the main thread, before anything is served (see TokenizerPools.warm_up)
         yield
         # every request is answered by now (the deadline answered the rest): wait for the batch in the model, so
         # that no worker thread is inside torch when the interpreter exits
         await asyncio.to_thread(batcher.close, True, None)
-        for pool in pools.values():
-            pool.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(pools.close)
 
     app = FastAPI(title="minibert", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"{engine.task} model {name}: POST /predict or /embed.")
@@ -369,22 +381,18 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
                               "/info, /metrics, / and /docs.")
         return error(exc.status_code, str(exc.detail))
 
-    def parse_and_prepare(body: bytes, kind: str) -> tuple[Any, bool]:
-        """In a tokenizer thread: the body's JSON, its inputs, their rows."""
-        try:
-            value = parse_json(body, EXAMPLE)
-        except BadJson as e:
-            raise ApiError(400, str(e)) from None
-        texts, pairs, want_tokens = parse_inputs(value, opts.max_inputs, pairs_allowed=kind == "predict")
-        return prepare(engine, kind, texts, pairs, refuse_long=opts.no_truncate), want_tokens
-
-    def admit(size: int) -> int:
-        """Reserve room in the queue for a body of `size` bytes, before reading or tokenising it."""
+    def admit(size: int, reserve: bool) -> int:
+        """Room in the queue for a body of `size` bytes: checked before the body is read (a body that cannot fit
+        now is not read at all), reserved once it has arrived, before it is tokenised."""
         estimate = min(size // BYTES_PER_TOKEN, opts.max_queue_tokens)
         try:
+            if not reserve:
+                batcher.check_room(estimate)
+                return 0
             batcher.admit(estimate)
-        except QueueFull as e:
-            raise ApiError(503, f"the server is busy ({e}); retry in a second.", {**BUSY, **CLOSE}) from None
+        except QueueFull as e:  # no Connection: close: uvicorn reads and drops the rest of the body (at most
+            # --max-body-bytes), so that the client can read this answer instead of a reset connection
+            raise ApiError(503, f"the server is busy ({e}); retry in a second.", BUSY) from None
         except Closed:
             raise ApiError(503, STOPPING, CLOSE) from None
         return estimate
@@ -401,12 +409,11 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
                 raise ApiError(413, f"the body has {declared} bytes, more than the limit of {opts.max_body_bytes}; "
                                     "send fewer or shorter texts per request.", CLOSE)
             if declared.isdigit():
-                reserved = admit(int(declared))
+                admit(int(declared), reserve=False)
             body = await read_body(request, opts.max_body_bytes, opts.body_timeout)
-            if not declared.isdigit():
-                reserved = admit(len(body))
-            pool = pools["small" if len(body) <= SMALL_BODY_BYTES else "large"]
-            work = asyncio.wrap_future(pool.submit(parse_and_prepare, body, kind))
+            reserved = admit(len(body), reserve=True)
+            work = asyncio.wrap_future(pools.submit(len(body), read_request, body, kind, opts.max_inputs,
+                                                    opts.no_truncate))
             prepared, want_tokens = await unless_gone(request, work)
             held, reserved = reserved, 0
             try:

@@ -87,7 +87,7 @@ def assert_same_predictions(served: list[dict], offline: list[dict], tol: float 
 
 
 def client_for(folder: Path, **options: Any) -> TestClient:
-    opts = Options(model=str(folder), precision="fp32", **options)
+    opts = Options(model=str(folder), precision="fp32", **{"tokenizer_processes": 0, **options})
     engine = load_model(opts)
     engine.warm_up()
     return TestClient(create_app(engine, opts), base_url="http://localhost")
@@ -625,3 +625,17 @@ def test_bad_serve_flags_are_one_line_exit_2(flag: str, value: str, capsys: pyte
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: argument {flag}: "), err
+
+
+def test_a_full_request_must_fit_in_the_queue(tiny_classifier: Path) -> None:
+    """--max-inputs texts of the model's max length must fit in --max-queue-tokens, or no such request could ever be
+    queued: the server refuses to start, in one sentence."""
+    from minibert.errors import MinibertError
+
+    opts = Options(model=str(tiny_classifier), precision="fp32", max_inputs=64, max_length=512,
+                   max_queue_tokens=32767, tokenizer_processes=0)
+    with pytest.raises(MinibertError) as caught:
+        create_app(load_model(opts), opts)
+    assert str(caught.value) == ("--max-inputs 64 texts of 512 tokens (the max length) make 32768 tokens, more than "
+                                 "--max-queue-tokens 32767: such a request could never be queued; raise "
+                                 "--max-queue-tokens or lower --max-inputs or --max-length.")

@@ -36,7 +36,7 @@ def server(classifier: Path) -> Iterator[str]:
     """One server for the module, with short read timeouts. At the end, its whole log: no traceback, and at most
     one line per kind of failure (hundreds of timeouts and hang-ups happened)."""
     proc, url = start(classifier, "--header-timeout", str(TIMEOUT), "--body-timeout", str(TIMEOUT),
-                      "--max-connections", "1000")
+                      "--max-connections", "1000", "--keep-alive-timeout", "1")
     yield url
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
@@ -92,13 +92,27 @@ def test_a_1mb_body_does_not_stall_health(server: str) -> None:
     # read in windows as predict would, it is more work than the whole queue holds: refused in one sentence
     assert result["big"].status_code == 413
     assert result["big"].json()["error"].startswith("this request is too large for the server (it has ")
-    assert max(latencies) < 0.5, f"/health took up to {max(latencies):.2f} s while a 1 MB body was tokenised"
+    # on a shared machine one probe may wait for a core; tokenising on the event loop stalled it for seconds
+    slow = sorted(latencies)[len(latencies) // 2]
+    assert max(latencies) < 1.5 and slow < 0.2, f"/health took {slow:.2f} s (median), up to {max(latencies):.2f} s"
     assert len(latencies) >= 5, "the large request was too quick to measure anything"
+
+
+def test_large_bodies_tokenised_in_the_tokenizer_process_answer_as_small_ones(server: str) -> None:
+    """Bodies over 64 KiB go to the tokenizer process, the others to threads: both read a text the same way (here
+    both texts are cut at the same 512th token, so their vectors and their windows' predictions agree)."""
+    large, small = "good movie " * 10_000, "good movie " * 300  # 110 KB and 3.3 KB, both over 512 tokens
+    vectors = [httpx.post(server + "/embed", json={"inputs": [t]}, timeout=60).json() for t in (large, small)]
+    assert vectors[0]["inputs"] == vectors[1]["inputs"] == [{"truncated": True}]
+    assert max(abs(a - b) for a, b in zip(vectors[0]["embeddings"][0], vectors[1]["embeddings"][0])) < 1e-6
+    predicted = httpx.post(server + "/predict", json={"inputs": [large]}, timeout=60).json()["results"][0]
+    assert predicted["windows"] == 53  # 20,000 tokens in windows of 512 sharing 128
 
 
 def test_stalled_connections_are_closed_and_health_answers(server: str) -> None:
     """300 connections that send their headers and one byte of a 100-byte body, 50 that send half a request line:
-    /health answers throughout; after the timeouts each gets 408 JSON and is closed."""
+    /health answers throughout, and others' requests get through; after the timeouts each gets 408 JSON and is
+    closed."""
     body_stalled, header_stalled = [], []
     for _ in range(300):
         sock = raw_socket(server)
@@ -109,12 +123,20 @@ def test_stalled_connections_are_closed_and_health_answers(server: str) -> None:
         sock = raw_socket(server)
         sock.sendall(b"POST /pre")
         header_stalled.append(sock)
+    # one that announces a body of almost 1 MB: a body not yet read holds no room in the queue, so a request of
+    # 8,000 tokens still fits beside it (when unread bodies reserved their size, this one took 125,000 of 131,072)
+    big = raw_socket(server)
+    big.sendall(b"POST /predict HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                b"content-length: 999999\r\n\r\n{")
+    body_stalled.append(big)
     before = metric(server, 'minibert_requests_total{endpoint="/predict",status="408"}')
     for _ in range(5):
         began = time.monotonic()
         assert httpx.get(server + "/health", timeout=5).status_code == 200
         assert time.monotonic() - began < 0.5
         time.sleep(0.1)
+    fits = post(server, json.dumps({"inputs": ["the movie was good and " * 25] * 64}).encode())
+    assert fits.status_code == 200, fits.text
     deadline = time.monotonic() + TIMEOUT + 8  # one deadline for all: the answers come at the same time
     answers = [read_answer(sock, deadline) for sock in body_stalled + header_stalled]
     for sock in body_stalled + header_stalled:
@@ -124,9 +146,19 @@ def test_stalled_connections_are_closed_and_health_answers(server: str) -> None:
         assert head.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b"connection: close" in head.lower()
         assert json.loads(payload)["error"].startswith("the ")
-    assert metric(server, 'minibert_requests_total{endpoint="/predict",status="408"}') - before == 300
+    assert metric(server, 'minibert_requests_total{endpoint="/predict",status="408"}') - before == 301
     assert metric(server, 'minibert_failures_total{kind="header-timeout"}') >= 50
     assert httpx.get(server + "/health", timeout=5).status_code == 200
+
+
+def test_an_idle_kept_alive_connection_is_closed(server: str) -> None:
+    sock = raw_socket(server)
+    sock.sendall(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+    began = time.monotonic()
+    answer = read_answer(sock, began + 5)  # the answer, then the close after --keep-alive-timeout 1
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"status":"ok"}')
+    assert 0.8 < time.monotonic() - began < 4
 
 
 def test_the_soft_file_limit_is_raised_to_the_hard_one(server: str) -> None:
