@@ -87,7 +87,7 @@ def batched_app(model_dir: str, opts, backend: str):
     from minibert.batching import collate_rows
     from minibert.serve import create_app, load_model
 
-    engine = load_model(opts)
+    engine, _ = load_model(opts)
     hf = transformers.BertForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa").eval()
     if backend == "ort-batched":
         from onnx_engine import OrtClassifier

@@ -32,11 +32,24 @@ import torch
 from minibert.attention import ATTN_IMPLS
 from minibert.batching import ORDERS, Batcher, BatchStats, Closed, QueueFull, TooBig
 from minibert.cli import option, options_parser
+from minibert.cross_encoder import CrossEncoder, is_cross_encoder
 from minibert.devices import PRECISIONS
 from minibert.errors import MinibertError
 from minibert.inference import InferenceModel, LongTextFlags, TooLong
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS
 from minibert.malloc import HeapTrimmer, tune_malloc
+from minibert.serve_api import (
+    OPENAI_EXAMPLE,
+    RERANK_EXAMPLE,
+    answer_decode,
+    answer_openai_embeddings,
+    answer_rerank,
+    answer_tokenize,
+    openai_error,
+    read_openai_embeddings,
+    read_rerank,
+)
+from minibert.serve_errors import ApiError
 from minibert.serve_json import BadJson, parse_json
 from minibert.serve_logs import FailureLog, RateLimitFilter
 from minibert.serve_metrics import Metrics
@@ -53,7 +66,8 @@ except ImportError:  # the serve extra is missing: require_serve_extra() says so
 logger = logging.getLogger("minibert.serve")
 PAGE, DOCS = "serve_page.html", "serve_docs.html"
 PUBLIC_ROUTES = ("/health", "/", "/docs")  # no API key needed: the pages ask for it, /health is for load balancers
-ROUTES = ("/predict", "/embed", "/health", "/info", "/metrics", "/", "/docs", "/openapi.json")
+ROUTES = ("/predict", "/embed", "/v1/embeddings", "/tokenize", "/decode", "/rerank", "/health", "/info", "/metrics",
+          "/", "/docs", "/openapi.json")
 BYTES_PER_TOKEN = 8  # admission's estimate of a body's tokens: English is ~4.5 bytes a token, JSON adds quotes
 GRACE_SECONDS = 5.0  # after --shutdown-timeout, for the 503 answers to go out before uvicorn gives up
 
@@ -135,11 +149,16 @@ def worker_threads(opts: Options) -> int:
     return opts.threads or max(1, torch.get_num_threads() // opts.workers)
 
 
-def load_model(opts: Options) -> InferenceModel:
-    """The model as the flags say: predict's long-text rules, precision and kernel."""
+def load_model(opts: Options) -> tuple[InferenceModel, CrossEncoder | None]:
+    """The model as the flags say (predict's long-text rules, precision and kernel), and the cross-encoder when
+    sentence-transformers' files say it is one (then /predict runs the same model, reading pairs as it does)."""
+    if is_cross_encoder(opts.model):
+        reranker = CrossEncoder.from_pretrained(opts.model, max_length=opts.max_length, precision=opts.precision,
+                                                attn_impl=opts.attn_impl)
+        return reranker.model, reranker
     return InferenceModel.load(opts.model, max_length=opts.max_length,
                                long_text=LongTextFlags(opts.long_text, opts.head_tokens, opts.stride, opts.pool),
-                               precision=opts.precision, attn_impl=opts.attn_impl)
+                               precision=opts.precision, attn_impl=opts.attn_impl), None
 
 
 def require_serve_extra() -> None:
@@ -150,17 +169,6 @@ def require_serve_extra() -> None:
     except ImportError as e:
         raise MinibertError(f"python -m minibert.serve needs {e.name}, which is not installed; run "
                             "pip install 'minibert[serve]' (fastapi, uvicorn, prometheus-client).") from None
-
-
-class ApiError(Exception):
-    """An answer other than 200: a status, one sentence, and headers (Retry-After)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-    def __reduce__(self) -> tuple:  # raised in a tokenizer process, it travels back whole
-        return ApiError, (self.status, self.message, self.headers)
 
 
 class ClientGone(Exception):
@@ -262,16 +270,23 @@ def prepare(model: InferenceModel, kind: str, texts: list[str], pairs: list[str]
         raise ApiError(422, str(e)) from None
 
 
-def read_request(model: InferenceModel, body: bytes, kind: str, max_inputs: int,
+def read_request(model: InferenceModel, value: Any, kind: str, max_inputs: int,
                  refuse_long: bool) -> tuple[Any, bool]:
-    """Off the event loop (a tokenizer thread or process): the body's JSON, its inputs, their rows; and whether the
-    answer should list the tokens."""
-    try:
-        value = parse_json(body, EXAMPLE)
-    except BadJson as e:
-        raise ApiError(400, str(e)) from None
+    """/predict and /embed: the inputs' rows, and whether the answer should list the tokens."""
     texts, pairs, want_tokens = parse_inputs(value, max_inputs, pairs_allowed=kind == "predict")
     return prepare(model, kind, texts, pairs, refuse_long), want_tokens
+
+
+def read_json(body: bytes, example: str) -> Any:
+    try:
+        return parse_json(body, example)
+    except BadJson as e:
+        raise ApiError(400, str(e)) from None
+
+
+def read_with(model: InferenceModel, body: bytes, read: Callable[..., Any], example: str, *args: Any) -> Any:
+    """Off the event loop (a tokenizer thread or process): the body's JSON, then `read(model, json, *args)`."""
+    return read(model, read_json(body, example), *args)
 
 
 def finish(model: InferenceModel, kind: str, outputs: list[Any], prepared: Any, want_tokens: bool) -> dict[str, Any]:
@@ -316,8 +331,9 @@ class Shutdown:
         asyncio.get_running_loop().call_later(timeout, expire)
 
 
-def create_app(engine: InferenceModel, opts: Options) -> Any:
-    """The FastAPI app over a loaded engine; its batcher's worker starts now and drains at shutdown."""
+def create_app(engine: InferenceModel, opts: Options, reranker: CrossEncoder | None = None) -> Any:
+    """The FastAPI app over a loaded engine (and, for a cross-encoder, its `reranker`, which /rerank runs); its
+    batcher's worker starts now and drains at shutdown."""
     require_serve_extra()
     from contextlib import asynccontextmanager
 
@@ -377,8 +393,7 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return error(404, f"there is no {request.url.path[:100]}; the routes are /predict, /embed, /health, "
-                              "/info, /metrics, / and /docs.")
+            return error(404, f"there is no {request.url.path[:100]}; the routes are {', '.join(ROUTES)}.")
         return error(exc.status_code, str(exc.detail))
 
     def admit(size: int, reserve: bool) -> int:
@@ -397,13 +412,28 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
             raise ApiError(503, STOPPING, CLOSE) from None
         return estimate
 
-    async def respond(request: Request, kind: str) -> Response:
+    def plain_error(status: int, message: str) -> dict[str, Any]:
+        return {"error": message}
+
+    @dataclass(frozen=True)
+    class Route:
+        """A POST route: `read(model, json, *args)` runs off the event loop (a module-level function, so that a
+        tokenizer process can run it) and gives the rows for the batcher's `kind` and a context, or, with no
+        `kind`, the answer itself; `finish(outputs, prepared, context)` makes the answer; errors in `error_body`'s
+        shape."""
+
+        read: Callable[..., Any]
+        args: tuple
+        example: str
+        finish: Callable[[Any, Any, Any], Any] | None = None
+        kind: str | None = None
+        error_body: Callable[[int, str], Any] = plain_error
+
+    async def respond(request: Request, route: Route) -> Response:
         reserved, ticket = 0, None
         try:
             if not shutdown.accepting or not batcher.alive():
                 raise ApiError(503, STOPPING, CLOSE)
-            if kind == "predict" and engine.classifier is None:
-                raise ApiError(400, f"{name} is an embedding model without a classification head; use /embed.")
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > opts.max_body_bytes:
                 raise ApiError(413, f"the body has {declared} bytes, more than the limit of {opts.max_body_bytes}; "
@@ -412,12 +442,14 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
                 admit(int(declared), reserve=False)
             body = await read_body(request, opts.max_body_bytes, opts.body_timeout)
             reserved = admit(len(body), reserve=True)
-            work = asyncio.wrap_future(pools.submit(len(body), read_request, body, kind, opts.max_inputs,
-                                                    opts.no_truncate))
-            prepared, want_tokens = await unless_gone(request, work)
+            work = asyncio.wrap_future(pools.submit(len(body), read_with, body, route.read, route.example,
+                                                    *route.args))
+            if route.kind is None:
+                return JSONResponse(await unless_gone(request, work))
+            prepared, context = await unless_gone(request, work)
             held, reserved = reserved, 0
             try:
-                ticket = batcher.submit(kind, prepared.rows, reserved=held)
+                ticket = batcher.submit(route.kind, prepared.rows, reserved=held)
             except QueueFull as e:
                 raise ApiError(503, f"the server is busy ({e}); retry in a second.", BUSY) from None
             except TooBig as e:
@@ -435,9 +467,10 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
                 raise ApiError(500, f"the model failed on this request ({type(e).__name__}); the server logged the "
                                     "details.") from None
             ticket = None
-            return JSONResponse(finish(engine, kind, outputs, prepared, want_tokens))
+            assert route.finish is not None
+            return JSONResponse(route.finish(outputs, prepared, context))
         except ApiError as e:
-            return error(e.status, e.message, e.headers)
+            return JSONResponse(route.error_body(e.status, e.message), status_code=e.status, headers=e.headers)
         except ClientGone:
             return Response(status_code=499)
         finally:
@@ -446,26 +479,63 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
             if ticket is not None:
                 batcher.cancel(ticket)
 
-    async def answer(request: Request, kind: str) -> Response:
+    async def answer(request: Request, route: Route) -> Response:
         """`respond`, unless the shutdown deadline comes first: then 503."""
-        work = asyncio.ensure_future(respond(request, kind))
+        work = asyncio.ensure_future(respond(request, route))
         shutdown.track(work)
         try:
             return await work
         except asyncio.CancelledError:
             if not (shutdown.expired and work.cancelled()):
                 raise
-        return error(503, "the server stopped before this request was answered; send it again.")
+        message = "the server stopped before this request was answered; send it again."
+        return JSONResponse(route.error_body(503, message), status_code=503)
+
+    def own(kind: str) -> Route:
+        """/predict and /embed, in minibert's own shapes."""
+        return Route(read_request, (kind, opts.max_inputs, opts.no_truncate), EXAMPLE,
+                     lambda outputs, prepared, tokens: finish(engine, kind, outputs, prepared, tokens), kind)
 
     @app.post("/predict", openapi_extra=body_doc(PredictRequest),
               summary="label, score and every label's probability (or the regression value) per input")
     async def predict(request: Request) -> Response:
-        return await answer(request, "predict")
+        if engine.classifier is None:
+            return error(400, f"{name} is an embedding model without a classification head; use /embed.")
+        return await answer(request, own("predict"))
 
     @app.post("/embed", openapi_extra=body_doc(EmbedRequest),
               summary="one sentence vector per text (the model's pooling, L2-normalised unless it says otherwise)")
     async def embed(request: Request) -> Response:
-        return await answer(request, "embed")
+        return await answer(request, own("embed"))
+
+    openai = Route(read_openai_embeddings, (opts.max_inputs,), OPENAI_EXAMPLE,
+                   lambda outputs, prepared, request: answer_openai_embeddings(engine, outputs, prepared, request),
+                   "embed", openai_error)
+
+    @app.post("/v1/embeddings", summary="OpenAI's embeddings API: the vectors of /embed, for the openai client")
+    async def openai_embeddings(request: Request) -> Response:
+        return await answer(request, openai)
+
+    @app.post("/tokenize", summary="each input's tokens: id, text, special, character offsets (TEI's shape)")
+    async def tokenize(request: Request) -> Response:
+        return await answer(request, Route(answer_tokenize, (opts.max_inputs,), '{"inputs": ["a text"]}'))
+
+    @app.post("/decode", summary="the text of each list of token ids (TEI's shape)")
+    async def decode(request: Request) -> Response:
+        return await answer(request, Route(answer_decode, (opts.max_inputs,), '{"ids": [[101, 2204, 102]]}'))
+
+    if reranker is not None:
+        prefix = reranker.prompts.resolve() or ""
+        rerank_route = Route(read_rerank, (opts.max_inputs, prefix), RERANK_EXAMPLE,
+                             lambda outputs, prepared, request: answer_rerank(reranker, outputs, prepared, request),
+                             "predict")
+
+    @app.post("/rerank", summary="texts ordered by a cross-encoder's score for the query (TEI's shape)")
+    async def rerank(request: Request) -> Response:
+        if reranker is None:
+            return error(400, f"{name} is not a cross-encoder (sentence-transformers' CrossEncoder files); /rerank "
+                              "needs one.")
+        return await answer(request, rerank_route)
 
     @app.get("/health", summary="200 once the model is loaded and warmed up, 503 while shutting down")
     async def health() -> Response:
@@ -476,8 +546,11 @@ def create_app(engine: InferenceModel, opts: Options) -> Any:
     async def info() -> dict:
         limits = {k: getattr(opts, k) for k in ("max_batch_tokens", "max_wait_ms", "max_queue_tokens", "max_inputs",
                                                  "max_body_bytes", "batch_order")}
-        return {**engine.info(), **limits, "truncate": not opts.no_truncate, "threads": worker_threads(opts),
-                "workers": opts.workers, "api_key": bool(opts.api_key)}
+        endpoints = [*engine.info()["endpoints"], "/v1/embeddings", "/tokenize", "/decode",
+                     *(["/rerank"] if reranker is not None else [])]
+        return {**engine.info(), **limits, "endpoints": endpoints, "cross_encoder": reranker is not None,
+                "truncate": not opts.no_truncate, "threads": worker_threads(opts), "workers": opts.workers,
+                "api_key": bool(opts.api_key)}
 
     @app.get("/metrics", summary="Prometheus text format")
     async def prometheus() -> Response:
@@ -539,15 +612,15 @@ def serve(opts: Options) -> None:
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     sock = bind(opts.host, opts.port)
-    engine = load_model(opts)
+    engine, reranker = load_model(opts)
     engine.warm_up()
-    app = create_app(engine, opts)
+    app = create_app(engine, opts, reranker)
     failures: FailureLog = app.state.failures
     logging.getLogger("uvicorn.error").addFilter(RateLimitFilter(failures))
     info = engine.info()
     hosts = allowed_hosts(opts.allowed_hosts, opts.host)
     logger.info("serving %s: %s%s, max length %s, long texts: %s, kernel %s, %s, %d worker(s) of %d thread(s), on "
-                "http://%s:%d; hosts %s, %s", engine.name, info["task"],
+                "http://%s:%d; hosts %s, %s", engine.name, "cross-encoder" if reranker else info["task"],
                 f" ({', '.join(info['labels'])})" if info["labels"] else "", info["max_length"],
                 engine.describe_long_text(), info["kernel"], info["precision"], opts.workers, worker_threads(opts),
                 opts.host, sock.getsockname()[1], ", ".join(hosts) if hosts else "any",

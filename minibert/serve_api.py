@@ -211,9 +211,10 @@ class RerankRequest:
     top_n: int | None
 
 
-def read_rerank(encoder: CrossEncoder, body: Any, max_inputs: int) -> tuple[Prepared, RerankRequest]:
-    """(query, text) pairs as rows for the batcher, read as `CrossEncoder.predict` reads them; `truncate: false`
-    refuses a pair over the model's limit instead of cutting it."""
+def read_rerank(model: InferenceModel, body: Any, max_inputs: int, prefix: str) -> tuple[Prepared, RerankRequest]:
+    """(query, text) pairs as rows for the batcher, read as `CrossEncoder.predict` reads them (`model` is the
+    cross-encoder's, `prefix` its default prompt); `truncate: false` refuses a pair over the model's limit instead of
+    cutting it. Runs in a tokenizer thread or process, which hold the model without its weights."""
     body = _check_fields(body, RERANK_FIELDS, RERANK_EXAMPLE)
     query, texts = body.get("query"), body.get("texts")
     if not isinstance(query, str) or not isinstance(texts, list) or not texts \
@@ -227,7 +228,8 @@ def read_rerank(encoder: CrossEncoder, body: Any, max_inputs: int) -> tuple[Prep
         raise ApiError(422, "'top_n' must be a whole number, 1 or more.")
     request = RerankRequest(texts, _flag(body, "raw_scores", False), _flag(body, "return_text", False), top_n)
     try:
-        return encoder.prepare(query, texts, refuse_long=not _flag(body, "truncate", True)), request
+        return model.prepare("predict", [prefix + query] * len(texts), texts,
+                             refuse_long=not _flag(body, "truncate", True)), request
     except TooLong as e:
         raise ApiError(422, str(e)) from None
 

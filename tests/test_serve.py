@@ -88,9 +88,9 @@ def assert_same_predictions(served: list[dict], offline: list[dict], tol: float 
 
 def client_for(folder: Path, **options: Any) -> TestClient:
     opts = Options(model=str(folder), precision="fp32", **{"tokenizer_processes": 0, **options})
-    engine = load_model(opts)
+    engine, reranker = load_model(opts)
     engine.warm_up()
-    return TestClient(create_app(engine, opts), base_url="http://localhost")
+    return TestClient(create_app(engine, opts, reranker), base_url="http://localhost")
 
 
 @pytest.fixture(scope="module")
@@ -635,7 +635,7 @@ def test_a_full_request_must_fit_in_the_queue(tiny_classifier: Path) -> None:
     opts = Options(model=str(tiny_classifier), precision="fp32", max_inputs=64, max_length=512,
                    max_queue_tokens=32767, tokenizer_processes=0)
     with pytest.raises(MinibertError) as caught:
-        create_app(load_model(opts), opts)
+        create_app(load_model(opts)[0], opts)
     assert str(caught.value) == ("--max-inputs 64 texts of 512 tokens (the max length) make 32768 tokens, more than "
                                  "--max-queue-tokens 32767: such a request could never be queued; raise "
                                  "--max-queue-tokens or lower --max-inputs or --max-length.")
