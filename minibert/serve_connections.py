@@ -7,8 +7,9 @@ descriptors; then asyncio's accept loop fails (and logs) on every turn, and `/he
 - a connection beyond the cap gets a 503 JSON answer as soon as it sends anything (or is closed after a second)
   and holds its descriptor no longer;
 - a connection that has not sent a whole request line and headers within `header_timeout` seconds of its first
-  byte (or of opening) gets 408 and is closed. The body's own timeout is the app's (`read_body` in serve.py), and
-  an idle keep-alive connection is closed by uvicorn's keep-alive timeout.
+  byte (or of opening) gets 408 and is closed; bytes that are not HTTP get 400, in JSON like every other answer.
+  The body's own timeout is the app's (`read_body` in serve.py), and an idle keep-alive connection is closed by
+  uvicorn's keep-alive timeout.
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ def guarded_protocol(max_connections: int, header_timeout: float, on_refusal: Ca
             elif self.conn.their_state is h11.IDLE:  # still no whole request line and headers
                 self._refuse(408, "Request Timeout", "header-timeout",
                              f"the request line and headers did not arrive within {header_timeout:g} s.")
+
+        def send_400_response(self, msg: str) -> None:  # uvicorn's answer to bytes that are not HTTP: JSON too
+            self._refuse(400, "Bad Request", "bad-http", "the request is not valid HTTP/1.1 (or its headers are "
+                         "over 16 KiB); send a well-formed request.")
 
         def _refuse(self, status: int, reason: str, kind: str, message: str) -> None:
             self._disarm()

@@ -200,6 +200,16 @@ def test_bad_bodies_are_json_4xx(server: str, body: bytes, status: int, message:
     assert response.json()["error"].startswith(message)
 
 
+@pytest.mark.parametrize("request_bytes", [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nx: " + b"a" * 20_000 + b"\r\n\r\n"])
+def test_what_is_not_http_gets_json_400(server: str, request_bytes: bytes) -> None:
+    sock = raw_socket(server)
+    sock.sendall(request_bytes)
+    head, _, payload = read_answer(sock, time.monotonic() + 5).partition(b"\r\n\r\n")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head
+    assert json.loads(payload)["error"].startswith("the request is not valid HTTP/1.1")
+
+
 def test_a_client_that_hangs_up_mid_upload_is_counted_not_logged(server: str) -> None:
     before = metric(server, 'minibert_requests_total{endpoint="/predict",status="499"}')
     for _ in range(3):
