@@ -25,6 +25,7 @@ from minibert.cli import option, options_parser
 from minibert.command import check_vocabulary, run_command
 from minibert.data import LABEL_NAMES, Examples, choose_columns, examples_from, find_column, read_table
 from minibert.devices import PRECISIONS, autocast_dtype, choose_device, precision_name
+from minibert.entities import AGGREGATIONS
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
 from minibert.heads import BertForSequenceClassification
@@ -32,6 +33,7 @@ from minibert.labels import Labels
 from minibert.long_text import SUN_ET_AL_HEAD, pool_windows
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS, LongText, read_record, resolve_long_text
 from minibert.metrics import compute_metrics
+from minibert.predict_tokens import is_token_classifier, predict_tokens
 from minibert.tokenizer import BertTokenizer
 
 
@@ -40,7 +42,7 @@ class Options:
     model: str = option("", "a run folder of minibert.finetune (its best/ model is used), or any fine-tuned model "
                             "folder", required=True)
     input: str = option("-", "a .csv, .tsv, .jsonl or .parquet file (.gz accepted), or - for one text per line on "
-                             "stdin")
+                             "stdin; for token classifiers also CoNLL-style .conll, .iob, .txt")
     text_column: str | None = option(None, "text column (default: detected among text, sentence, review, ...)")
     text_pair_column: str | None = option(None, "second text column for sentence pairs")
     label_column: str | None = option(None, "gold label column: if present, unknown labels are listed and accuracy "
@@ -74,6 +76,11 @@ class Options:
     device: str = option("auto", "cpu, cuda or cuda:N (auto: the GPU when there is one)")
     no_progress: bool = option(False, "no progress bar")
     debug: bool = option(False, "show the full traceback of errors")
+    aggregation: str = option("simple", "token classifiers on raw text: how tokens become entities, as in "
+                                        "transformers' pipeline (none: one per token)", choices=AGGREGATIONS)
+    tag_column: int = option(-1, "token classifiers on CoNLL files: the column of gold tags, if any")
+    label_names: str | None = option(None, "token classifiers on rows with integer gold tags: their names, "
+                                           "comma-separated in id order")
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -170,6 +177,8 @@ def predict(opts: Options) -> list[dict[str, Any]]:
     device = choose_device(opts.device)
     amp = autocast_dtype(opts.precision, device)
     folder = model_folder(Path(opts.model))
+    if is_token_classifier(folder):  # NER: words or texts to tags and entities
+        return predict_tokens(opts, folder)
     check_has_classifier(folder)
     tokenizer = BertTokenizer.from_pretrained(folder)
     model = BertForSequenceClassification.from_pretrained(folder, attn_impl=opts.attn_impl).to(device)

@@ -68,6 +68,8 @@ def word_windows(counts: Sequence[int], room: int, stride: int) -> list[tuple[in
     """(first word, end word) of each window: as many whole words as fit in `room` tokens, the next window starting
     at the earliest word that leaves at most `stride` tokens shared with the previous one (and later than its start).
     `counts` are the words' token counts, each at most `room`."""
+    if not counts:
+        return [(0, 0)]  # an empty text: one window of [CLS] [SEP]
     spans: list[tuple[int, int]] = []
     start = 0
     while True:
@@ -125,22 +127,31 @@ def encode_words(tokenizer: Any, sentences: TaggedSentences, max_length: int, st
                  names: Sequence[str] | None = None, label_all_tokens: bool = False, what: str = "tokenizing",
                  progress: bool = True) -> TokenWindows:
     """Windows of every sentence; labels when `names` (the label of each id) is given and the sentences have tags."""
-    room = max_length - 2
-    if stride >= room:
-        raise MinibertError(f"--stride {stride} must be less than --max-length minus the 2 special tokens "
-                            f"({room}), or windows would not move forward.")
     label2id = {name: i for i, name in enumerate(names)} if names is not None else None
-    later = b_to_i(names) if names is not None else None
     tagged = label2id is not None and sentences.tags is not None
     if tagged:
         check_known_tags(sentences, label2id, what)
     pieces = WordPieces(tokenizer)
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    out = TokenWindows([], [] if tagged else None, [], [], [], tokenizer.pad_token_id)
     show = progress and len(sentences) >= PROGRESS_FROM
-    for s, words in enumerate(tqdm(sentences.words, desc=what, unit=" sentences", disable=not show,
-                                   file=sys.stderr)):
-        word_pieces = [pieces(word)[:room] for word in words]
+    words = [[pieces(word) for word in sentence]
+             for sentence in tqdm(sentences.words, desc=what, unit=" sentences", disable=not show, file=sys.stderr)]
+    tags = [[label2id[tag] for tag in sentence] for sentence in sentences.tags] if tagged else None
+    later = b_to_i(names) if tagged and label_all_tokens else None
+    return encode_pieces(tokenizer, words, max_length, stride, tags, later)
+
+
+def encode_pieces(tokenizer: Any, sentences: Sequence[Sequence[list[int]]], max_length: int, stride: int,
+                  tags: Sequence[Sequence[int]] | None = None, later: Sequence[int] | None = None) -> TokenWindows:
+    """Windows of sentences given as the token ids of each word (for raw text, each token is a "word"); labels
+    from `tags` (ids) on first sub-tokens, and on the others `later[tag]` when given, else -100."""
+    room = max_length - 2
+    if stride >= room:
+        raise MinibertError(f"--stride {stride} must be less than --max-length minus the 2 special tokens "
+                            f"({room}), or windows would not move forward.")
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    out = TokenWindows([], [] if tags is not None else None, [], [], [], tokenizer.pad_token_id)
+    for s, words in enumerate(sentences):
+        word_pieces = [p[:room] for p in words]
         counts = [len(p) for p in word_pieces]
         spans = word_windows(counts, room, stride)
         best = best_windows(counts, spans)
@@ -153,9 +164,9 @@ def encode_words(tokenizer: Any, sentences: TaggedSentences, max_length: int, st
                     reads[j] = (window, len(ids))
                 ids += word_pieces[j]
                 word_ids += [j] * counts[j]
-                if tagged:
-                    tag = label2id[sentences.tags[s][j]]
-                    labels += [tag] + [later[tag] if label_all_tokens else IGNORE] * (counts[j] - 1)
+                if tags is not None:
+                    tag = tags[s][j]
+                    labels += [tag] + [later[tag] if later is not None else IGNORE] * (counts[j] - 1)
             out.input_ids.append(ids + [sep])
             out.word_ids.append(word_ids + [None])
             out.sentence.append(s)
