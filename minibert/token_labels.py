@@ -66,7 +66,8 @@ class TokenWindows:
 
 def word_windows(counts: Sequence[int], room: int, stride: int) -> list[tuple[int, int]]:
     """(first word, end word) of each window: as many whole words as fit in `room` tokens, the next window starting
-    at the earliest word that leaves at most `stride` tokens shared with the previous one (and later than its start).
+    at the earliest word that leaves at most `stride` tokens shared with the previous one (and later than its start)
+    and room for a word the previous one did not hold.
     `counts` are the words' token counts, each at most `room`."""
     if not counts:
         return [(0, 0)]  # an empty text: one window of [CLS] [SEP]
@@ -85,6 +86,9 @@ def word_windows(counts: Sequence[int], room: int, stride: int) -> list[tuple[in
         while nxt - 1 > start and shared + counts[nxt - 1] <= stride:
             nxt -= 1
             shared += counts[nxt]
+        while nxt < end and shared + counts[end] > room:  # room for at least one new word, else a wasted window
+            shared -= counts[nxt]
+            nxt += 1
         start = nxt
 
 
