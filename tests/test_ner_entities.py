@@ -7,8 +7,9 @@ import pytest
 import torch
 import transformers
 
-from minibert.entities import AGGREGATIONS, tag_texts, tokens_to_string
+from minibert.entities import AGGREGATIONS, tag_texts, tokens_to_string, window_logits
 from minibert.heads import BertForTokenClassification
+from minibert.token_labels import encode_pieces
 from minibert.tokenizer import BertTokenizer
 from tests.tiny import write_tiny_model
 
@@ -71,3 +72,18 @@ def test_tokens_to_string_as_transformers(minilm_dir):
     for text in TEXTS:
         tokens = tok.tokenize(text)
         assert tokens_to_string(tokens) == tok.convert_tokens_to_string(tokens)
+
+
+def test_packed_and_padded_kernels_agree_on_ragged_windows(tmp_path):
+    """A batch of sentences of many lengths: the packed kernel (no padding in the encoder) gives the padded
+    kernel's logits on every real token, windows of a long text included."""
+    folder = token_classifier(write_tiny_model(tmp_path / "tiny"), tmp_path / "tagger", scale=1.0)
+    tokenizer = BertTokenizer.from_pretrained(folder)
+    texts = [" ".join(["good film"] * n) for n in (1, 3, 9, 40)]
+    pieces = [[[i] for i in tokenizer(t, add_special_tokens=False)["input_ids"]] for t in texts]
+    data = encode_pieces(tokenizer, pieces, 32, 8)
+    assert len(set(data.lengths)) > 2 and len(data) > len(texts)
+    runs = [window_logits(BertForTokenClassification.from_pretrained(folder, attn_impl=impl), data,
+                          torch.device("cpu"), None) for impl in ("unpadded", "math")]
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
