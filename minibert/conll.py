@@ -174,10 +174,11 @@ def read_tagged(path: str | Path, tag_column: int = -1, words_column: str | None
     return read_tagged_rows(path, words_column, tags_column, label_names, need_tags)
 
 
-def has_word_lists(path: str | Path) -> bool:
-    """Whether a JSONL/parquet file's rows hold lists of words (the token-classification layout)."""
+def has_word_lists(path: str | Path, column: str | None = None) -> bool:
+    """Whether a JSONL/parquet file's rows hold lists of words in `column` (default: tokens or words), the
+    token-classification layout."""
     table = read_table(path)
-    column = find_column(table.columns, WORDS_NAMES)
+    column = column or find_column(table.columns, WORDS_NAMES)
     return column is not None and isinstance(table.records[0].get(column), list)
 
 

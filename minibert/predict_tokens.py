@@ -32,11 +32,12 @@ def is_token_classifier(folder: Path) -> bool:
 
 
 def word_input(opts: Any) -> bool:
-    if opts.input == "-" or opts.text_column:
+    """CoNLL files and rows whose (text) column holds lists of words are words; the rest is raw text."""
+    if opts.input == "-":
         return False
-    return is_conll(opts.input) or (Path(opts.input.lower().removesuffix(".gz")).suffix in (".jsonl", ".json",
-                                                                                              ".parquet")
-                                    and has_word_lists(opts.input))
+    suffix = Path(opts.input.lower().removesuffix(".gz")).suffix
+    return is_conll(opts.input) or (suffix in (".jsonl", ".json", ".parquet")
+                                    and has_word_lists(opts.input, opts.text_column))
 
 
 def read_texts(opts: Any) -> list[str]:
@@ -64,7 +65,7 @@ def predict_tokens(opts: Any, folder: Path) -> list[dict[str, Any]]:
         return tag_texts(model, tokenizer, read_texts(opts), opts.aggregation, max_length, stride, device, amp,
                          **batching)
     names = opts.label_names.split(",") if opts.label_names else None
-    sentences = read_tagged(opts.input, opts.tag_column, None, opts.label_column, names, need_tags=False)
+    sentences = read_tagged(opts.input, opts.tag_column, opts.text_column, opts.label_column, names, need_tags=False)
     records = tag_words(model, tokenizer, sentences, max_length, stride, device, amp, **batching)
     if sentences.tags is not None:  # gold tags given: score them
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]

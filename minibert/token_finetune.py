@@ -8,6 +8,7 @@ holding lists of words are token classification; anything else is sequence class
 from __future__ import annotations
 
 import hashlib
+import random
 import sys
 from dataclasses import replace
 from functools import partial
@@ -86,7 +87,8 @@ def load_splits(opts: Any, main: bool
         train_s = train_s.select(range(min(opts.max_train_samples, len(train_s))))
     if val is None and opts.validation_split > 0:
         split_seed = opts.seed if opts.split_seed is None else opts.split_seed
-        order = torch.randperm(len(train_s), generator=torch.Generator().manual_seed(split_seed)).tolist()
+        order = list(range(len(train_s)))
+        random.Random(split_seed).shuffle(order)  # the rows data.split_off holds out for text classification
         n = max(1, round(len(order) * opts.validation_split))
         if n >= len(order):
             raise MinibertError(f"--validation-split {opts.validation_split} leaves no training data out of "

@@ -121,3 +121,19 @@ def test_bad_file_is_one_sentence(run, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: line 1 of {bad} has 2 words but 1 tags; give one tag per word."
     assert "Traceback" not in "\n".join(err)
+
+
+def test_predict_jsonl_words_with_and_without_gold_ids(run, tmp_path, capsys):
+    dev = tagged(10, 1)
+    ids = {"B-NEG": 0, "B-POS": 1, "I-NEG": 2, "I-POS": 3, "O": 4}
+    with_ids = tmp_path / "ids.jsonl"
+    with_ids.write_text("".join(json.dumps({"tokens": w, "ner_tags": [ids[t] for t in tags]}) + "\n"
+                                for w, tags in dev))
+    words_only = tmp_path / "words.jsonl"
+    words_only.write_text("".join(json.dumps({"words": w}) + "\n" for w, _ in dev))
+    assert predict.main(["--model", str(run["out"]), "--input", str(with_ids), "--label-names", ",".join(ids)]) == 0
+    captured = capsys.readouterr()
+    scored = [json.loads(line) for line in captured.out.splitlines()]
+    assert "f1 " in captured.err and len(scored) == 10
+    assert predict.main(["--model", str(run["out"]), "--input", str(words_only)]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == scored
