@@ -26,7 +26,7 @@ from minibert.errors import MinibertError
 from minibert.heads import BertForTokenClassification
 from minibert.ner_metrics import evaluate_tagger, is_iob
 from minibert.plot import plot_metrics
-from minibert.token_labels import encode_words
+from minibert.token_labels import check_known_tags, encode_words
 from minibert.tokenizer import BertTokenizer
 from minibert.train import Summary, train
 
@@ -123,6 +123,9 @@ def finetune_tokens(opts: Any, d: Dist, resume: Path | None, run_dir_for: Any) -
     max_length = fit_max_length(source, opts.max_length, d.main)
     opts = replace(opts, max_length=max_length, stride=max_length // 4 if opts.stride is None else opts.stride)
     names = tag_names(train_s, label_names_flag(opts.label_names))
+    for sentences, what in ((train_s, "training"), (val_s, "validation"), (test_s, "test")):
+        if sentences is not None:  # before the run folder is made: a mistake in the data leaves nothing behind
+            check_known_tags(sentences, {name: i for i, name in enumerate(names)}, what)
     run_dir = resume.parent if resume else run_dir_for(opts, data_name)
     if not resume and d.main:
         run_folder.prepare_new_run(run_dir, opts.overwrite)

@@ -189,8 +189,9 @@ def check_known_tags(sentences: TaggedSentences, label2id: dict[str, int], what:
                 unseen.setdefault(tag, sentences.line_of(s, j))
     if unseen:
         listed = ", ".join(f"{tag!r} (line {line})" for tag, line in list(unseen.items())[:5])
-        raise MinibertError(f"the {what} data in {sentences.sources[0][0]} has tags never seen in training: "
-                            f"{listed}; the model knows only {', '.join(label2id)}.")
+        known = "were given in --label-names" if what == "training" else "the model knows"
+        raise MinibertError(f"the {what} data in {sentences.sources[0][0]} has tags without a label id: {listed}; "
+                            f"the tags that {known} are {', '.join(label2id)}.")
 
 
 def word_logits(data: TokenWindows, logits: Sequence[torch.Tensor], num_labels: int) -> list[torch.Tensor]:

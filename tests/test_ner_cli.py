@@ -137,3 +137,14 @@ def test_predict_jsonl_words_with_and_without_gold_ids(run, tmp_path, capsys):
     assert "f1 " in captured.err and len(scored) == 10
     assert predict.main(["--model", str(run["out"]), "--input", str(words_only)]) == 0
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == scored
+
+
+def test_unseen_validation_tag_is_named_with_its_line(run, tmp_path, capsys):
+    dev = tmp_path / "dev.conll"
+    dev.write_text("good B-POS\nfilm B-FILM\n")
+    assert finetune.main(["--model", str(run["model"]), "--train-file", str(run["train"]), "--validation-file",
+                          str(dev), "--output-dir", str(tmp_path / "run"), "--no-progress"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: the validation data in {dev} has tags without a label id: 'B-FILM' (line 2); the tags that the "
+        "model knows are B-NEG, B-POS, I-NEG, I-POS, O.")
+    assert not (tmp_path / "run").exists()
