@@ -44,7 +44,10 @@ def detect_task(task: str, train_file: str | None, dataset: str) -> tuple[str, s
                 and has_word_lists(train_file):
             return "token-classification", f"the rows of {Path(train_file).name} hold lists of words"
         return "sequence-classification", f"the rows of {Path(train_file).name} hold texts"
-    files = hub_dataset_files(dataset)
+    try:
+        files = hub_dataset_files(dataset)
+    except MinibertError:  # the text-classification path says why, with the flags to pass instead
+        return "sequence-classification", f"the default, as {dataset} could not be read"
     if has_word_lists(files["train"][0]):
         return "token-classification", f"the rows of {dataset} hold lists of words"
     return "sequence-classification", f"the rows of {dataset} hold texts"
