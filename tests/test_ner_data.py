@@ -50,6 +50,13 @@ def test_parquet_rows(tmp_path):
     path = tmp_path / "a.parquet"
     pq.write_table(pa.table({"tokens": [["EU", "rejects"]], "ner_tags": [["B-ORG", "O"]]}), path)
     assert read_tagged(path).words == [["EU", "rejects"]]
+    # integer tags named by the `datasets` features stored in the file (a Sequence of ClassLabel, as on the Hub)
+    features = {"tokens": {"_type": "Sequence", "feature": {"_type": "Value", "dtype": "string"}},
+                "ner_tags": {"_type": "Sequence", "feature": {"_type": "ClassLabel", "names": ["O", "B-ORG"]}}}
+    table = pa.table({"tokens": [["EU", "rejects"]], "ner_tags": [[1, 0]]})
+    table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+    pq.write_table(table, path)
+    assert read_tagged(path).tags == [["B-ORG", "O"]]
 
 
 @pytest.mark.parametrize("name, text, message", [
