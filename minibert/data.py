@@ -194,8 +194,13 @@ def _class_names(metadata: dict[bytes, bytes]) -> dict[str, list[str]]:
         features = json.loads(metadata[b"huggingface"])["info"]["features"]
     except (KeyError, ValueError, TypeError):
         return {}
-    return {name: f["names"] for name, f in features.items()
-            if isinstance(f, dict) and f.get("_type") == "ClassLabel" and isinstance(f.get("names"), list)}
+    names = {}
+    for name, f in features.items():
+        if isinstance(f, dict) and f.get("_type") in ("Sequence", "List"):  # a ClassLabel per word (NER tags)
+            f = f.get("feature")
+        if isinstance(f, dict) and f.get("_type") == "ClassLabel" and isinstance(f.get("names"), list):
+            names[name] = f["names"]
+    return names
 
 
 def iter_tables(path: str | Path, quoted_tsv: bool = False, rows: int | None = None,

@@ -1,4 +1,5 @@
-"""`python -m minibert.finetune`: fine-tune a BERT checkpoint for text classification or regression.
+"""`python -m minibert.finetune`: fine-tune a BERT checkpoint for text classification or regression, or for
+token classification (NER: `--task token-classification`, wired in token_finetune.py).
 
     python -m minibert.finetune --model FOLDER --train-file train.csv --validation-file dev.csv
     python -m minibert.finetune --resume weights/RUN            # continue a run, with the flags it started with
@@ -50,6 +51,7 @@ from minibert.metrics import best_key, evaluate_classifier
 from minibert.plot import plot_metrics
 from minibert.ranking import BINARY, TOP_K, binary_targets, query_groups
 from minibert.st_files import write_cross_encoder_files
+from minibert.token_finetune import TASKS, detect_task, finetune_tokens
 from minibert.tokenizer import BertTokenizer
 from minibert.train import Summary, train
 
@@ -60,7 +62,7 @@ logger = logging.getLogger("minibert")
 class Options(RunFlags):
     model: str = option("bert-base-uncased", "Hub id or local folder of the BERT checkpoint to start from")
     train_file: str | None = option(None, "training data: .csv, .tsv, .jsonl or .parquet (.gz accepted for the text "
-                                          "formats)")
+                                          "formats); for token classification also .conll, .iob, .txt")
     validation_file: str | None = option(None, "validation data (same formats); without it --validation-split "
                                                "holds out part of train")
     test_file: str | None = option(None, "test data, evaluated once with the best model at the end")
@@ -80,9 +82,6 @@ class Options(RunFlags):
                                        "reranker, one logit trained with binary cross-entropy on 0/1 labels of "
                                        "(query, passage) rows, saved as a sentence-transformers CrossEncoder",
                                choices=("auto", *PROBLEM_TYPES, "binary"))
-    label_names: str | None = option(None, "names of the classes of integer labels, class 0 first, separated by "
-                                           "commas (SST-2: negative,positive); the model, predict and the server "
-                                           "then answer with the names")
     max_length: int = option(128, "tokens per sequence, specials included (at most the model's "
                                   "max_position_embeddings); longer texts: see --long-text", at_least=2)
     long_text: str = option("auto", "texts longer than --max-length: keep the first tokens (truncate), the first "
@@ -102,6 +101,16 @@ class Options(RunFlags):
     seeds: list[int] | None = option(None, "comma-separated seeds: repeat the run for each and report mean ± std",
                                      parse=int_list)
     max_train_samples: int = option(0, "use only the first N training rows (0: all)", at_least=0)
+    task: str = option("auto", "sequence-classification (a label per text) or token-classification (a tag per word, "
+                               "NER); auto: token-classification for CoNLL-style files (.conll, .iob, .txt) and rows "
+                               "holding lists of words, else sequence-classification", choices=TASKS)
+    tag_column: int = option(-1, "token-classification, CoNLL files: the column holding the tag (0 is the word; "
+                                 "negative counts from the end)")
+    label_names: str | None = option(None, "names of integer labels, id 0 first, separated by commas (SST-2: "
+                                           "negative,positive; tags: O,B-PER,I-PER,...); the model, predict and "
+                                           "the server then answer with the names")
+    label_all_tokens: bool = option(False, "token-classification: every sub-token of a word carries its tag (B- "
+                                           "turned into I-), not only the first")
 
 
 # What --resume RUN may change (see command.load_options): flags that do not change which run this is, and flags
@@ -110,7 +119,8 @@ class Options(RunFlags):
 RESUME_MAY_CHANGE = {*command.RESUME_MAY_CHANGE, "test_file"}
 RESUME_SCHEDULE = {*command.RESUME_SCHEDULE, "model", "seeds"}
 # Flags newer than some run folders' run_options.json, with the values those runs used.
-ADDED_LATER = {"long_text": "truncate", "stride": 128, "windows": "all"}
+ADDED_LATER = {"long_text": "truncate", "stride": 128, "windows": "all", "task": "sequence-classification",
+               "tag_column": -1, "label_names": None, "label_all_tokens": False}
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -209,6 +219,11 @@ def finetune(opts: Options, d: Dist) -> Summary:
     if opts.resume:
         resume = run_folder.find_checkpoint(Path(opts.output_dir) if opts.resume == "auto" else Path(opts.resume))
         run_folder.load_state(resume)  # refuse a state file that is unsafe or corrupt before any other work
+    task, why = detect_task(opts.task, opts.train_file, opts.dataset)
+    if d.main:
+        print(f"task: {task} ({why}).", file=sys.stderr)
+    if task == "token-classification":
+        return finetune_tokens(opts, d, resume, run_dir_for)
     source = str(resume) if resume else opts.model
     train_ex, val_ex, test_ex, data_name = load_splits(opts, d.main)
     opts = replace(opts, max_length=fit_max_length(source, opts.max_length, d.main))

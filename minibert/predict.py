@@ -29,12 +29,14 @@ from minibert.cli import option, options_parser
 from minibert.command import run_command
 from minibert.data import Examples, iter_examples
 from minibert.devices import PRECISIONS
+from minibert.entities import AGGREGATIONS
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_with
-from minibert.inference import InferenceModel, LongTextFlags
+from minibert.inference import InferenceModel, LongTextFlags, resolve_folder
 from minibert.labels import Labels
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS
 from minibert.metrics import compute_metrics
+from minibert.predict_tokens import is_token_classifier, predict_tokens
 
 CHUNK_TEXTS = 1024  # rows read, predicted and written at a time: memory stays bounded whatever the input's size
 MAX_TEXT_BYTES = 10_000_000  # a longer line is refused before it is read whole (--max-text-bytes)
@@ -45,7 +47,7 @@ class Options:
     model: str = option("", "a run folder of minibert.finetune (its best/ model is used), or any fine-tuned model "
                             "folder", required=True)
     input: str = option("-", "a .csv, .tsv, .jsonl or .parquet file (.gz accepted), or - for one text per line on "
-                             "stdin")
+                             "stdin; for token classifiers also CoNLL-style .conll, .iob, .txt")
     text_column: str | None = option(None, "text column (default: detected among text, sentence, review, ...)")
     text_pair_column: str | None = option(None, "second text column for sentence pairs")
     label_column: str | None = option(None, "gold label column: if present, unknown labels are listed and accuracy "
@@ -81,6 +83,11 @@ class Options:
     device: str = option("auto", "cpu, cuda or cuda:N (auto: the GPU when there is one)")
     no_progress: bool = option(False, "no progress bar")
     debug: bool = option(False, "show the full traceback of errors")
+    aggregation: str = option("simple", "token classifiers on raw text: how tokens become entities, as in "
+                                        "transformers' pipeline (none: one per token)", choices=AGGREGATIONS)
+    tag_column: int = option(-1, "token classifiers on CoNLL files: the column of gold tags, if any")
+    label_names: str | None = option(None, "token classifiers on rows with integer gold tags: their names, "
+                                           "comma-separated in id order")
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -162,6 +169,9 @@ def predict_to(out: IO[str], opts: Options, model: InferenceModel) -> int:
 def run(opts: Options) -> int:
     check_paths(opts)
     started = time.monotonic()
+    folder = resolve_folder(opts.model)
+    if isinstance(folder, Path) and is_token_classifier(folder):  # NER: words or texts to tags and entities
+        return write_records(predict_tokens(opts, folder), opts, started)
     model = InferenceModel.load(opts.model, task="predict", max_length=opts.max_length,
                                 long_text=LongTextFlags(opts.long_text, opts.head_tokens, opts.stride, opts.pool),
                                 precision=opts.precision, attn_impl=opts.attn_impl, device=opts.device)
@@ -176,6 +186,17 @@ def run(opts: Options) -> int:
 
     atomic_write_with(opts.output, write)
     print(f"wrote {counted[0]} predictions to {opts.output} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def write_records(records: list[dict[str, Any]], opts: Options, started: float) -> int:
+    """A token classifier's records (computed whole), written as predict writes its chunks."""
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if opts.output is None:
+        sys.stdout.write(lines)
+        return 0
+    atomic_write_with(opts.output, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
+    print(f"wrote {len(records)} predictions to {opts.output} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
     return 0
 
 

@@ -25,14 +25,15 @@ FINETUNE_BAD = {  # flag: bad values (each a usage error: exit 2, one line that 
     "--eval-every": ["-1"], "--save-every": ["-1"], "--keep-checkpoints": ["-1"], "--num-workers": ["0"],
     "--max-steps": ["-1"], "--seed": ["x"], "--precision": ["fp8"], "--attn-impl": ["flash"],
     "--problem-type": ["ranking"], "--long-text": ["middle"], "--head-tokens": ["-1"], "--stride": ["-1"],
-    "--pool": ["sum"], "--windows": ["some"], "--split-seed": ["x"],
+    "--pool": ["sum"], "--windows": ["some"], "--split-seed": ["x"], "--task": ["ner"], "--tag-column": ["x"],
 }
 PRETRAIN_BAD = {flag: values for flag, values in FINETUNE_BAD.items()
                 if "--" + flag[2:].replace("-", "_") in {"--" + f.name for f in fields(pretrain.Options)}}
 PRETRAIN_BAD.update({"--max-length": ["2", "0"], "--mlm-probability": ["0", "1.5", "nan"]})
 PREDICT_BAD = {"--batch-size": ["0", "-1"], "--max-batch-tokens": ["0"], "--max-length": ["1", "0"],
                "--precision": ["fp16"], "--attn-impl": ["flash"], "--long-text": ["middle"], "--head-tokens": ["-1"],
-               "--stride": ["-1"], "--pool": ["sum"], "--max-text-bytes": ["0"]}
+               "--stride": ["-1"], "--pool": ["sum"], "--max-text-bytes": ["0"], "--aggregation": ["mean"],
+               "--tag-column": ["x"]}
 
 
 @pytest.fixture
