@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minibert.data import _read_text, find_column, read_table
+from minibert.data import find_column, read_file_lines, read_table
 from minibert.errors import MinibertError
 
 logger = logging.getLogger("minibert")
@@ -66,8 +66,9 @@ def read_conll(path: str | Path, tag_column: int = -1, need_tags: bool = True) -
     untagged: int | None = None  # the first line without a tag column
     current: list[str] = []
     current_tags: list[str] = []
-    for number, line in enumerate(_read_text(path).replace("\r\n", "\n").split("\n"), 1):
-        columns = line.rstrip("\n").split("\t") if "\t" in line else line.split()
+    for number, line in read_file_lines(path):  # one line at a time, bad bytes named by their line
+        line = line.rstrip("\r\n")
+        columns = line.split("\t") if "\t" in line else line.split()
         if not line.strip() or columns[0] == DOCSTART:
             if current:
                 words.append(current)

@@ -79,7 +79,7 @@ def read_lines(raw: BinaryIO, where: str, max_line_bytes: int | None = None) -> 
         yield number, text.removeprefix("\ufeff") if number == 1 else text  # a BOM (Excel writes one) is no text
 
 
-def _lines(path: Path, max_line_bytes: int | None) -> Iterator[tuple[int, str]]:
+def read_file_lines(path: Path, max_line_bytes: int | None = None) -> Iterator[tuple[int, str]]:
     """`read_lines` of a file (gunzipped if .gz); a file with nothing but whitespace is an error."""
     try:
         raw = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")  # noqa: SIM115
@@ -144,7 +144,7 @@ def _delimited_records(path: Path, lines: Iterator[tuple[int, str]], delimiter: 
 
 
 def _jsonl_records(path: Path, lines: Iterator[tuple[int, str]], rows: _Rows) -> Iterator[tuple[int, dict]]:
-    # JSON Lines ends lines with \n alone (`_lines` splits there): str.splitlines() would also split at U+2028/U+2029
+    # JSON Lines ends lines with \n alone (`read_lines` splits there): str.splitlines() would also split at U+2028/U+2029
     # (and other separators) that json.dumps(ensure_ascii=False) leaves raw inside strings
     for number, line in lines:
         if not line.strip():
@@ -215,7 +215,7 @@ def iter_tables(path: str | Path, quoted_tsv: bool = False, rows: int | None = N
         return
     csv.field_size_limit(2**31 - 1)  # the default (128 KiB) would reject a long document
     seen = _Rows()
-    lines = _lines(path, max_line_bytes)
+    lines = read_file_lines(path, max_line_bytes)
     records = (_jsonl_records(path, lines, seen) if fmt == "jsonl" else
                _delimited_records(path, lines, "," if fmt == "csv" else "\t", fmt == "csv" or quoted_tsv, seen))
     total = 0
