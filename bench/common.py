@@ -37,7 +37,7 @@ from minibert.weights import load_hf_state_dict  # noqa: E402
 
 SHARED = Path(os.environ.get("MINIBERT_SHARED", REPO.parent / "shared"))
 MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
-RESULTS = REPO / "bench" / "results"
+RESULTS = Path(os.environ.get("MINIBERT_BENCH_RESULTS", REPO / "bench" / "results"))  # tests write elsewhere
 
 
 def setup(threads: int) -> None:

@@ -2,7 +2,7 @@
 # The bench on one GPU, in a few minutes: bf16 (and fp32 for reference), batch sizes that fill the card.
 # Run from the repository root: bash bench/gpu.sh [python]. Writes bench/results/*.json (one per run, the GPU's name
 # among the machine fields) and bench/results/gpu.log. On CUDA, attn_impl="auto" runs padded sdpa; `unpadded` is
-# timed in kernels' tables on CPU only. To publish: commit the JSON files, then `python bench/report.py`.
+# timed in attention_kernels' tables on CPU only. To publish: commit the JSON files, then `python bench/report.py`.
 set -euo pipefail
 PY=${1:-.venv/bin/python}
 mkdir -p bench/results

@@ -116,8 +116,9 @@ def unpadded_attention(
     """Attention per sequence on packed tokens: q, k, v (n, h, d) -> (n, h, d); no padded position is computed.
 
     Each sequence is one unmasked SDPA call on its own rows; sequences of equal length are batched into one call
-    (a full-length batch is a single call). bench/kernels.py measured this against SDPA over the batch re-padded
-    to its longest sequence, and against nested (jagged) tensors: on CPU the per-sequence calls win (bench/README).
+    (a full-length batch is a single call). bench/attention_kernels.py measured this against SDPA over the batch
+    re-padded to its longest sequence, and against nested (jagged) tensors: on CPU the per-sequence calls win
+    (bench/README).
     A sequence of length 0 (an all-padding row) has no rows here, so it contributes nothing and cannot be NaN.
     """
     if packing is None:
@@ -135,7 +136,7 @@ def unpadded_attention(
         if qi.shape[0] == 0:
             continue
         # (t, h, d) -> (1, h, t, d), a strided view: SDPA's fused CPU kernel wants 4-d input (3-d takes its math
-        # path, measured 1.3-2x slower in bench/kernels.py)
+        # path, measured 1.3-2x slower in bench/attention_kernels.py)
         qi, ki, vi = (rearrange(x, "t h d -> 1 h t d") for x in (qi, ki, vi))
         out = F.scaled_dot_product_attention(qi, ki, vi, dropout_p=dropout_p, scale=scale)
         outs.append(rearrange(out, "1 h t d -> t h d"))

@@ -10,7 +10,7 @@ Besides the kernels of the package this times two other ways to run attention on
 separate ones. Last, the crossover: from which fraction of padding packing pays in a training step, the number
 behind `attn_impl="auto"`'s rule; and, in bf16, from which size of the score matrix `sdpa` beats `math`.
 
-    python bench/kernels.py [--quick] [--only crossover,low-precision]
+    python bench/attention_kernels.py [--quick] [--only crossover,low-precision]
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def main(argv=None) -> None:
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     setup(args.threads)
-    run = Run("kernels", args)
+    run = Run("attention_kernels", args)
     reps = 2 if args.quick else args.reps
     start = time.perf_counter()
     dtypes = dtypes_to_run(args.dtypes, args)
