@@ -199,6 +199,13 @@ def sst2(split: str = "dev", limit: int | None = None) -> list[str]:
     return [r[0] for r in rows][:limit]
 
 
+def sst2_labels(split: str = "dev", limit: int | None = None) -> list[int]:
+    """The labels of `sst2(split, limit)`, in the same order."""
+    with open(SHARED / "data" / "sst2" / f"{split}.tsv", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    return [int(r[1]) for r in rows][:limit]
+
+
 def imdb(n: int, seed: int = 0) -> list[str]:
     """A fixed random sample of n IMDB reviews (train.csv, text,label)."""
     csv.field_size_limit(1 << 30)
