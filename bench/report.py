@@ -108,6 +108,14 @@ TABLES = [
            ("hf", "transformers /s"), ("ort_max_logit_diff", "ORT max logit diff vs transformers")),
           where=lambda row: "ort" in row and not row.get("compiled"),
           run_hint="python bench/inference.py --ort --dtypes fp32 --threads 2"),
+    Table("inference-int8", "inference", ("model", "data", "n", "dtype", "recipe"),
+          (("model", "model"), ("data", "data"), ("n", "texts"), ("recipe", "recipe"),
+           ("ort", "ORT fp32 /s"), ("ort8", "ORT int8 /s"), ("mb", "minibert fp32 /s"), ("mb8", "minibert int8 /s"),
+           ("mb8_vs_ort8", "minibert int8 ÷ ORT int8"), ("acc_hf", "accuracy fp32"), ("acc_ort8", "ORT int8 accuracy"),
+           ("acc_mb8", "minibert int8 accuracy"), ("ort8_agree", "ORT int8 agrees with fp32"),
+           ("mb8_agree", "minibert int8 agrees with fp32")),
+          where=lambda row: "mb8" in row and not row.get("compiled"),
+          run_hint="python bench/inference.py --ort --dtypes fp32 --threads 1 --classifier FOLDER"),
     Table("inference-compiled", "inference", ("model", "data", "n", "dtype", "recipe"),
           INFERENCE_COLUMNS + (("hf_compile_s", "transformers compile s"), ("mb_compile_s", "minibert compile s")),
           where=lambda row: bool(row.get("compiled")),
@@ -193,6 +201,12 @@ TARGETS = [
       for data, key, recipes in (("SST-2 dev", "sst2-dev", ("classic", "dynamic", "sorted")),
                                  ("IMDB", "imdb", ("classic", "dynamic")))
       for recipe in recipes),
+    *(Target(f"{data}, MiniLM, {recipe} batches: minibert int8 ÷ ONNX Runtime int8 (fused, quantize_dynamic)",
+             "inference-int8", {"model": "minilm", "data": key, "recipe": recipe}, "mb8_vs_ort8", 1.2)
+      for data, key, recipes in (("SST-2 dev", "sst2-dev", ("dynamic", "sorted")), ("IMDB", "imdb", ("dynamic",)))
+      for recipe in recipes),
+    Target("SST-2 dev, MiniLM classifier: minibert int8 argmax agreement with minibert fp32", "inference-int8",
+           {"model": "minilm", "data": "sst2-dev", "recipe": "dynamic"}, "mb8_agree", 0.98),
     Target("fine-tuning step, SST-2 batches of 32 in file order, MiniLM fp32", "train",
            {"model": "minilm", "dtype": "fp32", "order": "file"}, "ratio", 1.3),
     Target("same, batches length-grouped as `minibert.finetune` makes them", "train",

@@ -73,12 +73,17 @@ _TRAINING_REFUSED = ("a quantized model is for inference only and cannot be trai
                      "quantize the result.")
 
 
-def quantize_model(model: nn.Module, scheme: str = "int8") -> nn.Module:
+def quantize_model(model: nn.Module, scheme: str = "int8", keep_float: tuple[str, ...] = ()) -> nn.Module:
     """Quantize `model` (any minibert model: `BertModel` or a head on one) in place for CPU inference -> the model,
-    in eval mode, with the float parts in float32. Refuses an unknown scheme, a model on another device than the CPU,
-    and a model already quantized."""
+    in eval mode, with the float parts in float32. `keep_float` names matmuls of `INT8_LINEARS` to leave in float32
+    in every layer. Refuses an unknown scheme or matmul, a model on another device than the CPU, and a model already
+    quantized."""
     if scheme not in SCHEMES:
         raise MinibertError(f"unknown quantization {scheme!r}; choose one of {', '.join(SCHEMES)}.")
+    unknown = sorted(set(keep_float) - set(INT8_LINEARS))
+    if unknown:
+        raise MinibertError(f"keep_float names {', '.join(unknown)}, which are not int8 matmuls; choose among "
+                            f"{', '.join(INT8_LINEARS)}.")
     if getattr(model, "quantization", None) is not None:
         raise MinibertError(f"the model is already quantized ({model.quantization}); load the float model again to "
                             "quantize it differently.")
@@ -88,7 +93,7 @@ def quantize_model(model: nn.Module, scheme: str = "int8") -> nn.Module:
                             f"model is on {device.type}; quantize it on the CPU, or run the float model there.")
     model.float().eval()
     for layer in model.base_model.encoder.layers:
-        for path in INT8_LINEARS:
+        for path in (p for p in INT8_LINEARS if p not in keep_float):
             parent_path, _, name = path.rpartition(".")
             parent = layer.get_submodule(parent_path)
             setattr(parent, name, Int8Linear(getattr(parent, name)))

@@ -80,6 +80,7 @@ QUICK = {
                               "{tmp}/dev.tsv", "--max-train-samples", "16", "--epochs", "1", "--batch-size", "8",
                               "--output-dir", "{tmp}/run"],
     "inference": ["--quick", "--threads", "1", "--models", "minilm", "--dtypes", "fp32", "--no-save"],
+    "int8_matmuls": ["--classifier", str(MINILM), "--limit", "16", "--threads", "1", "--no-save"],
     "long_text": ["--docs", "1", "--batch-docs", "1", "--dtypes", "fp32", "--modes", "predict", "--threads", "1",
                   "--reps", "1", "--no-save"],
     "pretrain": ["--quick", "--dtypes", "fp32", "--batch-size", "2", "--max-length", "32", "--reviews", "4", "--reps",

@@ -199,6 +199,12 @@ def test_which_matmuls_are_int8():
     int8 = {name for name, m in model.named_modules() if isinstance(m, Int8Linear)}
     # the encoder's four matmuls per layer, nothing else (the MLM head, embeddings stay float)
     assert int8 == {f"bert.encoder.layers.{i}.{p}" for i in range(CONFIG["num_hidden_layers"]) for p in INT8_LINEARS}
+    model = quantize_model(model_for("BertModel"), "int8", keep_float=("attention.qkv", "ffn.down"))
+    int8 = {name for name, m in model.named_modules() if isinstance(m, Int8Linear)}
+    assert int8 == {f"encoder.layers.{i}.{p}" for i in range(CONFIG["num_hidden_layers"])
+                    for p in ("attention.out", "ffn.up")}
+    with pytest.raises(MinibertError, match="keep_float names ffn.gate, which are not int8 matmuls"):
+        quantize_model(model_for("BertModel"), "int8", keep_float=("ffn.gate",))
 
 
 # --- the real MiniLM on SST-2 sentences -----------------------------------------------------------------------
