@@ -60,13 +60,15 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> list[str]:
-    """The /proc/cpuinfo flags that decide the speed of fp32 and bf16 here (vector width, native bf16, AMX)."""
+    """The /proc/cpuinfo flags that decide the speed of fp32, bf16 and int8 here (vector width, native bf16, VNNI,
+    AMX)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return []
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8",
+              "amx_tile")
     return [f for f in wanted if f in flags]
 
 

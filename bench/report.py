@@ -116,6 +116,12 @@ TABLES = [
            ("mb8_agree", "minibert int8 agrees with fp32")),
           where=lambda row: "mb8" in row and not row.get("compiled"),
           run_hint="python bench/inference.py --ort --dtypes fp32 --threads 1 --classifier FOLDER"),
+    Table("int8-matmuls", "int8_matmuls", ("choice",),
+          (("choice", "int8 matmuls"), ("accuracy", "SST-2 dev accuracy"), ("agree", "argmax agrees with fp32"),
+           ("max_logit_diff", "max logit diff"), ("cosine_min", "embedding cosine, lowest"),
+           ("cosine_mean", "embedding cosine, mean"), ("cpu_ms_per_text", "CPU ms / text"),
+           ("speedup", "÷ fp32 time")),
+          run_hint="python bench/int8_matmuls.py --classifier FOLDER --threads 1"),
     Table("inference-compiled", "inference", ("model", "data", "n", "dtype", "recipe"),
           INFERENCE_COLUMNS + (("hf_compile_s", "transformers compile s"), ("mb_compile_s", "minibert compile s")),
           where=lambda row: bool(row.get("compiled")),
@@ -282,7 +288,8 @@ def short_machine(run: dict) -> str:
 
 def cpu_label(run: dict) -> str:
     m = run["machine"]
-    flags = ", ".join(f for f in m.get("cpu_flags", []) if "bf16" in f or f.startswith("amx")) or "no bf16 flags"
+    flags = ", ".join(f for f in m.get("cpu_flags", []) if "bf16" in f or "vnni" in f or f.startswith("amx")) \
+        or "no bf16 flags"
     label = f"{m['cpu']} ({m['cpu_capability']}; {flags}; native bf16: {'yes' if m['native_bf16'] else 'no'})"
     return label + (f", GPU {machine_of(run)[3]}" if machine_of(run)[3] else "")
 
