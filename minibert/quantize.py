@@ -28,6 +28,7 @@ SCHEMES = ("int8",)
 # (module path inside an EncoderLayer) of the matmuls that run in int8; the others keep their float weights.
 INT8_LINEARS = ("attention.qkv", "attention.out", "ffn.up", "ffn.down")
 _QMAX = 127  # symmetric: -127..127, so that negating a value never overflows
+_ROWS_PER_CHUNK = 512
 
 
 class Int8Linear(nn.Module):
@@ -53,12 +54,17 @@ class Int8Linear(nn.Module):
             raise MinibertError(f"the int8 model runs on CPU only (torch._int_mm with per-token scales), not on "
                                 f"{x.device.type}; load the float model there instead.")
         rows = x.reshape(-1, self.in_features).float()  # (m, in)
-        # the eager forms measured fastest (1 thread, 600 x 1536): abs().amax() 10x faster than vector_norm(inf),
-        # in-place round_ 2x faster than round(x / s), three in-place passes 2x faster than one addcmul
-        x_scale = rows.abs().amax(dim=1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny).div_(_QMAX)
-        q = torch.div(rows, x_scale).round_().to(torch.int8)
-        acc = torch._int_mm(q, self.weight.t())  # (m, out) int32; the transposed view measured faster than a copy
-        out = acc.float().mul_(x_scale).mul_(self.weight_scale).add_(self.bias)
+        out = torch.empty(rows.shape[0], self.out_features)
+        # 512 tokens at a time: each chunk's temporaries stay small and cached between the quantization, the matmul
+        # and the dequantization (1.4-2.4x faster than whole at 9,600 tokens, the same at 600; 1 thread)
+        for start in range(0, rows.shape[0], _ROWS_PER_CHUNK):
+            chunk = rows[start:start + _ROWS_PER_CHUNK]
+            # the eager forms measured fastest (600 x 1536): abs().amax() 10x faster than vector_norm(inf),
+            # in-place round_ 2x faster than round(x / s), in-place passes 2x faster than one addcmul
+            x_scale = chunk.abs().amax(dim=1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny).div_(_QMAX)
+            q = torch.div(chunk, x_scale).round_().to(torch.int8)
+            acc = torch._int_mm(q, self.weight.t())  # (rows, out) int32; the transposed view beat a copy
+            torch.mul(acc, x_scale, out=out[start:start + _ROWS_PER_CHUNK]).mul_(self.weight_scale).add_(self.bias)
         out = out.reshape(*x.shape[:-1], self.out_features)
         return out if x.dtype == torch.float32 else out.to(x.dtype)
 
