@@ -60,13 +60,15 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> list[str]:
-    """The /proc/cpuinfo flags that decide the speed of fp32 and bf16 here (vector width, native bf16, AMX)."""
+    """The /proc/cpuinfo flags that decide the speed of fp32, bf16 and int8 here (vector width, native bf16, VNNI,
+    AMX)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return []
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8",
+              "amx_tile")
     return [f for f in wanted if f in flags]
 
 
@@ -197,6 +199,13 @@ def sst2(split: str = "dev", limit: int | None = None) -> list[str]:
     with open(SHARED / "data" / "sst2" / f"{split}.tsv", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
     return [r[0] for r in rows][:limit]
+
+
+def sst2_labels(split: str = "dev", limit: int | None = None) -> list[int]:
+    """The labels of `sst2(split, limit)`, in the same order."""
+    with open(SHARED / "data" / "sst2" / f"{split}.tsv", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    return [int(r[1]) for r in rows][:limit]
 
 
 def imdb(n: int, seed: int = 0) -> list[str]:

@@ -8,15 +8,20 @@ interleaved. Recipes:
 minibert runs attn_impl="auto" (what a user gets by default); transformers its default (sdpa). With --ort, ONNX
 Runtime joins the fp32 rows: transformers' model exported and fused as CPU deployments run it (onnx_engine.py).
 
-    python bench/inference.py [--quick] [--models minilm,bert-base] [--dtypes fp32,bf16] [--ort]
+With --ort, the fp32 rows also time int8: ORT's `quantize_dynamic` of the fused graph, and minibert's
+`model.quantize("int8")` (minibert/quantize.py); with --classifier, each engine's SST-2 dev accuracy sits beside.
+
+    python bench/inference.py [--quick] [--models minilm,bert-base] [--dtypes fp32,bf16] [--ort] [--classifier DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
+import transformers
 from common import (
     Run,
     add_run_arguments,
@@ -29,9 +34,12 @@ from common import (
     pair,
     setup,
     sst2,
+    sst2_labels,
     table,
     tokenizers,
 )
+
+import minibert
 
 RECIPES = {"classic": dict(padding="max_length", max_length=128, batch=16),
            "dynamic": dict(padding="longest", max_length=512, batch=32),
@@ -50,9 +58,9 @@ def make_pass(model, tok, texts: list[str], recipe: str, dtype: str, engine: str
                 enc = tok(group, padding=spec["padding"], truncation=True, max_length=spec["max_length"],
                           return_tensors="pt")
                 enc = {k: v.to(device) for k, v in enc.items()}
-                if engine == "ort":
+                if engine.startswith("ort"):
                     logits.append(model.logits(enc))
-                elif engine == "mb":
+                elif engine.startswith("mb"):
                     logits.append(model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).logits.float())
                 else:
                     logits.append(model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
@@ -73,7 +81,10 @@ def main(argv=None) -> None:
                         "compile time (first calls) is reported apart, in compile_s")
     parser.add_argument("--batch-scale", type=int, default=1, help="multiply both recipes' batch sizes (GPU)")
     parser.add_argument("--ort", action="store_true", help="add ONNX Runtime (fused export of transformers' model) "
-                        "to the fp32 rows; needs the bench extra")
+                        "to the fp32 rows, and int8 columns: ORT's quantize_dynamic of that graph and minibert's "
+                        "model.quantize('int8'); needs the bench extra")
+    parser.add_argument("--classifier", help="a fine-tuned MiniLM SST-2 classifier folder in place of MiniLM with a "
+                        "random head: each engine's accuracy on the SST-2 dev sentences is reported")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--sst2", type=int, default=192, help="first N SST-2 dev sentences (MiniLM; bert-base: N/3)")
     parser.add_argument("--imdb", type=int, default=32, help="IMDB reviews sampled (MiniLM; bert-base: N/4)")
@@ -91,12 +102,19 @@ def main(argv=None) -> None:
         n_sst2 = 64 if args.quick else args.sst2 // shrink
         n_imdb = 8 if args.quick else max(8, args.imdb // (1 if name == "minilm" else 4))
         data = {"sst2-dev": sst2("dev", n_sst2), "imdb": imdb(n_imdb)}
-        ref, ours = (m.to(args.device) for m in pair(name, num_labels=2))
-        ort = None
+        if args.classifier and name == "minilm":
+            ref = transformers.BertForSequenceClassification.from_pretrained(args.classifier).eval()
+            ours = minibert.BertForSequenceClassification.from_pretrained(args.classifier)
+            ref, ours = ref.to(args.device), ours.to(args.device)
+        else:
+            ref, ours = (m.to(args.device) for m in pair(name, num_labels=2))
+        ort = ort8 = ours8 = None
         if args.ort and "fp32" in dtypes:
             from onnx_engine import OrtClassifier
 
             ort = OrtClassifier(ref, torch.get_num_threads())
+            ort8 = OrtClassifier(ref, torch.get_num_threads(), int8=True)
+            ours8 = copy.deepcopy(ours).quantize("int8")
             print(f"{name}: ONNX Runtime model fused {ort.fused}", flush=True)
         if args.compile:  # minibert's auto runs padded sdpa inside a compiled graph (packing is data-dependent)
             ref, ours = torch.compile(ref, dynamic=True), torch.compile(ours, dynamic=True)
@@ -107,7 +125,7 @@ def main(argv=None) -> None:
                 recipes = ("classic", "dynamic", "sorted") if data_name == "sst2-dev" else ("classic", "dynamic")
                 engines = {"hf": (ref, hf_tok), "mb": (ours, our_tok)}
                 if ort is not None and dtype == "fp32":
-                    engines["ort"] = (ort, hf_tok)
+                    engines.update(ort=(ort, hf_tok), ort8=(ort8, hf_tok), mb8=(ours8, our_tok))
                 fns = {f"{engine} {recipe}": make_pass(model, tok, by_length if recipe == "sorted" else texts, recipe,
                                                        dtype, engine, args.device)
                        for recipe in recipes for engine, (model, tok) in engines.items()}
@@ -123,6 +141,12 @@ def main(argv=None) -> None:
                 if "ort dynamic" in fns:
                     c = fns["ort dynamic"](2)
                     ort_diff = max((x - y).abs().max().item() for x, y in zip(a, c))
+                # every text in file order, per engine: int8's argmax agreement with fp32, accuracy with labels
+                full = {e: torch.cat(fns[f"{e} dynamic"](None)).argmax(-1) for e in engines}
+                quality = {f"{e}_agree": float((full[e] == full[e[:-1]]).float().mean()) for e in full if e[-1] == "8"}
+                if args.classifier and name == "minilm" and data_name == "sst2-dev":
+                    gold = torch.tensor(sst2_labels("dev", len(texts)))
+                    quality.update({f"acc_{e}": float((p.cpu() == gold).float().mean()) for e, p in full.items()})
                 times = interleaved({k: (lambda f=f: f(None)) for k, f in fns.items()}, reps, warmup=0)
                 rate = {k: len(texts) / median(v) for k, v in times.items()}
                 for recipe in recipes:
@@ -135,7 +159,11 @@ def main(argv=None) -> None:
                                hf_compile_s=compile_s[f"hf {recipe}"], mb_compile_s=compile_s[f"mb {recipe}"])
                     if f"ort {recipe}" in fns:
                         row.update(ort=rate[f"ort {recipe}"], mb_vs_ort=rate[f"mb {recipe}"] / rate[f"ort {recipe}"],
-                                   ort_max_logit_diff=ort_diff, ort_fused=ort.fused)
+                                   ort_max_logit_diff=ort_diff, ort_fused=ort.fused, ort8=rate[f"ort8 {recipe}"],
+                                   mb8=rate[f"mb8 {recipe}"],
+                                   mb8_vs_ort8=rate[f"mb8 {recipe}"] / rate[f"ort8 {recipe}"],
+                                   mb8_vs_mb=rate[f"mb8 {recipe}"] / rate[f"mb {recipe}"])
+                    row.update(quality)
                     run.add(row, COLUMNS)
     print("\nsentences/s (median of interleaved repetitions; tokenise + forward)\n")
     print(table(run.rows, COLUMNS))
@@ -143,7 +171,8 @@ def main(argv=None) -> None:
 
 
 COLUMNS = ["model", "data", "n", "dtype", "recipe", "hf", "mb", "ratio", "hf_sorted", "mb_vs_hf_sorted",
-           "max_logit_diff", "argmax_agree", "ort", "mb_vs_ort"]
+           "max_logit_diff", "argmax_agree", "ort", "mb_vs_ort", "ort8", "mb8", "mb8_vs_ort8", "acc_hf", "acc_ort8",
+           "acc_mb", "acc_mb8", "mb8_agree", "ort8_agree"]
 
 if __name__ == "__main__":
     main()

@@ -108,6 +108,25 @@ TABLES = [
            ("hf", "transformers /s"), ("ort_max_logit_diff", "ORT max logit diff vs transformers")),
           where=lambda row: "ort" in row and not row.get("compiled"),
           run_hint="python bench/inference.py --ort --dtypes fp32 --threads 2"),
+    Table("inference-int8", "inference", ("model", "data", "n", "dtype", "recipe"),
+          (("model", "model"), ("data", "data"), ("n", "texts"), ("recipe", "recipe"),
+           ("ort", "ORT fp32 /s"), ("ort8", "ORT int8 /s"), ("mb", "minibert fp32 /s"), ("mb8", "minibert int8 /s"),
+           ("mb8_vs_ort8", "minibert int8 ÷ ORT int8"), ("acc_hf", "accuracy fp32"), ("acc_ort8", "ORT int8 accuracy"),
+           ("acc_mb8", "minibert int8 accuracy"), ("ort8_agree", "ORT int8 agrees with fp32"),
+           ("mb8_agree", "minibert int8 agrees with fp32")),
+          where=lambda row: "mb8" in row and not row.get("compiled"),
+          run_hint="python bench/inference.py --ort --dtypes fp32 --threads 1 --classifier FOLDER"),
+    Table("int8-matmuls", "int8_matmuls", ("choice",),
+          (("choice", "int8 matmuls"), ("accuracy", "SST-2 dev accuracy"), ("agree", "argmax agrees with fp32"),
+           ("max_logit_diff", "max logit diff"), ("cosine_min", "embedding cosine, lowest"),
+           ("cosine_mean", "embedding cosine, mean"), ("cpu_ms_per_text", "CPU ms / text"),
+           ("speedup", "÷ fp32 time")),
+          run_hint="python bench/int8_matmuls.py --classifier FOLDER --threads 1"),
+    Table("fused-ffn", "fused_ffn", ("precision", "tokens"),
+          (("precision", "precision"), ("tokens", "packed tokens"), ("eager_ms", "eager CPU ms"),
+           ("compiled_ms", "torch.compile CPU ms"), ("speedup", "eager ÷ compiled"), ("max_diff", "max diff"),
+           ("compile_s", "compile s")),
+          run_hint="python bench/fused_ffn.py --threads 1"),
     Table("inference-compiled", "inference", ("model", "data", "n", "dtype", "recipe"),
           INFERENCE_COLUMNS + (("hf_compile_s", "transformers compile s"), ("mb_compile_s", "minibert compile s")),
           where=lambda row: bool(row.get("compiled")),
@@ -204,6 +223,12 @@ TARGETS = [
       for data, key, recipes in (("SST-2 dev", "sst2-dev", ("classic", "dynamic", "sorted")),
                                  ("IMDB", "imdb", ("classic", "dynamic")))
       for recipe in recipes),
+    *(Target(f"{data}, MiniLM, {recipe} batches: minibert int8 ÷ ONNX Runtime int8 (fused, quantize_dynamic)",
+             "inference-int8", {"model": "minilm", "data": key, "recipe": recipe}, "mb8_vs_ort8", 1.2)
+      for data, key, recipes in (("SST-2 dev", "sst2-dev", ("dynamic", "sorted")), ("IMDB", "imdb", ("dynamic",)))
+      for recipe in recipes),
+    Target("SST-2 dev, MiniLM classifier: minibert int8 argmax agreement with minibert fp32", "inference-int8",
+           {"model": "minilm", "data": "sst2-dev", "recipe": "dynamic"}, "mb8_agree", 0.98),
     Target("fine-tuning step, SST-2 batches of 32 in file order, MiniLM fp32", "train",
            {"model": "minilm", "dtype": "fp32", "order": "file"}, "ratio", 1.3),
     Target("same, batches length-grouped as `minibert.finetune` makes them", "train",
@@ -279,7 +304,8 @@ def short_machine(run: dict) -> str:
 
 def cpu_label(run: dict) -> str:
     m = run["machine"]
-    flags = ", ".join(f for f in m.get("cpu_flags", []) if "bf16" in f or f.startswith("amx")) or "no bf16 flags"
+    flags = ", ".join(f for f in m.get("cpu_flags", []) if "bf16" in f or "vnni" in f or f.startswith("amx")) \
+        or "no bf16 flags"
     label = f"{m['cpu']} ({m['cpu_capability']}; {flags}; native bf16: {'yes' if m['native_bf16'] else 'no'})"
     return label + (f", GPU {machine_of(run)[3]}" if machine_of(run)[3] else "")
 

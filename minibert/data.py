@@ -144,8 +144,8 @@ def _delimited_records(path: Path, lines: Iterator[tuple[int, str]], delimiter: 
 
 
 def _jsonl_records(path: Path, lines: Iterator[tuple[int, str]], rows: _Rows) -> Iterator[tuple[int, dict]]:
-    # JSON Lines ends lines with \n alone (`read_lines` splits there): str.splitlines() would also split at U+2028/U+2029
-    # (and other separators) that json.dumps(ensure_ascii=False) leaves raw inside strings
+    # JSON Lines ends lines with \n alone (`read_lines` splits there): str.splitlines() would also split at
+    # U+2028/U+2029 (and other separators) that json.dumps(ensure_ascii=False) leaves raw inside strings
     for number, line in lines:
         if not line.strip():
             rows.blank += 1

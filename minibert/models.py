@@ -24,6 +24,7 @@ from minibert.encoder import Encoder
 from minibert.errors import MinibertError
 from minibert.outputs import BaseModelOutput
 from minibert.padding import repad, unpad
+from minibert.quantize import quantize_model
 
 logger = logging.getLogger("minibert")
 
@@ -36,6 +37,18 @@ class BertPreTrainedModel(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.config = config
+        self.quantization: str | None = None  # "int8" after `quantize`: inference only
+
+    def quantize(self: M, scheme: str = "int8", keep_float: tuple[str, ...] = ()) -> M:
+        """Quantize this model in place for CPU inference (`minibert.quantize`) -> self; it then refuses training
+        and `save_pretrained`."""
+        return quantize_model(self, scheme, keep_float)
+
+    def train(self: M, mode: bool = True) -> M:
+        if mode and self.quantization is not None:
+            raise MinibertError(f"this model is quantized ({self.quantization}) for inference only and cannot be "
+                                "trained; fine-tune the float model and quantize the result.")
+        return super().train(mode)
 
     # --- init ----------------------------------------------------------------------------------------------
 
@@ -113,6 +126,9 @@ class BertPreTrainedModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write config.json and model.safetensors in HF names, each file atomically."""
+        if self.quantization is not None:
+            raise MinibertError(f"this model is quantized ({self.quantization}) and is not saved, so that its lossy "
+                                "int8 weights never replace a float checkpoint; save the model before quantizing.")
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         checkpoint_files.save_safetensors(weights.to_hf_state_dict(self), path / checkpoint_files.SAFETENSORS_FILE)
