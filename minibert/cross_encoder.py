@@ -124,7 +124,8 @@ class CrossEncoder:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, max_length: int | None = None, precision: str = "fp32",
-                        attn_impl: str = "auto", device: str = "auto", revision: str | None = None) -> CrossEncoder:
+                        attn_impl: str = "auto", device: str = "auto", revision: str | None = None,
+                        quantize: str | None = None) -> CrossEncoder:
         """`name_or_path`: a folder (a finetune run folder gives its best/ model) or a Hub id. `max_length` replaces
         the folder's limit; `precision` fp32 by default, as sentence-transformers runs."""
         name_or_path = str(name_or_path)
@@ -134,7 +135,7 @@ class CrossEncoder:
         length = max_length or st_max_length(folder, tokenizer, config, revision)
         model = InferenceModel.load(name_or_path, task="predict", max_length=length,
                                     long_text=LongTextFlags(how="truncate"), precision=precision,
-                                    attn_impl=attn_impl, device=device, revision=revision)
+                                    attn_impl=attn_impl, device=device, revision=revision, quantize=quantize)
         return cls(model, *read_activation(folder, model.classifier.config, revision), read_prompts(folder, revision))
 
     @property

@@ -78,6 +78,7 @@ class Precision:
 
     dtype: torch.dtype | None
     device_type: str = "cpu"
+    quantized: str | None = None  # "int8": the encoder's matmuls quantized, everything else in float32
 
     @classmethod
     def choose(cls, flag: str, device: torch.device) -> Precision:
@@ -87,7 +88,7 @@ class Precision:
 
     @property
     def name(self) -> str:
-        return precision_name(self.dtype)
+        return f"{self.quantized} matmuls, fp32 elsewhere" if self.quantized else precision_name(self.dtype)
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)

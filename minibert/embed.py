@@ -31,6 +31,7 @@ from minibert.devices import PRECISIONS
 from minibert.files import atomic_write_with
 from minibert.inference import InferenceModel
 from minibert.pooling import DEFAULT_BATCH_TOKENS
+from minibert.quantize import SCHEMES
 
 logger = logging.getLogger("minibert")
 CHUNK_TEXTS = 1024  # rows read, embedded and written at a time
@@ -58,6 +59,9 @@ class Options:
     precision: str = option("fp32", "fp32, bf16 autocast, or auto (bf16 where the CPU computes it natively)",
                             choices=PRECISIONS)
     device: str = option("auto", "cpu, cuda or cuda:N (auto: the GPU when there is one)")
+    quantize: str | None = option(None, "int8: run the encoder's matmuls in int8 on the CPU (about 2x fp32 with "
+                                        "accuracy within half a point, bench/README.md), the rest in float32",
+                                  choices=SCHEMES)
     no_progress: bool = option(False, "no progress bar")
     debug: bool = option(False, "show the full traceback of errors")
 
@@ -83,7 +87,7 @@ def embed_to(out: IO[str], opts: Options, model: InferenceModel) -> int:
 def run(opts: Options) -> int:
     started = time.monotonic()
     model = InferenceModel.load(opts.model, task="embed", precision=opts.precision, attn_impl=opts.attn_impl,
-                                device=opts.device)
+                                device=opts.device, quantize=opts.quantize)
     model.encoder.prompts.resolve(opts.prompt, opts.prompt_name)  # an unknown prompt name, before any input is read
     if opts.truncate_dim is not None:
         model.truncate(torch.zeros(1, model.config.hidden_size), opts.truncate_dim)  # more than the model has

@@ -41,6 +41,7 @@ from minibert.long_text_options import LongText, read_record, resolve_long_text
 from minibert.models import BertModel
 from minibert.pooling import Pooling, SentenceEncoder, read_pooling, truncate_embeddings
 from minibert.prompts import read_prompts
+from minibert.quantize import SCHEMES, quantize_model
 from minibert.tokenizer import BertTokenizer
 
 logger = logging.getLogger("minibert")
@@ -154,14 +155,17 @@ class InferenceModel:
     @classmethod
     def load(cls, model: str, *, task: str | None = None, max_length: int | None = None,
              long_text: LongTextFlags | None = None, precision: str = "auto", attn_impl: str = "auto",
-             device: str = "auto", revision: str | None = None) -> InferenceModel:
+             device: str = "auto", revision: str | None = None, quantize: str | None = None) -> InferenceModel:
         """`model`: a folder (a finetune run folder gives its best/ model) or a Hub id. `task="predict"` refuses a
-        model without a trained classifier head; `task="embed"` loads the encoder alone even from a classifier."""
+        model without a trained classifier head; `task="embed"` loads the encoder alone even from a classifier.
+        `quantize="int8"`: the encoder's matmuls in int8 on the CPU (`minibert.quantize`), the rest in float32."""
         if attn_impl not in ATTN_IMPLS:
             raise MinibertError(f"attention kernel {attn_impl!r} is not one of {', '.join(sorted(ATTN_IMPLS))}.")
         folder = resolve_folder(model)
         name = display_name(model, folder)
-        where = choose_device(device)
+        if quantize is not None and quantize not in SCHEMES:
+            raise MinibertError(f"quantization {quantize!r} is not one of {', '.join(SCHEMES)}.")
+        where = choose_device("cpu" if quantize and device == "auto" else device)  # int8 runs on the CPU
         config = BertConfig.from_json(resolve_checkpoint(folder, revision=revision).config_file)
         if task == "predict":
             check_has_classifier(folder, name)
@@ -174,6 +178,8 @@ class InferenceModel:
         else:
             encoder_model = BertModel.from_pretrained(folder, revision=revision, attn_impl=attn_impl,
                                                       add_pooling_layer=False).to(where)
+        if quantize is not None:
+            quantize_model(classifier if classifier is not None else encoder_model, quantize)
         if len(tokenizer) != config.vocab_size:  # after loading: a checkpoint that contradicts its config says so first
             raise MinibertError(f"the tokenizer of {name} has {len(tokenizer)} tokens but the model's vocab_size is "
                                 f"{config.vocab_size}; use the vocab.txt the checkpoint was trained with.")
@@ -193,8 +199,9 @@ class InferenceModel:
         source = ("the flags given" if flags.how != "auto" else
                   "as the model was fine-tuned" if record else "no long_text.json in the model folder")
         pool = flags.pool or str(record.get("pool", "mean"))
-        return cls(name, tokenizer, encoder, classifier, length, modes, source, pool,
-                   Precision.choose(precision, where), where)
+        # int8: the float parts stay float32 (autocast would put attention's matmuls in bf16 beside int8 ones)
+        chosen = Precision(None, where.type, quantize) if quantize else Precision.choose(precision, where)
+        return cls(name, tokenizer, encoder, classifier, length, modes, source, pool, chosen, where)
 
     # --- what it is ------------------------------------------------------------------------------------------------
 
@@ -220,6 +227,7 @@ class InferenceModel:
         return {"model": self.name, "task": self.task, "labels": self.labels.names if self.labels else None,
                 "endpoints": (["/predict"] if self.classifier is not None else []) + ["/embed"],
                 "max_length": self.max_length, "kernel": self.attn_impl, "precision": self.precision.name,
+                "quantize": self.precision.quantized,
                 "device": str(self.device),
                 "long_text": {"mode": single.how, "head_tokens": single.head_tokens, "stride": single.stride,
                               "pool": self.pool, "pairs": self.long_text(True).how},

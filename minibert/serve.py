@@ -38,6 +38,7 @@ from minibert.errors import MinibertError
 from minibert.inference import InferenceModel, LongTextFlags, TooLong
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS
 from minibert.malloc import HeapTrimmer, tune_malloc
+from minibert.quantize import SCHEMES
 from minibert.serve_api import (
     OPENAI_EXAMPLE,
     RERANK_EXAMPLE,
@@ -107,6 +108,9 @@ class Options:
     precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the CPU computes it natively)",
                             choices=PRECISIONS)
     attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
+    quantize: str | None = option(None, "int8: run the encoder's matmuls in int8 on the CPU (about 2x fp32 with "
+                                        "accuracy within half a point, bench/README.md), the rest in float32",
+                                  choices=SCHEMES)
     threads: int = option(0, "torch threads for each model worker (0: torch's default, divided among the workers)",
                           at_least=0)
     workers: int = option(1, "model worker threads, each running its own batch (on a CPU, keep workers x threads "
@@ -154,11 +158,11 @@ def load_model(opts: Options) -> tuple[InferenceModel, CrossEncoder | None]:
     sentence-transformers' files say it is one (then /predict runs the same model, reading pairs as it does)."""
     if is_cross_encoder(opts.model):
         reranker = CrossEncoder.from_pretrained(opts.model, max_length=opts.max_length, precision=opts.precision,
-                                                attn_impl=opts.attn_impl)
+                                                attn_impl=opts.attn_impl, quantize=opts.quantize)
         return reranker.model, reranker
     return InferenceModel.load(opts.model, max_length=opts.max_length,
                                long_text=LongTextFlags(opts.long_text, opts.head_tokens, opts.stride, opts.pool),
-                               precision=opts.precision, attn_impl=opts.attn_impl), None
+                               precision=opts.precision, attn_impl=opts.attn_impl, quantize=opts.quantize), None
 
 
 def require_serve_extra() -> None:

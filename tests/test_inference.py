@@ -159,3 +159,43 @@ def test_prepare_reads_long_texts_as_encode_long(run: dict[str, Path]) -> None:
             assert prepared.truncated == [True, False, True] and prepared.windows == [1, 1, 1]
         logits = model.pooled_logits(model.forward("predict", prepared.rows), prepared)
         assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+
+
+def test_quantize_int8_through_predict_embed_and_serve(tmp_path: Path, minilm_dir: Path, shared_dir: Path) -> None:
+    """--quantize int8 on the three doors: the classifier's answers agree with fp32 on real sentences, the vectors
+    keep their direction, and /info says what runs."""
+    from minibert import BertForSequenceClassification, BertTokenizer
+    from tests.test_serve import client_for
+
+    folder = tmp_path / "minilm-classifier"
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(minilm_dir, num_labels=2)  # a random head, unamplified
+    with torch.no_grad():
+        model.classifier.weight.mul_(10)  # logits of std ~1 on real sentences: labels vary, none near-certain
+    model.save_pretrained(folder)
+    BertTokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
+    lines = (shared_dir / "data" / "sst2" / "dev.tsv").read_text().splitlines()[1:65]
+    src = write_csv(tmp_path / "in.csv", [(line.split("\t")[0],) for line in lines], ("text",))
+    answers = {}
+    for flags in ((), ("--quantize", "int8")):
+        out = tmp_path / f"p{len(flags)}.jsonl"
+        assert predict.main(["--model", str(folder), "--input", str(src), "--output", str(out), "--precision", "fp32",
+                             "--all-scores", "--no-progress", *flags]) == 0
+        answers[flags] = [json.loads(line) for line in out.read_text().splitlines()]
+    fp32, int8 = answers[()], answers[("--quantize", "int8")]
+    agree = sum(a["label"] == b["label"] for a, b in zip(fp32, int8)) / len(fp32)
+    moved = max(abs(a["scores"][k] - b["scores"][k]) for a, b in zip(fp32, int8) for k in a["scores"])
+    assert agree >= 0.95 and 1e-4 < moved < 0.05, (agree, moved)  # quantized (it moves), and close
+    vectors = {}
+    for flags in ((), ("--quantize", "int8")):
+        out = tmp_path / f"e{len(flags)}.jsonl"
+        assert embed_main(["--model", str(minilm_dir), "--input", str(src), "--output", str(out), "--no-progress",
+                           *flags]) == 0
+        vectors[flags] = torch.tensor([json.loads(line)["embedding"] for line in out.read_text().splitlines()])
+    cosine = torch.nn.functional.cosine_similarity(vectors[()], vectors[("--quantize", "int8")])
+    assert cosine.mean() >= 0.99 and cosine.min() >= 0.97 and cosine.min() < 1 - 1e-6, cosine
+    with client_for(folder, quantize="int8") as c:
+        info = c.get("/info").json()
+        served = c.post("/predict", json={"inputs": [line.split("\t")[0] for line in lines[:8]]}).json()["results"]
+    assert info["quantize"] == "int8" and info["precision"] == "int8 matmuls, fp32 elsewhere"
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(served, int8[:8])) < 1e-5  # the server runs the same
