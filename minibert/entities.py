@@ -149,15 +149,25 @@ def tag_texts(model: nn.Module, tokenizer: Any, texts: Sequence[str], aggregatio
               device: torch.device, amp: torch.dtype | None = None, **batching: Any) -> list[dict[str, Any]]:
     """One record per text: `entities` as the pipeline gives them. A text longer than `max_length` is read in
     windows overlapping by `stride` tokens, each token scored from the window where it has the most context."""
-    encoded = [tokenizer(text, add_special_tokens=False, return_offsets_mapping=True) for text in texts]
-    pieces = [[[i] for i in enc["input_ids"]] for enc in encoded]
-    data = encode_pieces(tokenizer, pieces, max_length, stride)
+    encoded, data = text_windows(tokenizer, texts, max_length, stride)
     logits = window_logits(model, data, device, amp, **batching)
+    return texts_entities(tokenizer, texts, encoded, data, logits, model.config.id2label, aggregation)
+
+
+def text_windows(tokenizer: Any, texts: Sequence[str], max_length: int, stride: int) -> tuple[list[Any], TokenWindows]:
+    """Each text's tokens with their character offsets, and the model's windows over them (each token a "word")."""
+    encoded = [tokenizer(text, add_special_tokens=False, return_offsets_mapping=True) for text in texts]
+    return encoded, encode_pieces(tokenizer, [[[i] for i in enc["input_ids"]] for enc in encoded], max_length, stride)
+
+
+def texts_entities(tokenizer: Any, texts: Sequence[str], encoded: Sequence[Any], data: TokenWindows,
+                   logits: Sequence[torch.Tensor], id2label: dict[int, str], aggregation: str) -> list[dict[str, Any]]:
+    """`text_windows`' windows scored (`logits[w]`: window w's (tokens, labels)) -> one record per text."""
     records = []
-    for text, enc, scores in zip(texts, encoded, word_logits(data, logits, model.config.num_labels)):
+    for text, enc, scores in zip(texts, encoded, word_logits(data, logits, len(id2label))):
         ids = enc["input_ids"]
         probs = torch.softmax(scores, dim=-1)
         found = text_entities(text, tokenizer.convert_ids_to_tokens(ids), ids, enc["offset_mapping"], probs,
-                              model.config.id2label, aggregation, tokenizer.unk_token_id)
+                              id2label, aggregation, tokenizer.unk_token_id)
         records.append({"entities": found})
     return records

@@ -32,8 +32,9 @@ from minibert.batching import Row, collate_rows
 from minibert.checkpoint_files import read_shapes, resolve_checkpoint
 from minibert.config import BertConfig
 from minibert.devices import Precision, choose_device
+from minibert.entities import text_windows, texts_entities
 from minibert.errors import MinibertError
-from minibert.heads import BertForSequenceClassification
+from minibert.heads import BertForSequenceClassification, BertForTokenClassification
 from minibert.hub import local_folder_or_repo_id
 from minibert.labels import Labels
 from minibert.long_text import SUN_ET_AL_HEAD, encode_long, pool_windows
@@ -42,10 +43,11 @@ from minibert.models import BertModel
 from minibert.pooling import Pooling, SentenceEncoder, read_pooling, truncate_embeddings
 from minibert.prompts import read_prompts
 from minibert.quantize import SCHEMES, quantize_model
+from minibert.token_labels import TokenWindows
 from minibert.tokenizer import BertTokenizer
 
 logger = logging.getLogger("minibert")
-KINDS = ("predict", "embed")
+KINDS = ("predict", "embed", "tokens")  # tokens: a token classifier's tags (NER)
 DEFAULT_MAX_LENGTH = 512  # predict's and serve's length for a model folder that records none
 
 
@@ -72,6 +74,7 @@ class Prepared:
     doc_index: list[int]
     windows: list[int]
     truncated: list[bool]
+    tagged: tuple[list[str], list[Any], TokenWindows] | None = None  # "tokens": the texts, offsets and windows
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -105,6 +108,11 @@ def display_name(name_or_path: str, folder: Path | str) -> str:
 
 def is_classifier(config: BertConfig) -> bool:
     return any(str(a).endswith("ForSequenceClassification") for a in config.extra.get("architectures") or [])
+
+
+def is_token_classifier(config: BertConfig) -> bool:
+    """What config.json says the model was saved as (transformers and minibert both write `architectures`)."""
+    return any(str(a).endswith("ForTokenClassification") for a in config.extra.get("architectures") or [])
 
 
 def check_has_classifier(folder: Path | str, name: str) -> None:
@@ -142,8 +150,12 @@ class InferenceModel:
 
     def __init__(self, name: str, tokenizer: BertTokenizer, encoder: SentenceEncoder,
                  classifier: BertForSequenceClassification | None, max_length: int, long_text: dict[bool, LongText],
-                 long_text_source: str, pool: str, precision: Precision, device: torch.device) -> None:
+                 long_text_source: str, pool: str, precision: Precision, device: torch.device,
+                 tagger: BertForTokenClassification | None = None) -> None:
         self.name, self.tokenizer, self.encoder, self.classifier = name, tokenizer, encoder, classifier
+        self.tagger = tagger
+        self.tag_names = ([tagger.config.id2label[i] for i in range(tagger.config.num_labels)]
+                          if tagger is not None else None)
         self.labels = (Labels.from_config(classifier.config.problem_type, classifier.config.id2label)
                        if classifier is not None else None)
         self.config = encoder.model.config
@@ -170,16 +182,20 @@ class InferenceModel:
         if task == "predict":
             check_has_classifier(folder, name)
         tokenizer = BertTokenizer.from_pretrained(folder, revision=revision)
-        classifier = None
-        if task != "embed" and (task == "predict" or is_classifier(config)):
+        classifier, tagger = None, None
+        if task != "embed" and is_token_classifier(config):
+            tagger = BertForTokenClassification.from_pretrained(folder, revision=revision,
+                                                                attn_impl=attn_impl).to(where)
+            encoder_model: BertModel = tagger.bert
+        elif task != "embed" and (task == "predict" or is_classifier(config)):
             classifier = BertForSequenceClassification.from_pretrained(folder, revision=revision,
                                                                        attn_impl=attn_impl).to(where)
-            encoder_model: BertModel = classifier.bert
+            encoder_model = classifier.bert
         else:
             encoder_model = BertModel.from_pretrained(folder, revision=revision, attn_impl=attn_impl,
                                                       add_pooling_layer=False).to(where)
         if quantize is not None:
-            quantize_model(classifier if classifier is not None else encoder_model, quantize)
+            quantize_model(classifier or tagger or encoder_model, quantize)
         if len(tokenizer) != config.vocab_size:  # after loading: a checkpoint that contradicts its config says so first
             raise MinibertError(f"the tokenizer of {name} has {len(tokenizer)} tokens but the model's vocab_size is "
                                 f"{config.vocab_size}; use the vocab.txt the checkpoint was trained with.")
@@ -201,12 +217,14 @@ class InferenceModel:
         pool = flags.pool or str(record.get("pool", "mean"))
         # int8: the float parts stay float32 (autocast would put attention's matmuls in bf16 beside int8 ones)
         chosen = Precision(None, where.type, quantize) if quantize else Precision.choose(precision, where)
-        return cls(name, tokenizer, encoder, classifier, length, modes, source, pool, chosen, where)
+        return cls(name, tokenizer, encoder, classifier, length, modes, source, pool, chosen, where, tagger)
 
     # --- what it is ------------------------------------------------------------------------------------------------
 
     @property
     def task(self) -> str:
+        if self.tagger is not None:
+            return "token-classification"
         if self.labels is None:
             return "embedding"
         return "regression" if self.labels.problem_type == "regression" else self.labels.problem_type
@@ -224,8 +242,8 @@ class InferenceModel:
 
     def info(self) -> dict[str, Any]:
         single = self.long_text(False)
-        return {"model": self.name, "task": self.task, "labels": self.labels.names if self.labels else None,
-                "endpoints": (["/predict"] if self.classifier is not None else []) + ["/embed"],
+        return {"model": self.name, "task": self.task, "labels": self.labels.names if self.labels else self.tag_names,
+                "endpoints": (["/predict"] if self.classifier or self.tagger else []) + ["/embed"],
                 "max_length": self.max_length, "kernel": self.attn_impl, "precision": self.precision.name,
                 "quantize": self.precision.quantized,
                 "device": str(self.device),
@@ -250,6 +268,8 @@ class InferenceModel:
         `refuse_long` raises `TooLong` for a text that does not fit in one sequence."""
         if kind not in KINDS:
             raise MinibertError(f"kind {kind!r} is not one of {', '.join(KINDS)}.")
+        if kind == "tokens":
+            return self._prepare_tags(list(texts))
         prefix = self.encoder.prompts.resolve(prompt, prompt_name) if kind == "embed" else None
         if prefix:
             texts = [prefix + text for text in texts]
@@ -268,6 +288,25 @@ class InferenceModel:
         rows = [Row(ids, types, skip) for ids, types in zip(inputs.input_ids, inputs.token_type_ids)]
         return Prepared(rows, list(inputs.doc_index), windows, inputs.truncated)
 
+    def _prepare_tags(self, texts: list[str]) -> Prepared:
+        """A token classifier's windows over each text's tokens (every token scored from the window where it has
+        the most context), as `predict` reads raw text."""
+        encoded, data = text_windows(self.tokenizer, texts, self.max_length["predict"], self.long_text(False).stride)
+        windows = [0] * len(texts)
+        for doc in data.sentence:
+            windows[doc] += 1
+        rows = [Row(ids, [0] * len(ids)) for ids in data.input_ids]
+        return Prepared(rows, list(data.sentence), windows, [False] * len(texts), (texts, encoded, data))
+
+    def entities(self, outputs: Sequence[torch.Tensor], prepared: Prepared, aggregation: str = "simple"
+                 ) -> list[dict[str, Any]]:
+        """A token classifier's answer per text: `entities` as transformers' token-classification pipeline gives
+        them (`aggregation` as there), from `forward("tokens", ...)`'s outputs for `prepared`'s rows."""
+        assert self.tagger is not None and prepared.tagged is not None, "entities() needs a token classifier"
+        texts, encoded, data = prepared.tagged
+        return texts_entities(self.tokenizer, texts, encoded, data, list(outputs), self.tagger.config.id2label,
+                              aggregation)
+
     @torch.inference_mode()
     def forward(self, kind: str, rows: list[Row]) -> list[torch.Tensor]:
         """One forward pass over `rows` (any lengths, any texts): one float32 CPU tensor per row, the classifier's
@@ -275,6 +314,12 @@ class InferenceModel:
         with self.precision.autocast():
             if kind == "embed":
                 return list(self.encoder.embed_rows(rows).cpu())
+            if kind == "tokens":
+                if self.tagger is None:
+                    raise MinibertError(f"{self.name} is not a token classifier.")
+                batch = collate_rows(rows, self.tokenizer.pad_token_id, self.device)
+                logits = self.tagger(**batch).logits.float().cpu()
+                return [logits[i, :len(row)] for i, row in enumerate(rows)]
             if self.classifier is None:
                 raise MinibertError(f"{self.name} is an embedding model without a classification head; use embed.")
             batch = collate_rows(rows, self.tokenizer.pad_token_id, self.device)
@@ -303,5 +348,6 @@ class InferenceModel:
     def warm_up(self) -> None:
         """One small batch of each kind, so that the first request pays no one-time costs."""
         rows = self.prepare("embed", ["warm-up text", "a second, longer warm-up text for the batch"]).rows
-        for kind in (["predict"] if self.classifier is not None else []) + ["embed"]:
+        kinds = ["predict"] if self.classifier is not None else ["tokens"] if self.tagger is not None else []
+        for kind in [*kinds, "embed"]:
             self.forward(kind, rows)

@@ -20,15 +20,15 @@ from minibert.data import choose_columns, examples_from, read_table
 from minibert.devices import autocast_dtype, choose_device
 from minibert.entities import tag_texts, tag_words
 from minibert.heads import BertForTokenClassification
+from minibert.inference import is_token_classifier as saved_as_token_classifier
 from minibert.ner_metrics import entity_scores, is_iob
 from minibert.token_labels import check_known_tags
 from minibert.tokenizer import BertTokenizer
 
 
 def is_token_classifier(folder: Path) -> bool:
-    """What the folder's config.json says it was saved as (transformers and minibert both write `architectures`)."""
-    config = BertConfig.from_json(resolve_checkpoint(folder).config_file)
-    return any(str(a).endswith("ForTokenClassification") for a in config.extra.get("architectures") or [])
+    """What the folder's config.json says it was saved as."""
+    return saved_as_token_classifier(BertConfig.from_json(resolve_checkpoint(folder).config_file))
 
 
 def word_input(opts: Any) -> bool:

@@ -34,6 +34,7 @@ from minibert.batching import ORDERS, Batcher, BatchStats, Closed, QueueFull, To
 from minibert.cli import option, options_parser
 from minibert.cross_encoder import CrossEncoder, is_cross_encoder
 from minibert.devices import PRECISIONS
+from minibert.entities import AGGREGATIONS
 from minibert.errors import MinibertError
 from minibert.inference import InferenceModel, LongTextFlags, TooLong
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS
@@ -108,6 +109,8 @@ class Options:
     precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the CPU computes it natively)",
                             choices=PRECISIONS)
     attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
+    aggregation: str = option("simple", "token classifiers: how tokens become entities, as in transformers' "
+                                        "pipeline (none: one per token)", choices=AGGREGATIONS)
     quantize: str | None = option(None, "int8: run the encoder's matmuls in int8 on the CPU (about 2x fp32 with "
                                         "accuracy within half a point, bench/README.md), the rest in float32",
                                   choices=SCHEMES)
@@ -278,6 +281,8 @@ def read_request(model: InferenceModel, value: Any, kind: str, max_inputs: int,
                  refuse_long: bool) -> tuple[Any, bool]:
     """/predict and /embed: the inputs' rows, and whether the answer should list the tokens."""
     texts, pairs, want_tokens = parse_inputs(value, max_inputs, pairs_allowed=kind == "predict")
+    if kind == "tokens" and pairs is not None:  # parse_inputs allows pairs for predict only; say it for tags too
+        raise ApiError(422, "a token classifier tags texts, not pairs; send a list of strings.")
     return prepare(model, kind, texts, pairs, refuse_long), want_tokens
 
 
@@ -293,7 +298,8 @@ def read_with(model: InferenceModel, body: bytes, read: Callable[..., Any], exam
     return read(model, read_json(body, example), *args)
 
 
-def finish(model: InferenceModel, kind: str, outputs: list[Any], prepared: Any, want_tokens: bool) -> dict[str, Any]:
+def finish(model: InferenceModel, kind: str, outputs: list[Any], prepared: Any, want_tokens: bool,
+           aggregation: str = "simple") -> dict[str, Any]:
     """The answer's JSON from the model's outputs for the rows of `prepare`: per text, how it was read (one sequence,
     truncated or not; or n windows pooled) and on request its tokens."""
     extra: list[dict[str, Any]] = [{"windows": n} if n > 1 else {"truncated": t}
@@ -307,6 +313,8 @@ def finish(model: InferenceModel, kind: str, outputs: list[Any], prepared: Any, 
     if kind == "predict":
         answers = model.records(model.pooled_logits(outputs, prepared))
         return {"results": [{**o, **e} for o, e in zip(answers, extra)]}
+    if kind == "tokens":
+        return {"results": [{**o, **e} for o, e in zip(model.entities(outputs, prepared, aggregation), extra)]}
     return {"embeddings": [v.tolist() for v in outputs], "inputs": extra, "pooling": model.pooling_info()}
 
 
@@ -347,7 +355,7 @@ def create_app(engine: InferenceModel, opts: Options, reranker: CrossEncoder | N
     from pydantic import BaseModel, ConfigDict
     from starlette.exceptions import HTTPException
 
-    check_limits(opts, engine.max_length["predict" if engine.classifier is not None else "embed"])
+    check_limits(opts, engine.max_length["predict" if engine.classifier or engine.tagger else "embed"])
     metrics = Metrics()
     failures = FailureLog(logger, metrics.failure)
     trimmer = HeapTrimmer()
@@ -496,14 +504,17 @@ def create_app(engine: InferenceModel, opts: Options, reranker: CrossEncoder | N
         return JSONResponse(route.error_body(503, message), status_code=503)
 
     def own(kind: str) -> Route:
-        """/predict and /embed, in minibert's own shapes."""
+        """/predict and /embed, in minibert's own shapes (/predict of a token classifier: its entities)."""
+        if kind == "predict" and engine.tagger is not None:
+            kind = "tokens"
         return Route(read_request, (kind, opts.max_inputs, opts.no_truncate), EXAMPLE,
-                     lambda outputs, prepared, tokens: finish(engine, kind, outputs, prepared, tokens), kind)
+                     lambda outputs, prepared, tokens: finish(engine, kind, outputs, prepared, tokens,
+                                                              opts.aggregation), kind)
 
     @app.post("/predict", openapi_extra=body_doc(PredictRequest),
               summary="label, score and every label's probability (or the regression value) per input")
     async def predict(request: Request) -> Response:
-        if engine.classifier is None:
+        if engine.classifier is None and engine.tagger is None:
             return error(400, f"{name} is an embedding model without a classification head; use /embed.")
         return await answer(request, own("predict"))
 

@@ -87,3 +87,38 @@ def test_packed_and_padded_kernels_agree_on_ragged_windows(tmp_path):
                           torch.device("cpu"), None) for impl in ("unpadded", "math")]
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_server_answers_the_pipelines_entities(tmp_path):
+    """/predict on a token classifier: its entities, equal to transformers' pipeline (the server's --aggregation);
+    a text longer than --max-length is read in windows and says so."""
+    pytest.importorskip("fastapi")
+    from tests.test_serve import client_for
+
+    folder = token_classifier(write_tiny_model(tmp_path / "tiny"), tmp_path / "tagger", scale=30.0)
+    texts = [t for t in TEXTS if t]
+    long_text = " ".join(TEXTS * 3)
+    for aggregation in ("simple", "first"):
+        pipe = transformers.pipeline("token-classification", model=str(folder), aggregation_strategy=aggregation,
+                                     device="cpu")
+        with client_for(folder, aggregation=aggregation) as c:
+            info = c.get("/info").json()
+            results = c.post("/predict", json={"inputs": texts}).json()["results"]
+            windowed = c.post("/predict", json={"inputs": [long_text]}).json()["results"][0]
+            pairs = c.post("/predict", json={"inputs": [["a", "b"]]})
+        assert info["task"] == "token-classification" and info["labels"] == TAGS
+        for text, record in zip(texts, results):
+            theirs = pipe(text)
+            assert [(e["entity_group"], e["start"], e["end"], e["word"]) for e in record["entities"]] == \
+                [(e["entity_group"], int(e["start"]), int(e["end"]), e["word"]) for e in theirs]
+            assert all(abs(a["score"] - float(b["score"])) < 1e-5 for a, b in zip(record["entities"], theirs))
+            assert record["truncated"] is False
+        assert pairs.status_code == 422
+    with client_for(folder, max_length=32) as c:
+        windowed = c.post("/predict", json={"inputs": [long_text]}).json()["results"][0]
+    reference = tag_texts(BertForTokenClassification.from_pretrained(folder), BertTokenizer.from_pretrained(folder),
+                          [long_text], "simple", 32, 8, torch.device("cpu"))[0]
+    assert windowed["windows"] > 3 and len(windowed["entities"]) == len(reference["entities"]) > 10
+    for a, b in zip(windowed["entities"], reference["entities"]):  # the server's windows are predict's
+        assert {k: v for k, v in a.items() if k != "score"} == {k: v for k, v in b.items() if k != "score"}
+        assert abs(a["score"] - b["score"]) < 1e-5
