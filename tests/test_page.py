@@ -20,7 +20,8 @@ from minibert.pooling import SentenceEncoder
 from minibert.tokenizer import BertTokenizer
 from tests.test_pooling import write_st_layout, write_tiny_encoder
 from tests.test_serve import offline_predict, write_classifier
-from tests.test_serve_process import start
+from tests.test_serve_process import httpx, start
+from tests.tiny import write_tiny_model
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -194,4 +195,42 @@ def test_embedding_page(browser, tmp_path: Path) -> None:  # noqa: ANN001
         assert page.inner_text("#similarity") == f"cosine similarity {cosine:.4f}"
         assert len(page.query_selector_all(".token-line")) == 2
         screenshot(page, tmp_path, "page-embedding.png")
+        assert page.errors == []
+
+
+def test_embedding_page_ranks_several_passages(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    model = write_st_layout(tmp_path / "st", write_tiny_encoder(tmp_path / "base"))
+    query, passages = "a good movie", ["the film was great fun", "bad plot", "a good film", "boring"]
+    vectors = SentenceEncoder.from_pretrained(model).encode([query, *passages])
+    scores = (vectors[1:] @ vectors[0]).tolist()  # unit vectors: the dot product is the cosine
+    expected = sorted(range(len(passages)), key=lambda i: -scores[i])
+    for url in serve(model):
+        page = open_page(browser, url)
+        page.wait_for_selector("body[data-state=ready]", timeout=20_000)
+        page.fill("#text", query)
+        page.fill("#text2", "\n".join(passages))
+        page.click("#submit")
+        page.wait_for_selector("body[data-state=done]", timeout=20_000)
+        assert [int(li.get_attribute("data-index")) for li in page.query_selector_all("#ranking li")] == expected
+        screenshot(page, tmp_path, "page-ranking.png")
+        assert page.errors == []
+
+
+def test_token_classifier_page_marks_entities(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    from tests.test_ner_entities import token_classifier
+
+    model = token_classifier(write_tiny_model(tmp_path / "tiny"), tmp_path / "tagger", scale=30.0)
+    text = "Peter Blackburn met José Müller in Zürich."
+    for url in serve(model):
+        expected = httpx.post(url + "/predict", json={"inputs": [text]}, timeout=30).json()["results"][0]["entities"]
+        page = open_page(browser, url)
+        page.wait_for_selector("body[data-state=ready]", timeout=20_000)
+        page.fill("#text", text)
+        page.click("#submit")
+        page.wait_for_selector("body[data-state=done]", timeout=20_000)
+        marks = page.query_selector_all("#marked mark")
+        assert [m.get_attribute("data-entity") for m in marks] == [e["entity_group"] for e in expected]
+        assert len(marks) > 2 and page.inner_text("#label").endswith("entities")
+        assert page.inner_text("#marked").replace("\n", "").startswith(text[:expected[0]["start"]])
+        screenshot(page, tmp_path, "page-entities.png")
         assert page.errors == []
