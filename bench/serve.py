@@ -84,7 +84,7 @@ def batched_app(model_dir: str, opts, backend: str):
     import torch
     import transformers
 
-    from minibert.batching import collate_rows
+    from minibert.dynamic_batching import collate_rows
     from minibert.serve import create_app, load_model
 
     engine, _ = load_model(opts)

@@ -35,7 +35,7 @@ from common import (
     tokenizers,
 )
 
-from minibert.batches import length_grouped_batches
+from minibert.training_data import length_grouped_batches
 
 
 def make_step(model, tok, groups, labels, dtype: str, ours: bool, device: str = "cpu"):

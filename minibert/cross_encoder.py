@@ -31,9 +31,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from minibert.batching import run_offline
 from minibert.checkpoint_files import resolve_checkpoint
 from minibert.config import BertConfig
+from minibert.dynamic_batching import run_offline
 from minibert.errors import MinibertError
 from minibert.inference import InferenceModel, LongTextFlags, Prepared, resolve_folder
 from minibert.prompts import Prompts, read_prompts

@@ -1,6 +1,6 @@
 """From files to examples: reading CSV/TSV/JSONL/parquet (or a Hub dataset) into texts, text pairs and raw labels.
 
-Labels become ids in `labels.py`; examples become token ids and batches in `batches.py`.
+Labels become ids in `labels.py`; examples become token ids and batches in `training_data.py`.
 
 Every row read keeps the line it came from, so any complaint about the data names the file and the line. Nothing is
 dropped quietly: blank lines are the only rows skipped, and their count is reported.

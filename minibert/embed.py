@@ -23,11 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from minibert.attention import ATTN_IMPLS
-from minibert.batching import run_offline
 from minibert.cli import option, options_parser
 from minibert.command import run_command
 from minibert.data import iter_examples
 from minibert.devices import PRECISIONS
+from minibert.dynamic_batching import run_offline
 from minibert.files import atomic_write_with
 from minibert.inference import InferenceModel
 from minibert.pooling import DEFAULT_BATCH_TOKENS

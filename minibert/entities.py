@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from minibert.batching import plan_batches
 from minibert.conll import TaggedSentences
+from minibert.dynamic_batching import plan_batches
 from minibert.ner_metrics import entities
 from minibert.token_labels import TokenWindows, encode_pieces, encode_words, word_logits, word_tags
 from minibert.tokenizer import DECODE_CLEANUP

@@ -9,7 +9,7 @@ Exit status: 0 when the run finished; 1 for a mistake in the flags, files or dat
 2 for a flag argparse cannot read; 130 (Ctrl-C) or 143 (SIGTERM) when the run was interrupted after saving a
 checkpoint that --resume continues.
 
-This file parses flags and wires data, model and loop together; the work is in data.py, batches.py and train.py.
+This file parses flags and wires data, model and loop together; the work is in data.py, training_data.py and train.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 
 from minibert import command, run_folder
-from minibert.batches import Encoded, encode
 from minibert.cli import int_list, option, options_parser
 from minibert.command import (
     RunFlags,
@@ -54,6 +53,7 @@ from minibert.st_files import write_cross_encoder_files
 from minibert.token_finetune import TASKS, detect_task, finetune_tokens
 from minibert.tokenizer import BertTokenizer
 from minibert.train import Summary, train
+from minibert.training_data import Encoded, encode
 
 logger = logging.getLogger("minibert")
 

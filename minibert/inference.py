@@ -28,10 +28,10 @@ import torch
 
 from minibert import run_folder
 from minibert.attention import ATTN_IMPLS
-from minibert.batching import Row, collate_rows
 from minibert.checkpoint_files import read_shapes, resolve_checkpoint
 from minibert.config import BertConfig
 from minibert.devices import Precision, choose_device
+from minibert.dynamic_batching import Row, collate_rows
 from minibert.entities import text_windows, texts_entities
 from minibert.errors import MinibertError
 from minibert.heads import BertForSequenceClassification, BertForTokenClassification

@@ -10,10 +10,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from minibert.batches import Encoded, collate, sorted_batches
 from minibert.devices import Dist
 from minibert.long_text import pool_windows
 from minibert.ranking import ranking_metrics
+from minibert.training_data import Encoded, collate, sorted_batches
 
 
 def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> dict[str, float]:

@@ -19,9 +19,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from minibert.batches import sorted_batches
 from minibert.devices import Dist
 from minibert.token_labels import TokenWindows, word_logits, word_tags
+from minibert.training_data import sorted_batches
 
 SCHEMES = ("conlleval", "IOB2", "IOB1")
 Entity = tuple[str, int, int]  # (type, first word, one past the last word)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minibert.batching import Row, collate_rows, run_offline
+from minibert.dynamic_batching import Row, collate_rows, run_offline
 from minibert.errors import MinibertError
 from minibert.hub import hub_file, local_folder_or_repo_id
 from minibert.models import BertModel

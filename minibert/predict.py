@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 from minibert import run_folder
 from minibert.attention import ATTN_IMPLS
-from minibert.batching import run_offline
 from minibert.cli import option, options_parser
 from minibert.command import run_command
 from minibert.data import Examples, iter_examples
 from minibert.devices import PRECISIONS
+from minibert.dynamic_batching import run_offline
 from minibert.entities import AGGREGATIONS
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_with

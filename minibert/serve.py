@@ -7,7 +7,7 @@ Routes: POST /predict, POST /embed, GET /health, /info, /metrics (Prometheus), /
 A request goes: Host, key and media type checked (`serve_security`) -> its declared size against the waiting work
 -> its body read (bounded in size and time) -> room reserved in the queue -> parsed and tokenised off the event loop
 (`serve_tokenize`) -> its rows queued -> a worker thread (--workers of them) runs the queued rows of many requests as
-one forward (`minibert.batching`) -> its answer. Needs the `serve` extra (fastapi,
+one forward (`minibert.dynamic_batching`) -> its answer. Needs the `serve` extra (fastapi,
 uvicorn, prometheus-client). SIGTERM or Ctrl-C stops accepting, finishes the accepted requests for at most
 --shutdown-timeout seconds, answers the rest 503, and exits 0; a second signal exits at once.
 """
@@ -30,10 +30,10 @@ from typing import Any
 import torch
 
 from minibert.attention import ATTN_IMPLS
-from minibert.batching import ORDERS, Batcher, BatchStats, Closed, QueueFull, TooBig
 from minibert.cli import option, options_parser
 from minibert.cross_encoder import CrossEncoder, is_cross_encoder
 from minibert.devices import PRECISIONS
+from minibert.dynamic_batching import ORDERS, Batcher, BatchStats, Closed, QueueFull, TooBig
 from minibert.entities import AGGREGATIONS
 from minibert.errors import MinibertError
 from minibert.inference import InferenceModel, LongTextFlags, TooLong

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from minibert.batching import Row
 from minibert.cross_encoder import CrossEncoder
+from minibert.dynamic_batching import Row
 from minibert.errors import MinibertError
 from minibert.inference import InferenceModel, Prepared, TooLong
 from minibert.ranking import ranking

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from minibert.batches import PROGRESS_FROM, length_grouped_batches
-from minibert.batching import Row, collate_rows
 from minibert.conll import TaggedSentences
+from minibert.dynamic_batching import Row, collate_rows
 from minibert.errors import MinibertError
+from minibert.training_data import PROGRESS_FROM, length_grouped_batches
 
 IGNORE = -100  # cross_entropy's ignore_index
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from minibert.batches import Encoded, collate, length_grouped_batches, sorted_batches
 from minibert.data import read_examples, read_table, split_off
 from minibert.errors import MinibertError
 from minibert.labels import Labels
+from minibert.training_data import Encoded, collate, length_grouped_batches, sorted_batches
 
 
 def write(path: Path, text: str | bytes) -> Path:

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from minibert import finetune, predict
-from minibert.batches import encode
 from minibert.data import Examples
 from minibert.devices import Dist
 from minibert.heads import BertForSequenceClassification
@@ -18,6 +17,7 @@ from minibert.long_text import head_tail_inputs
 from minibert.long_text_options import LongText
 from minibert.metrics import evaluate_classifier
 from minibert.tokenizer import BertTokenizer
+from minibert.training_data import encode
 from tests.tiny import NEGATIVE, POSITIVE, sentiment_rows, write_csv, write_tiny_model
 
 

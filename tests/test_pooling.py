@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from minibert import SentenceEncoder
-from minibert.batching import Row, plan_batches, run_offline
 from minibert.data import read_table
+from minibert.dynamic_batching import Row, plan_batches, run_offline
 from minibert.embed import main as embed_main
 from minibert.errors import MinibertError
 from minibert.models import BertModel

@@ -22,8 +22,8 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from minibert.batching import Batcher, QueueFull, Row, TooBig  # noqa: E402
 from minibert.config import BertConfig  # noqa: E402
+from minibert.dynamic_batching import Batcher, QueueFull, Row, TooBig  # noqa: E402
 from minibert.heads import BertForSequenceClassification  # noqa: E402
 from minibert.inference import InferenceModel  # noqa: E402
 from minibert.long_text_options import LongText, write_record  # noqa: E402

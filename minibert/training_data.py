@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from minibert.batching import Row, collate_rows
 from minibert.data import Examples
+from minibert.dynamic_batching import Row, collate_rows
 from minibert.long_text import encode_long
 from minibert.long_text_options import LongText
 from minibert.tokenizer import MIN_TEXTS_PER_WORKER
@@ -135,7 +135,7 @@ def sorted_batches(lengths: Sequence[int], batch_size: int, rank: int = 0, world
 
 
 def collate(data: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest example (dynamic padding; the padding of `batching.collate_rows`, which serve's
+    """Pad a batch to its longest example (dynamic padding; the padding of `dynamic_batching.collate_rows`, which serve's
     batches use too); the mask marks the real tokens."""
     rows = [Row(data.input_ids[i], data.token_type_ids[i]) for i in indices]
     batch = collate_rows(rows, data.pad_token_id)
