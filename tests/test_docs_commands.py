@@ -105,8 +105,8 @@ def parse_error(module_name: str, argv: list[str], partial: bool = False) -> str
             for action in parser._actions:
                 action.required = action.required and not partial
             parser.parse_args(argv)
-    except SystemExit as e:
-        return f"exit status {e.code}"
+    except SystemExit as e:  # --help exits 0
+        return None if e.code == 0 else f"exit status {e.code}"
     return None
 
 
