@@ -8,8 +8,6 @@ token classification (NER: `--task token-classification`, wired in token_finetun
 Exit status: 0 when the run finished; 1 for a mistake in the flags, files or data (one sentence on stderr);
 2 for a flag argparse cannot read; 130 (Ctrl-C) or 143 (SIGTERM) when the run was interrupted after saving a
 checkpoint that --resume continues.
-
-This file parses flags and wires data, model and loop together; the work is in data.py, training_data.py and train.py.
 """
 
 from __future__ import annotations
@@ -268,14 +266,13 @@ def finetune(opts: Options, d: Dist) -> Summary:
                       long_text)
 
     train_data = tokens(train_ex, train_y, "tokenizing training data")
-    if opts.long_text == "chunks" and d.main:
-        each = "all of them" if opts.windows == "all" else "one per document"
-        print(f"--long-text chunks: {len(train_data)} windows of at most {opts.max_length} tokens (stride "
-              f"{opts.stride}) from {len(train_ex)} training rows; each epoch trains on {each}.", file=sys.stderr)
-    elif d.main:
-        print(f"--long-text {opts.long_text}: texts longer than {opts.max_length} tokens are cut to that length"
-              + (f" (their first {opts.head_tokens} tokens and their end)." if opts.long_text == "head-tail" else "."),
-              file=sys.stderr)
+    if train_data.longer and d.main:  # said only when some text is longer than --max-length
+        what = (f"{len(train_data)} windows (stride {opts.stride}); each epoch trains on "
+                f"{'all of them' if opts.windows == 'all' else 'one per document'}" if opts.long_text == "chunks" else
+                "cut to that length" + (f" (their first {opts.head_tokens} tokens and their end)"
+                                        if opts.long_text == "head-tail" else ""))
+        print(f"--long-text {opts.long_text}: {train_data.longer} of {len(train_ex)} training texts are longer than "
+              f"{opts.max_length} tokens: {what}.", file=sys.stderr)
     evaluate = None
     groups = query_groups(val_ex, val_y) if binary and val_ex else None  # a reranker's validation queries
     if val_ex:
@@ -294,7 +291,8 @@ def finetune(opts: Options, d: Dist) -> Summary:
     train_opts = train_options(opts, output_dir=run_dir, resume=resume, best_metric=metric,
                                greater_is_better=sign > 0, fingerprint=fingerprint(train_ex, labels, opts))
     if not resume and d.main:
-        save_options(run_dir, opts)  # what --resume RUN alone continues with
+        # what --resume RUN alone continues with; a run on local files names no Hub dataset
+        save_options(run_dir, replace(opts, dataset=None) if opts.train_file else opts)
     summary = train(model, train_data, evaluate, train_opts, save_model, d, progress=not opts.no_progress)
     if summary.interrupted:
         if d.main:

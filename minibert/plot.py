@@ -8,8 +8,10 @@ from pathlib import Path
 from minibert.run_folder import METRICS_FILE, read_metrics
 
 
-def plot_metrics(run_dir: Path) -> Path | None:
-    """A PNG of the training loss and the validation metrics from metrics.jsonl (None when matplotlib is missing)."""
+def plot_metrics(run_dir: Path, accuracy: str = "accuracy") -> Path | None:
+    """A PNG of the training loss and the validation metrics from metrics.jsonl (None when matplotlib is missing).
+    `accuracy` names the accuracy line (pre-training: masked-token accuracy). Both panels span the whole run, so a
+    single evaluation is a point at its step, not a lone dot on a 6-step axis."""
     try:
         import matplotlib
 
@@ -26,15 +28,22 @@ def plot_metrics(run_dir: Path) -> Path | None:
     if evals:
         left.plot([r["step"] for r in evals], [r["eval"]["loss"] for r in evals], "o-", label="validation loss")
     left.set_xlabel("step")
+    left.set_ylabel("loss")
+    left.set_title("loss")
     left.legend()
-    for key in ("accuracy", "f1", "mse", "pearson"):
+    for key in ("accuracy", "f1", "mse", "pearson", "mrr@10", "ndcg@10"):
         points = [(r["step"], r["eval"][key]) for r in evals if key in r["eval"]]
         if points:
-            right.plot(*zip(*points), "o-", label=key)
+            right.plot(*zip(*points), "o-", label=accuracy if key == "accuracy" else key)
     if not any("mse" in r["eval"] for r in evals):
         right.set_ylim(0, 1.02)
     right.set_xlabel("step")
+    right.set_ylabel("score")
     right.set_title("validation")
+    last = max([r["step"] for r in train + evals], default=0)
+    for panel in (left, right):
+        panel.set_xlim(0, max(last, 1) * 1.03)
+    fig.suptitle(run_dir.resolve().name)
     if evals:
         right.legend()
     else:

@@ -256,7 +256,7 @@ def pretrain(opts: Options, d: Dist) -> Summary:
                   f"python -m minibert.pretrain --resume {run_dir}", file=sys.stderr)
         return summary
     if d.main:
-        plot = plot_metrics(run_dir) if (run_dir / run_folder.METRICS_FILE).is_file() else None
+        plot = plot_metrics(run_dir, "masked-token accuracy") if (run_dir / run_folder.METRICS_FILE).is_file() else None
         best = ", ".join(f"{k} {v:.4f}" for k, v in (summary.best_metric or {}).items())
         print(f"done: {summary.steps} steps in {summary.wall_s:.1f} s ({summary.samples_per_s:.1f} sequences/s, "
               f"{summary.precision}); "

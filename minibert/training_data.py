@@ -6,6 +6,7 @@ epoch instead of a sampler, and a resumed run sees the same batches as the unint
 
 from __future__ import annotations
 
+import collections
 import random
 import sys
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ class Encoded:
     doc_index: list[int] | None = None
     document_labels: torch.Tensor | None = None
     windows: str = "all"
+    longer: int = 0  # texts longer than max_length (cut into windows, or truncated)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -78,6 +80,7 @@ def encode(tokenizer: Any, examples: Examples, max_length: int, labels: torch.Te
     input_ids: list[list[int]] = []
     token_type_ids: list[list[int]] = []
     doc_index: list[int] = []
+    longer = 0
     show = progress and len(examples) >= PROGRESS_FROM
     with tqdm(total=len(examples), desc=what, unit=" texts", disable=not show, file=sys.stderr) as bar:
         for start in range(0, len(examples), step):
@@ -87,11 +90,14 @@ def encode(tokenizer: Any, examples: Examples, max_length: int, labels: torch.Te
             input_ids += part.input_ids
             token_type_ids += part.token_type_ids
             doc_index += [start + i for i in part.doc_index]
+            longer += sum(part.truncated)
             bar.update(min(step, len(examples) - start))
     if long_text.how != "chunks":
-        return Encoded(input_ids, token_type_ids, labels, tokenizer.pad_token_id)
+        return Encoded(input_ids, token_type_ids, labels, tokenizer.pad_token_id, longer=longer)
     windows = None if labels is None else labels[torch.tensor(doc_index, dtype=torch.long)]
-    return Encoded(input_ids, token_type_ids, windows, tokenizer.pad_token_id, doc_index, labels, long_text.windows)
+    longer = sum(n > 1 for n in collections.Counter(doc_index).values())  # documents read in several windows
+    return Encoded(input_ids, token_type_ids, windows, tokenizer.pad_token_id, doc_index, labels, long_text.windows,
+                   longer)
 
 
 def one_window_per_document(doc_index: Sequence[int], seed: int, epoch: int) -> list[int]:
@@ -135,8 +141,8 @@ def sorted_batches(lengths: Sequence[int], batch_size: int, rank: int = 0, world
 
 
 def collate(data: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest example (dynamic padding; the padding of `dynamic_batching.collate_rows`, which serve's
-    batches use too); the mask marks the real tokens."""
+    """Pad a batch to its longest example (dynamic padding; the padding of `dynamic_batching.collate_rows`, which
+    serve's batches use too); the mask marks the real tokens."""
     rows = [Row(data.input_ids[i], data.token_type_ids[i]) for i in indices]
     batch = collate_rows(rows, data.pad_token_id)
     if data.labels is not None:

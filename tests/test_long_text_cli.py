@@ -4,6 +4,7 @@ document, one answer per input row; head-tail and truncate through the same path
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -110,8 +111,8 @@ def test_finetune_and_predict_with_chunks(setup, tmp_path, capsys) -> None:
                           "--stride", "8", "--windows", "all", "--epochs", "1", "--batch-size", "8",
                           "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "--long-text chunks: " in err and "windows of at most 32 tokens (stride 8) from 24 training rows" in err
-    assert "each epoch trains on all of them" in err
+    assert re.search(r"--long-text chunks: \d+ of 24 training texts are longer than 32 tokens: \d+ windows \(stride "
+                     r"8\); each epoch trains on all of them\.", err)
     pred = tmp_path / "p.jsonl"
     assert predict.main(["--model", str(out), "--input", str(setup["dev"]), "--output", str(pred), "--max-length",
                          "32", "--long-text", "chunks", "--stride", "8", "--all-scores", "--precision", "fp32"]) == 0
@@ -176,8 +177,8 @@ def test_default_trains_single_texts_on_one_window_per_document(setup, tmp_path,
                           str(out), "--max-length", "32", "--epochs", "1", "--batch-size", "8", "--no-progress",
                           "--validation-split", "0"]) == 0
     err = capsys.readouterr().err
-    assert "--long-text chunks: " in err and "windows of at most 32 tokens (stride 8) from 24 training rows; each " \
-        "epoch trains on one per document." in err and "done: 3 steps" in err
+    assert re.search(r"--long-text chunks: \d+ of 24 training texts are longer than 32 tokens: \d+ windows \(stride "
+                     r"8\); each epoch trains on one per document\.", err) and "done: 3 steps" in err
     options = json.loads((out / "run_options.json").read_text())
     assert (options["long_text"], options["stride"], options["windows"]) == ("chunks", 8, "one")
     assert json.loads((out / "best" / "long_text.json").read_text())["how"] == "chunks"
@@ -192,13 +193,14 @@ def test_default_is_plain_truncation_for_pairs_and_regression(setup, tmp_path, c
         out = tmp_path / data.stem
         assert finetune.main(["--model", str(setup["model"]), "--train-file", str(data), "--output-dir", str(out),
                               "--max-length", "32", "--max-steps", "1", "--no-progress"]) == 0
-        assert "--long-text truncate: texts longer than 32 tokens are cut to that length." in capsys.readouterr().err
+        assert re.search(r"--long-text truncate: \d+ of \d+ training texts are longer than 32 tokens: cut to that "
+                         r"length\.", capsys.readouterr().err)
         assert json.loads((out / "best" / "long_text.json").read_text())["how"] == "truncate"
 
 
-def test_default_changes_nothing_on_texts_that_fit(setup, tmp_path) -> None:
+def test_default_changes_nothing_on_texts_that_fit(setup, tmp_path, capsys) -> None:
     """Texts within --max-length are one window each: the default (chunks, one window) trains exactly the weights
-    truncation trains, batch for batch."""
+    truncation trains, batch for batch, and no line talks of long texts; run_options.json names no Hub dataset."""
     train = write_csv(tmp_path / "short.csv", sentiment_rows(48))
     weights = []
     for flags in ([], ["--long-text", "truncate"]):
@@ -207,6 +209,9 @@ def test_default_changes_nothing_on_texts_that_fit(setup, tmp_path) -> None:
                               "--max-length", "64", "--epochs", "2", "--batch-size", "8", "--no-progress",
                               *flags]) == 0
         weights.append(BertForSequenceClassification.from_pretrained(out / "best").state_dict())
+        assert "--long-text" not in capsys.readouterr().err
+        options = json.loads((out / "run_options.json").read_text())
+        assert options["dataset"] is None and options["train_file"] == str(train)
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
