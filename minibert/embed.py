@@ -28,7 +28,7 @@ from minibert.command import run_command
 from minibert.data import iter_examples
 from minibert.devices import PRECISIONS
 from minibert.dynamic_batching import run_offline
-from minibert.files import atomic_write_with
+from minibert.files import write_text_stream
 from minibert.inference import InferenceModel
 from minibert.pooling import DEFAULT_BATCH_TOKENS
 from minibert.quantize import SCHEMES
@@ -94,17 +94,7 @@ def run(opts: Options) -> int:
     if not model.encoder.pooling.from_files:
         logger.warning("%s has no sentence-transformers pooling files (modules.json): using mean pooling and L2 "
                        "normalisation.", model.name)
-    if opts.output is None:
-        embed_to(sys.stdout, opts, model)
-        return 0
-    counted: list[int] = []
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as out:
-            counted.append(embed_to(out, opts, model))
-
-    atomic_write_with(opts.output, write)
-    print(f"wrote {counted[0]} embeddings to {opts.output} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
+    write_text_stream(opts.output, lambda out: embed_to(out, opts, model), "embeddings", started)
     return 0
 
 

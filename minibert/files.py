@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from minibert.errors import MinibertError
 
@@ -63,3 +66,21 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> 
                                 "(the previous file, if any, is untouched).") from None
         raise
     fsync_dir(path.parent)
+
+
+def write_text_stream(path: str | os.PathLike | None, write: Callable[[IO[str]], int], what: str,
+                      started: float) -> int:
+    """`write(out)` -> the number of records it wrote, to stdout (`path` None) or to a temporary file beside `path`
+    renamed over it at the end (the output grows as it goes; an earlier file stays whole until then), with one line
+    on stderr saying how many `what` went where and how long it took."""
+    if path is None:
+        return write(sys.stdout)
+    counted: list[int] = []
+
+    def fill(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as out:
+            counted.append(write(out))
+
+    atomic_write_with(path, fill)
+    print(f"wrote {counted[0]} {what} to {path} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
+    return counted[0]

@@ -31,7 +31,7 @@ from minibert.devices import PRECISIONS
 from minibert.dynamic_batching import run_offline
 from minibert.entities import AGGREGATIONS
 from minibert.errors import MinibertError
-from minibert.files import atomic_write_with
+from minibert.files import write_text_stream
 from minibert.inference import InferenceModel, LongTextFlags, resolve_folder
 from minibert.labels import Labels
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS
@@ -180,28 +180,18 @@ def run(opts: Options) -> int:
                                 long_text=LongTextFlags(opts.long_text, opts.head_tokens, opts.stride, opts.pool),
                                 precision=opts.precision, attn_impl=opts.attn_impl, device=opts.device,
                                 quantize=opts.quantize)
-    if opts.output is None:
-        predict_to(sys.stdout, opts, model)
-        return 0
-    counted: list[int] = []
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as out:
-            counted.append(predict_to(out, opts, model))
-
-    atomic_write_with(opts.output, write)
-    print(f"wrote {counted[0]} predictions to {opts.output} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
+    write_text_stream(opts.output, lambda out: predict_to(out, opts, model), "predictions", started)
     return 0
 
 
 def write_records(records: list[dict[str, Any]], opts: Options, started: float) -> int:
     """A token classifier's records (computed whole), written as predict writes its chunks."""
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    if opts.output is None:
-        sys.stdout.write(lines)
-        return 0
-    atomic_write_with(opts.output, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
-    print(f"wrote {len(records)} predictions to {opts.output} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
+
+    def write(out: IO[str]) -> int:
+        out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        return len(records)
+
+    write_text_stream(opts.output, write, "predictions", started)
     return 0
 
 

@@ -47,6 +47,7 @@ from minibert.serve_api import (
     answer_openai_embeddings,
     answer_rerank,
     answer_tokenize,
+    check_fields,
     openai_error,
     read_openai_embeddings,
     read_rerank,
@@ -214,12 +215,7 @@ async def read_body(request: Any, limit: int, timeout: float) -> bytes:
 
 def parse_inputs(body: Any, max_inputs: int, pairs_allowed: bool) -> tuple[list[str], list[str] | None, bool]:
     """texts, their pairs (or None), and whether to return the tokens; 422/413 with the first problem found."""
-    if not isinstance(body, dict):
-        raise ApiError(422, f"the body must be a JSON object like {EXAMPLE}, not a {type(body).__name__}.")
-    unknown = sorted(set(body) - FIELDS)
-    if unknown:
-        raise ApiError(422, f"unknown field(s) {', '.join(repr(u[:40]) for u in unknown[:5])}; the fields are "
-                            f"{', '.join(sorted(FIELDS))}.")
+    body = check_fields(body, FIELDS, EXAMPLE)
     if "inputs" not in body:
         raise ApiError(422, f"the field 'inputs' is missing; send {EXAMPLE}.")
     tokens = body.get("tokens", False)

@@ -41,7 +41,8 @@ def openai_error(status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "code": status}}
 
 
-def _check_fields(body: Any, fields: set[str], example: str) -> dict[str, Any]:
+def check_fields(body: Any, fields: set[str], example: str) -> dict[str, Any]:
+    """The body as a JSON object with only `fields`; 422 naming what is wrong otherwise."""
     if not isinstance(body, dict):
         raise ApiError(422, f"the body must be a JSON object like {example}, not a {type(body).__name__}.")
     unknown = sorted(set(body) - fields)
@@ -70,7 +71,7 @@ class EmbeddingsRequest:
 def read_openai_embeddings(model: InferenceModel, body: Any, max_inputs: int) -> tuple[Prepared, EmbeddingsRequest]:
     """The inputs as rows for the batcher: texts tokenised as `/embed` does (truncated at the model's limit, its
     default prompt applied), token ids taken as the sequence the model sees."""
-    body = _check_fields(body, OPENAI_FIELDS, OPENAI_EXAMPLE)
+    body = check_fields(body, OPENAI_FIELDS, OPENAI_EXAMPLE)
     if "input" not in body:
         raise ApiError(422, f"the field 'input' is missing; send {OPENAI_EXAMPLE}.")
     inputs = body["input"]
@@ -152,7 +153,7 @@ def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
 def answer_tokenize(model: InferenceModel, body: Any, max_inputs: int) -> list[list[dict[str, Any]]]:
     """Per input, its tokens as the model sees them: id, text (the characters of the input it covers; the token
     itself for [CLS]/[SEP]), whether it is special, and character offsets into the input (None for specials)."""
-    body = _check_fields(body, TOKENIZE_FIELDS, '{"inputs": ["a text"]}')
+    body = check_fields(body, TOKENIZE_FIELDS, '{"inputs": ["a text"]}')
     inputs = body.get("inputs")
     inputs = [inputs] if isinstance(inputs, str) else inputs
     if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) for x in inputs):
@@ -183,7 +184,7 @@ def answer_tokenize(model: InferenceModel, body: Any, max_inputs: int) -> list[l
 
 def answer_decode(model: InferenceModel, body: Any, max_inputs: int) -> list[str]:
     """The text of each list of ids, as the tokenizer decodes it (specials skipped by default, as TEI does)."""
-    body = _check_fields(body, DECODE_FIELDS, '{"ids": [[101, 2204, 102]]}')
+    body = check_fields(body, DECODE_FIELDS, '{"ids": [[101, 2204, 102]]}')
     ids = body.get("ids")
     ids = [ids] if _is_ids(ids) else ids
     if not isinstance(ids, list) or not ids or not all(_is_ids(x) for x in ids):
@@ -215,7 +216,7 @@ def read_rerank(model: InferenceModel, body: Any, max_inputs: int, prefix: str) 
     """(query, text) pairs as rows for the batcher, read as `CrossEncoder.predict` reads them (`model` is the
     cross-encoder's, `prefix` its default prompt); `truncate: false` refuses a pair over the model's limit instead of
     cutting it. Runs in a tokenizer thread or process, which hold the model without its weights."""
-    body = _check_fields(body, RERANK_FIELDS, RERANK_EXAMPLE)
+    body = check_fields(body, RERANK_FIELDS, RERANK_EXAMPLE)
     query, texts = body.get("query"), body.get("texts")
     if not isinstance(query, str) or not isinstance(texts, list) or not texts \
             or not all(isinstance(t, str) for t in texts):
