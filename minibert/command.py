@@ -58,7 +58,8 @@ class RunFlags:
     max_eval_samples: int = option(0, "use only the first N validation (and test) examples (0: all)", at_least=0)
     eval_every: int = option(0, "also evaluate (and checkpoint) every N steps (0: once per epoch)", at_least=0)
     save_every: int = option(0, "also checkpoint every N steps (0: at evaluations only)", at_least=0)
-    keep_checkpoints: int = option(2, "complete checkpoints kept in the run folder (0: all)", at_least=0)
+    keep_checkpoints: int = option(1, "complete resumable checkpoints kept in the run folder besides best/ (0: all)",
+                                   at_least=0)
     log_every: int = option(10, "write the training loss to metrics.jsonl every N steps", at_least=1)
     output_dir: str | None = option(None, "run folder (default: a new folder under weights/)")
     overwrite: bool = option(False, "replace the earlier run in a non-empty --output-dir")

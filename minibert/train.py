@@ -64,7 +64,7 @@ class TrainOptions:
     seed: int = 42
     eval_every: int = 0
     save_every: int = 0
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 1
     log_every: int = 10
     best_metric: str = "f1"  # the evaluation metric that picks the model kept in best/
     greater_is_better: bool = True

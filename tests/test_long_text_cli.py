@@ -231,7 +231,8 @@ def test_resume_of_a_run_from_before_windows_keeps_every_window(setup, tmp_path,
     out = tmp_path / "run"
     assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--output-dir",
                           str(out), "--max-length", "32", "--long-text", "chunks", "--stride", "8", "--windows", "all",
-                          "--max-steps", "4", "--save-every", "2", "--batch-size", "8", "--no-progress"]) == 0
+                          "--max-steps", "4", "--save-every", "2", "--batch-size", "8", "--no-progress",
+                          "--keep-checkpoints", "2"]) == 0
     options = json.loads((out / "run_options.json").read_text())
     del options["windows"]
     (out / "run_options.json").write_text(json.dumps(options))

@@ -127,6 +127,16 @@ def test_resume_survives_a_torn_last_metrics_line(setup, tmp_path, capsys, caplo
         run_folder.read_metrics(out / "metrics.jsonl")
 
 
+def test_a_run_keeps_best_and_its_newest_checkpoint_by_default(setup, tmp_path) -> None:
+    """Disk: by default best/ and the newest resumable checkpoint only (a checkpoint is the model and the optimizer:
+    three model copies' worth); --keep-checkpoints 0 keeps them all."""
+    for keep, expected in (([], ["best", "checkpoint-4"]), (["--keep-checkpoints", "0"],
+                                                            ["best", "checkpoint-2", "checkpoint-4"])):
+        out = tmp_path / f"run{len(keep)}"
+        assert finetune.main(args(setup, out, "--max-steps", "4", "--save-every", "2", *keep)) == 0
+        assert sorted(p.name for p in out.iterdir() if p.is_dir()) == expected
+
+
 def test_written_files_follow_the_umask(setup, tmp_path) -> None:
     old = os.umask(0o022)
     try:
