@@ -33,7 +33,7 @@ from minibert.entities import AGGREGATIONS
 from minibert.errors import MinibertError
 from minibert.files import write_text_stream
 from minibert.inference import InferenceModel, LongTextFlags, resolve_folder
-from minibert.labels import Labels
+from minibert.labels import Labels, name_labels
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS
 from minibert.metrics import compute_metrics
 from minibert.predict_tokens import is_token_classifier, predict_tokens
@@ -133,8 +133,14 @@ class Gold:
     def report(self, labels: Labels) -> None:
         if not self.labels:
             return
+        examples = Examples([""] * len(self.labels), None, self.labels, self.sources)
+        if labels.problem_type == "single_label_classification" and not set(map(str, self.labels)) & set(labels.names):
+            try:  # integer ids of a model trained with --label-names (SST-2's 0/1 for negative/positive)
+                examples = name_labels(examples, labels.names)
+            except MinibertError:
+                pass  # not ids either: encode lists the labels the model never saw
         try:
-            gold = labels.encode(Examples([""] * len(self.labels), None, self.labels, self.sources), "prediction")
+            gold = labels.encode(examples, "prediction")
             metrics = compute_metrics(torch.cat(self.logits), gold, labels.problem_type)
             print(", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not isinstance(v, bool)), file=sys.stderr)
         except MinibertError as e:

@@ -35,7 +35,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def test_label_names_name_the_classes_everywhere(run: dict[str, Path], tmp_path: Path) -> None:
+def test_label_names_name_the_classes_everywhere(run: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
     config = json.loads((run["out"] / "best" / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     transformers = pytest.importorskip("transformers")
@@ -47,6 +48,7 @@ def test_label_names_name_the_classes_everywhere(run: dict[str, Path], tmp_path:
                          "--all-scores"]) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["label"] for r in records] == ["positive", "negative"]
+    assert "accuracy 1.0000" in capsys.readouterr().err  # the file's 0/1 gold labels read as the names they stand for
     assert set(records[0]["scores"]) == {"negative", "positive"}
 
 
