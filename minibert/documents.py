@@ -22,14 +22,18 @@ import io
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from minibert.data import TEXT_NAMES, find_column, read_table
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_bytes
+from minibert.tokenizer import MIN_TEXTS_PER_WORKER
+from minibert.training_data import PROGRESS_FROM
 
 logger = logging.getLogger("minibert")
 
@@ -109,9 +113,18 @@ def fingerprint(tokenizer: object, path: str | Path, text_column: str | None) ->
     return digest.hexdigest()[:24]
 
 
-def tokenize_documents(texts: list[str], tokenizer: object, num_workers: int = 1) -> Documents:
-    enc = tokenizer.encode_batch(texts, add_special_tokens=False, truncation=False, num_workers=num_workers)
-    ids = enc["input_ids"]
+def tokenize_documents(texts: list[str], tokenizer: object, num_workers: int = 1, progress: bool = False
+                       ) -> Documents:
+    """Every document's token ids, without specials, a slice of `texts` at a time behind a progress bar."""
+    step = max(PROGRESS_FROM, MIN_TEXTS_PER_WORKER * num_workers)
+    ids: list[list[int]] = []
+    with tqdm(total=len(texts), desc="tokenizing documents", unit=" texts", disable=not progress, delay=1,
+              file=sys.stderr) as bar:
+        for start in range(0, len(texts), step):
+            part = texts[start:start + step]
+            ids += tokenizer.encode_batch(part, add_special_tokens=False, truncation=False,
+                                          num_workers=num_workers)["input_ids"]
+            bar.update(len(part))
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(x) for x in ids])
     tokens = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
@@ -119,7 +132,7 @@ def tokenize_documents(texts: list[str], tokenizer: object, num_workers: int = 1
 
 
 def load_documents(path: str | Path, tokenizer: object, text_column: str | None = None,
-                   num_workers: int = 1) -> tuple[Documents, bool]:
+                   num_workers: int = 1, progress: bool = False) -> tuple[Documents, bool]:
     """The tokenised documents of a file, from the cache when it holds them -> (documents, read from the cache)."""
     if not Path(path).is_file():
         raise MinibertError(f"{path} does not exist or is not a file; check the path.")
@@ -130,7 +143,7 @@ def load_documents(path: str | Path, tokenizer: object, text_column: str | None 
                 return Documents(f["tokens"], f["offsets"]), True
         except (OSError, ValueError, KeyError):  # a damaged cache file is rebuilt, never trusted
             pass
-    docs = tokenize_documents(read_documents(path, text_column), tokenizer, num_workers)
+    docs = tokenize_documents(read_documents(path, text_column), tokenizer, num_workers, progress)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()

@@ -277,7 +277,8 @@ def finetune(opts: Options, d: Dist) -> Summary:
     groups = query_groups(val_ex, val_y) if binary and val_ex else None  # a reranker's validation queries
     if val_ex:
         evaluate = partial(evaluate_classifier, data=tokens(val_ex, val_y, "tokenizing validation data"),
-                           batch_size=opts.batch_size, problem_type=labels.problem_type, pool=opts.pool, groups=groups)
+                           batch_size=opts.batch_size, problem_type=labels.problem_type, pool=opts.pool, groups=groups,
+                           progress=not opts.no_progress)
 
     def save_model(folder: Path) -> None:
         model.save_pretrained(folder)
@@ -304,7 +305,8 @@ def finetune(opts: Options, d: Dist) -> Summary:
         amp = torch.bfloat16 if summary.precision == "bf16 autocast" else None
         test = evaluate_classifier(best, d, amp, data=tokens(test_ex, test_y, "tokenizing test data"),
                                    batch_size=opts.batch_size, problem_type=labels.problem_type, pool=opts.pool,
-                                   groups=query_groups(test_ex, test_y) if binary else None)
+                                   groups=query_groups(test_ex, test_y) if binary else None,
+                                   progress=not opts.no_progress)
         if d.main:
             print(f"test ({summary.precision}, as validation): "
                   + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if not isinstance(v, bool)), file=sys.stderr)

@@ -3,12 +3,14 @@ gathered over all ranks."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
 from minibert.devices import Dist
 from minibert.long_text import pool_windows
@@ -48,8 +50,8 @@ def best_key(problem_type: str) -> tuple[str, float]:
 
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, d: Dist, amp: torch.dtype | None, *, data: Encoded, batch_size: int,
-                        problem_type: str, pool: str = "mean", groups: Sequence[int] | None = None
-                        ) -> dict[str, float]:
+                        problem_type: str, pool: str = "mean", groups: Sequence[int] | None = None,
+                        progress: bool = False) -> dict[str, float]:
     """Loss and metrics over the whole evaluation set: each rank runs its share, the results are gathered.
 
     `amp` is the training run's autocast dtype, so validation and test numbers come from the same arithmetic.
@@ -58,7 +60,9 @@ def evaluate_classifier(model: nn.Module, d: Dist, amp: torch.dtype | None, *, d
     also MRR@10 and NDCG@10 (`ranking.ranking_metrics`)."""
     model.eval()
     parts = []
-    for indices in sorted_batches(data.lengths, batch_size, d.rank, d.world_size):
+    batches = sorted_batches(data.lengths, batch_size, d.rank, d.world_size)
+    for indices in tqdm(batches, desc="evaluating", unit=" batches", disable=not progress or not d.main, leave=False,
+                        delay=1, file=sys.stderr):
         batch = {k: v.to(d.device) for k, v in collate(data, indices).items()}
         with torch.autocast(d.device.type, dtype=amp, enabled=amp is not None):
             out = model(**batch)

@@ -215,11 +215,13 @@ def pretrain(opts: Options, d: Dist) -> Summary:
 
     # rank 0 tokenises and fills the cache first; the other ranks then read it
     if d.main:
-        train_docs, cached = load_documents(opts.train_file, tokenizer, opts.text_column, opts.num_workers)
+        train_docs, cached = load_documents(opts.train_file, tokenizer, opts.text_column, opts.num_workers,
+                                            not opts.no_progress)
     if d.world_size > 1:
         dist.barrier()
     if not d.main:
-        train_docs, cached = load_documents(opts.train_file, tokenizer, opts.text_column, opts.num_workers)
+        train_docs, cached = load_documents(opts.train_file, tokenizer, opts.text_column, opts.num_workers,
+                                            not opts.no_progress)
     if opts.validation_file:
         val_docs = load_documents(opts.validation_file, tokenizer, opts.text_column, opts.num_workers)[0]
     else:
