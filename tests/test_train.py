@@ -209,7 +209,7 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(setup, tmp_path, monke
 
 def test_resume_with_other_batch_size_or_data_is_refused_unless_allowed(setup, tmp_path, capsys, caplog) -> None:
     out = tmp_path / "run"
-    assert finetune.main(args(setup, out, "--max-steps", "4", "--save-every", "2")) == 0
+    assert finetune.main(args(setup, out, "--max-steps", "4", "--save-every", "2", "--keep-checkpoints", "2")) == 0
     capsys.readouterr()
     argv = args(setup, out, "--max-steps", "4", "--resume", str(out), "--batch-size", "4")
     assert finetune.main(argv) == 1
@@ -242,7 +242,7 @@ def test_resume_refuses_a_new_schedule_even_when_mismatch_is_allowed(setup, tmp_
 
 def test_resume_applies_a_harmless_change_with_a_warning(setup, tmp_path, capsys, caplog) -> None:
     out = tmp_path / "run"
-    assert finetune.main(args(setup, out, "--max-steps", "6", "--save-every", "3")) == 0
+    assert finetune.main(args(setup, out, "--max-steps", "6", "--save-every", "3", "--keep-checkpoints", "2")) == 0
     assert finetune.main(["--resume", str(out / "checkpoint-3"), "--log-every", "3", "--no-progress"]) == 0
     assert "--log-every changed from 1 to 3 for the rest of this run." in caplog.text
     assert f"resumed from {out / 'checkpoint-3'} at step 3" in capsys.readouterr().err
@@ -269,7 +269,7 @@ def test_nan_loss_stops_without_writing_nan(setup, tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(finetune, "train", poisoned)
     out = tmp_path / "run"
-    assert finetune.main(args(setup, out, "--save-every", "3")) == 1
+    assert finetune.main(args(setup, out, "--save-every", "3", "--keep-checkpoints", "2")) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"error: the loss nan is not finite at step 7, so the run stopped without applying it (the last "
                    f"good checkpoint is {out / 'checkpoint-6'}); lower --lr, check --weight-decay, or check the data.")
