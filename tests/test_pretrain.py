@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import random
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from minibert import finetune, pretrain
 from minibert import train as train_module
 from minibert.masking import Masker, masking_generator
 from minibert.weights import name_table
+from tests.interrupts import interrupt_at_forward
 from tests.reference import TINY, hf_model
 from tests.tiny import WORDS, sentiment_rows, write_csv, write_tiny_model
 
@@ -236,33 +236,12 @@ def test_continued_pretraining_from_a_checkpoint(setup, tmp_path, monkeypatch, c
     assert "cls.predictions.bias" in end  # with its new MLM head
 
 
-def interrupt_at_forward(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
-    """SIGTERM this process during the n-th training forward pass."""
-    real_train = pretrain.train
-
-    def wrapped(model, *a, **k):
-        calls = [0]
-
-        def hook(module, inputs):
-            calls[0] += module.training
-            if calls[0] == n:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        handle = model.register_forward_pre_hook(hook)
-        try:
-            return real_train(model, *a, **k)
-        finally:
-            handle.remove()
-
-    monkeypatch.setattr(pretrain, "train", wrapped)
-
-
 def test_interrupt_then_resume_is_bit_exact(setup, tmp_path, monkeypatch, capsys):
     """Masks, batch order, dropout and optimizer continue exactly: the same weights as an uninterrupted run."""
     monkeypatch.setenv("MINIBERT_CACHE", str(setup["cache"]))
     extra = ("--max-steps", "10", "--grad-accum", "2", "--eval-every", "4")
     assert pretrain.main(cli(setup, tmp_path / "a", *extra)) == 0
-    interrupt_at_forward(monkeypatch, 11)  # step 6 of 10, first of its two micro-batches
+    interrupt_at_forward(monkeypatch, pretrain, 11)  # step 6 of 10, first of its two micro-batches
     assert pretrain.main(cli(setup, tmp_path / "b", *extra)) == 143  # stopped by SIGTERM, checkpoint saved
     assert "interrupted by SIGTERM at step 6" in capsys.readouterr().err
     monkeypatch.setattr(pretrain, "train", train_module.train)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from minibert import finetune, metrics, run_folder, train
 from minibert.errors import MinibertError
+from tests.interrupts import interrupt_at_forward
 from tests.tiny import sentiment_rows, write_csv, write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,34 +45,13 @@ def params(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
-def interrupt_at_forward(monkeypatch: pytest.MonkeyPatch, n: int, sig: int = signal.SIGTERM) -> None:
-    """Send `sig` to this process during the n-th forward pass of training (mid-epoch, mid-accumulation)."""
-    real_train = finetune.train
-
-    def wrapped(model, *a, **k):
-        calls = [0]
-
-        def hook(module, inputs):
-            calls[0] += module.training
-            if calls[0] == n:
-                os.kill(os.getpid(), sig)
-
-        handle = model.register_forward_pre_hook(hook)
-        try:
-            return real_train(model, *a, **k)
-        finally:
-            handle.remove()
-
-    monkeypatch.setattr(finetune, "train", wrapped)
-
-
 # --- SIGINT / SIGTERM then --resume is bit-identical ---------------------------------------------
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupt_then_resume_matches_uninterrupted_run(setup, tmp_path, monkeypatch, capsys, sig) -> None:
     assert finetune.main(args(setup, tmp_path / "a")) == 0
-    interrupt_at_forward(monkeypatch, 9, sig)  # step 5 of 12, inside the first epoch, first of two micro-batches
+    interrupt_at_forward(monkeypatch, finetune, 9, sig)  # step 5 of 12, in the first epoch, first of two micro-batches
     assert finetune.main(args(setup, tmp_path / "b")) == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig]
     err = capsys.readouterr().err
     name = signal.Signals(sig).name
