@@ -33,7 +33,7 @@ PRETRAIN_BAD.update({"--max-length": ["2", "0"], "--mlm-probability": ["0", "1.5
 PREDICT_BAD = {"--batch-size": ["0", "-1"], "--max-batch-tokens": ["0"], "--max-length": ["1", "0"],
                "--precision": ["fp16"], "--attn-impl": ["flash"], "--long-text": ["middle"], "--head-tokens": ["-1"],
                "--stride": ["-1"], "--pool": ["sum"], "--max-text-bytes": ["0"], "--aggregation": ["mean"],
-               "--tag-column": ["x"]}
+               "--tag-column": ["x"], "--quantize": ["int4"]}
 
 
 @pytest.fixture
