@@ -264,8 +264,8 @@ def render_targets(runs: list[dict]) -> str:
     numbers: dict[str, int] = {}
     lines = []
     for target in TARGETS:
-        matches = [(run, row) for run, row in tables[target.table]
-                   if all(row.get(k) == v for k, v in target.where.items())]
+        matches = [(run, row) for run, row in tables[target.table]  # a run without the compared server has no figure
+                   if all(row.get(k) == v for k, v in target.where.items()) and row.get(target.field) is not None]
         for run, row in matches:
             number = numbers.setdefault(run["file"], len(numbers) + 1)
             cpu = f"{short_machine(run)}, {threads_of(run)}"
