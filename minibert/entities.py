@@ -26,23 +26,9 @@ from minibert.conll import TaggedSentences
 from minibert.dynamic_batching import plan_batches
 from minibert.ner_metrics import entities
 from minibert.token_labels import TokenWindows, encode_pieces, encode_words, word_logits, word_tags
-from minibert.tokenizer import DECODE_CLEANUP
-from minibert.wordpiece import CONTINUATION
+from minibert.tokenizer import tokens_to_string
 
 AGGREGATIONS = ("simple", "first", "average", "max", "none")
-
-
-def tokens_to_string(tokens: Sequence[str]) -> str:
-    """WordPiece's decoder (what the pipeline's `convert_tokens_to_string` does): "##" pieces glued on, the rest
-    joined by spaces, each token cleaned up as transformers does."""
-    pieces = []
-    for i, token in enumerate(tokens):
-        if i > 0:
-            token = token[len(CONTINUATION):] if token.startswith(CONTINUATION) else " " + token
-        for old, new in DECODE_CLEANUP:
-            token = token.replace(old, new)
-        pieces.append(token)
-    return "".join(pieces)
 
 
 def _tag(label: str) -> tuple[str, str]:

@@ -468,14 +468,7 @@ class BertTokenizer:
         tokens = [token for token in (self._token(i) for i in ids if not (skip_special_tokens and
                                                                            i in self.all_special_ids))
                   if token is not None]
-        pieces = []
-        for i, token in enumerate(tokens):
-            if i > 0:
-                token = token[len(CONTINUATION):] if token.startswith(CONTINUATION) else " " + token
-            for old, new in DECODE_CLEANUP:
-                token = token.replace(old, new)
-            pieces.append(token)
-        text = "".join(pieces)
+        text = tokens_to_string(tokens)
         if self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces:
             for old, new in TEXT_CLEANUP:
                 text = text.replace(old, new)
@@ -484,6 +477,19 @@ class BertTokenizer:
     def batch_decode(self, sequences: Sequence[Sequence[int]] | Any, skip_special_tokens: bool = False,
                      clean_up_tokenization_spaces: bool | None = None) -> list[str]:
         return [self.decode(ids, skip_special_tokens, clean_up_tokenization_spaces) for ids in _as_list(sequences)]
+
+
+def tokens_to_string(tokens: Sequence[str]) -> str:
+    """WordPiece's decoder (transformers' `convert_tokens_to_string`): "##" pieces glued on, the rest joined by
+    spaces, each token cleaned up as transformers does."""
+    pieces = []
+    for i, token in enumerate(tokens):
+        if i > 0:
+            token = token[len(CONTINUATION):] if token.startswith(CONTINUATION) else " " + token
+        for old, new in DECODE_CLEANUP:
+            token = token.replace(old, new)
+        pieces.append(token)
+    return "".join(pieces)
 
 
 def truncate(a: list[int], b: list[int] | None, room: int, strategy: str) -> tuple[list[int], list[int] | None]:
