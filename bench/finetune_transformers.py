@@ -21,31 +21,22 @@ import transformers
 from minibert import finetune, token_finetune
 
 
-class TransformersClassifier:
-    """`from_pretrained` with minibert's keyword arguments, returning transformers' model (sdpa attention)."""
+def transformers_loader(cls: type) -> type:
+    """A stand-in for a minibert head class: `from_pretrained` with minibert's keyword arguments, returning
+    transformers' `cls` model (sdpa attention, float32, eval mode)."""
 
-    @staticmethod
-    def from_pretrained(path: str | Path, attn_impl: str = "auto", ignore_mismatched_sizes: bool = False,
-                        **config: Any) -> transformers.BertForSequenceClassification:
-        model = transformers.BertForSequenceClassification.from_pretrained(
-            path, attn_implementation="sdpa", ignore_mismatched_sizes=ignore_mismatched_sizes, dtype="float32",
-            **config)
-        return model.eval()
+    class Loader:
+        @staticmethod
+        def from_pretrained(path: str | Path, attn_impl: str = "auto", ignore_mismatched_sizes: bool = False,
+                            **config: Any) -> transformers.PreTrainedModel:
+            model = cls.from_pretrained(path, attn_implementation="sdpa",
+                                        ignore_mismatched_sizes=ignore_mismatched_sizes, dtype="float32", **config)
+            return model.eval()
 
-
-class TransformersTagger:
-    """The same for token classification: transformers' BertForTokenClassification (sdpa attention)."""
-
-    @staticmethod
-    def from_pretrained(path: str | Path, attn_impl: str = "auto", ignore_mismatched_sizes: bool = False,
-                        **config: Any) -> transformers.BertForTokenClassification:
-        model = transformers.BertForTokenClassification.from_pretrained(
-            path, attn_implementation="sdpa", ignore_mismatched_sizes=ignore_mismatched_sizes, dtype="float32",
-            **config)
-        return model.eval()
+    return Loader
 
 
 if __name__ == "__main__":
-    finetune.BertForSequenceClassification = TransformersClassifier
-    token_finetune.BertForTokenClassification = TransformersTagger
+    finetune.BertForSequenceClassification = transformers_loader(transformers.BertForSequenceClassification)
+    token_finetune.BertForTokenClassification = transformers_loader(transformers.BertForTokenClassification)
     sys.exit(finetune.main())

@@ -29,6 +29,7 @@ from minibert.config import BertConfig
 from minibert.devices import PRECISIONS
 from minibert.errors import MinibertError
 from minibert.files import atomic_write_text
+from minibert.plot import plot_metrics
 from minibert.train import TrainOptions
 
 logger = logging.getLogger("minibert")
@@ -112,15 +113,39 @@ def run_command(parse: Callable[[], Opts], run: Callable[[Opts], int], argv: Seq
         return 130
 
 
+def metrics_line(metrics: Mapping[str, Any]) -> str:
+    """`name value` pairs for the lines that report metrics (flags such as `collapsed` are said apart)."""
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not isinstance(v, bool))
+
+
+def report_interrupted(summary: Any, run_dir: Path, command: str) -> None:
+    """The last line of a run stopped by a signal: where it stopped and the command that continues it."""
+    print(f"interrupted by {summary.stop_signal} at step {summary.steps}, checkpoint saved; continue with: "
+          f"python -m minibert.{command} --resume {run_dir}", file=sys.stderr)
+
+
+def report_done(summary: Any, run_dir: Path, unit: str, accuracy: str = "accuracy") -> None:
+    """The last line of a finished run: steps, speed in `unit`/s, the best metrics, where the model and the plot
+    are (the plot drawn now; `accuracy` names its accuracy line)."""
+    plot = plot_metrics(run_dir, accuracy) if (run_dir / run_folder.METRICS_FILE).is_file() else None
+    best = metrics_line(summary.best_metric or {})
+    print(f"done: {summary.steps} steps in {summary.wall_s:.1f} s ({summary.samples_per_s:.1f} {unit}/s, "
+          f"{summary.precision}); best: {best or 'no validation data'}; model in {summary.best_dir}"
+          + (f"; plot in {plot}" if plot else ""), file=sys.stderr)
+
+
 def exit_status(summary: Any) -> int:
     """0 for a finished run, 130 / 143 for one stopped by SIGINT / SIGTERM after saving its checkpoint."""
     return EXIT_CODES.get(summary.stop_signal, 130) if summary.interrupted else 0
 
 
 def save_options(run_dir: Path, opts: Any) -> None:
-    """The options a run started with, so that `--resume RUN` alone continues it."""
+    """The options a run started with, so that `--resume RUN` alone continues it; a run on local files names no Hub
+    dataset (the `--dataset` default would say it read one)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     values = {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("resume", "overwrite")}
+    if values.get("train_file") and "dataset" in values:
+        values["dataset"] = None
     atomic_write_text(run_dir / run_folder.OPTIONS_FILE, json.dumps(values, indent=2) + "\n")
 
 

@@ -31,6 +31,9 @@ from minibert.command import (
     exit_status,
     fit_max_length,
     load_options,
+    metrics_line,
+    report_done,
+    report_interrupted,
     run_command,
     save_options,
     teardown_distributed,
@@ -45,7 +48,6 @@ from minibert.labels import PROBLEM_TYPES, Labels, name_labels, parse_label_name
 from minibert.long_text import SUN_ET_AL_HEAD
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS, resolve_long_text, write_record
 from minibert.metrics import best_key, evaluate_classifier
-from minibert.plot import plot_metrics
 from minibert.ranking import BINARY, TOP_K, binary_targets, query_groups
 from minibert.st_files import write_cross_encoder_files
 from minibert.token_finetune import TASKS, detect_task, finetune_tokens
@@ -292,13 +294,11 @@ def finetune(opts: Options, d: Dist) -> Summary:
     train_opts = train_options(opts, output_dir=run_dir, resume=resume, best_metric=metric,
                                greater_is_better=sign > 0, fingerprint=fingerprint(train_ex, labels, opts))
     if not resume and d.main:
-        # what --resume RUN alone continues with; a run on local files names no Hub dataset
-        save_options(run_dir, replace(opts, dataset=None) if opts.train_file else opts)
+        save_options(run_dir, opts)  # what --resume RUN alone continues with
     summary = train(model, train_data, evaluate, train_opts, save_model, d, progress=not opts.no_progress)
     if summary.interrupted:
         if d.main:
-            print(f"interrupted by {summary.stop_signal} at step {summary.steps}, checkpoint saved; continue with: "
-                  f"python -m minibert.finetune --resume {run_dir}", file=sys.stderr)
+            report_interrupted(summary, run_dir, "finetune")
         return summary
     if test_ex is not None and summary.best_dir is not None:
         best = BertForSequenceClassification.from_pretrained(summary.best_dir, attn_impl=opts.attn_impl).to(d.device)
@@ -308,14 +308,9 @@ def finetune(opts: Options, d: Dist) -> Summary:
                                    groups=query_groups(test_ex, test_y) if binary else None,
                                    progress=not opts.no_progress)
         if d.main:
-            print(f"test ({summary.precision}, as validation): "
-                  + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if not isinstance(v, bool)), file=sys.stderr)
+            print(f"test ({summary.precision}, as validation): {metrics_line(test)}", file=sys.stderr)
     if d.main:
-        plot = plot_metrics(run_dir) if (run_dir / run_folder.METRICS_FILE).is_file() else None
-        best = ", ".join(f"{k} {v:.4f}" for k, v in (summary.best_metric or {}).items() if not isinstance(v, bool))
-        print(f"done: {summary.steps} steps in {summary.wall_s:.1f} s ({summary.samples_per_s:.1f} samples/s, "
-              f"{summary.precision}); best: {best or 'no validation data'}; model in {summary.best_dir}"
-              + (f"; plot in {plot}" if plot else ""), file=sys.stderr)
+        report_done(summary, run_dir, "samples")
     return summary
 
 

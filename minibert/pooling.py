@@ -14,7 +14,6 @@ the real tokens, then L2 normalisation, and `Pooling.source` says so.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,10 @@ import torch.nn.functional as F
 
 from minibert.dynamic_batching import Row, collate_rows, run_offline
 from minibert.errors import MinibertError
-from minibert.hub import hub_file, local_folder_or_repo_id
+from minibert.hub import local_folder_or_repo_id
 from minibert.models import BertModel
 from minibert.prompts import Prompts, read_prompts
+from minibert.st_files import st_dict, st_json
 from minibert.tokenizer import BertTokenizer
 
 MODES = {  # sentence-transformers' Pooling config keys -> our names
@@ -75,27 +75,11 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling,
     return F.normalize(out, p=2, dim=1) if pooling.normalize else out
 
 
-def _read_json(path: Path | None, what: str) -> dict | list | None:
-    if path is None or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MinibertError(f"{path} is not readable JSON ({e}); it should be the {what} that "
-                            "sentence-transformers wrote.") from None
-
-
 def read_pooling(name_or_path: str | Path, revision: str | None = None) -> Pooling:
     """The pooling a sentence-transformers folder (or Hub repo) declares, or the default when it declares none."""
     where = local_folder_or_repo_id(name_or_path, "the model")
-
-    def find(name: str) -> Path | None:
-        if isinstance(where, Path):
-            return where / name
-        return hub_file(where, name, revision, None, required=False)
-
-    modules = _read_json(find("modules.json"), "modules.json")
-    st_config = _read_json(find("sentence_bert_config.json"), "sentence_bert_config.json") or {}
+    modules = st_json(where, "modules.json", revision)
+    st_config = st_json(where, "sentence_bert_config.json", revision) or {}
     max_length = st_config.get("max_seq_length") if isinstance(st_config, dict) else None
     if modules is None:
         return Pooling(max_length=max_length)
@@ -108,7 +92,7 @@ def read_pooling(name_or_path: str | Path, revision: str | None = None) -> Pooli
         raise MinibertError(f"{name_or_path}/modules.json lists {', '.join(unknown) or 'no Pooling module'}; "
                             f"minibert runs only {', '.join(RUNNABLE_MODULES)} (Transformer, then Pooling).")
     pooling_dir = modules[kinds.index("Pooling")].get("path", "1_Pooling")
-    config = _read_json(find(f"{pooling_dir}/config.json"), "pooling config") or {}
+    config = st_dict(where, f"{pooling_dir}/config.json", revision)
     chosen = [MODES[k] for k, v in config.items() if v is True and k in MODES]
     others = [k for k, v in config.items() if v is True and k.startswith("pooling_mode") and k not in MODES]
     named = config.get("pooling_mode")  # sentence-transformers 6 writes one name instead of the booleans

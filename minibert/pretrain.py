@@ -31,6 +31,8 @@ from minibert.command import (
     RunFlags,
     exit_status,
     load_options,
+    report_done,
+    report_interrupted,
     run_command,
     save_options,
     teardown_distributed,
@@ -42,7 +44,6 @@ from minibert.documents import Documents, fingerprint, load_documents, pack, spl
 from minibert.errors import MinibertError
 from minibert.heads import BertForMaskedLM
 from minibert.masking import MaskedSequences, Masker
-from minibert.plot import plot_metrics
 from minibert.tokenizer import BertTokenizer
 from minibert.train import Summary, train
 
@@ -254,16 +255,10 @@ def pretrain(opts: Options, d: Dist) -> Summary:
                     progress=not opts.no_progress)
     if summary.interrupted:
         if d.main:
-            print(f"interrupted by {summary.stop_signal} at step {summary.steps}, checkpoint saved; continue with: "
-                  f"python -m minibert.pretrain --resume {run_dir}", file=sys.stderr)
+            report_interrupted(summary, run_dir, "pretrain")
         return summary
     if d.main:
-        plot = plot_metrics(run_dir, "masked-token accuracy") if (run_dir / run_folder.METRICS_FILE).is_file() else None
-        best = ", ".join(f"{k} {v:.4f}" for k, v in (summary.best_metric or {}).items())
-        print(f"done: {summary.steps} steps in {summary.wall_s:.1f} s ({summary.samples_per_s:.1f} sequences/s, "
-              f"{summary.precision}); "
-              f"best: {best or 'no validation data'}; model in {summary.best_dir}"
-              + (f"; plot in {plot}" if plot else ""), file=sys.stderr)
+        report_done(summary, run_dir, "sequences", "masked-token accuracy")
     return summary
 
 

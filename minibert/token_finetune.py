@@ -18,14 +18,21 @@ from typing import Any
 import torch
 
 from minibert import run_folder
-from minibert.command import check_vocabulary, fit_max_length, save_options, train_options
+from minibert.command import (
+    check_vocabulary,
+    fit_max_length,
+    metrics_line,
+    report_done,
+    report_interrupted,
+    save_options,
+    train_options,
+)
 from minibert.conll import TaggedSentences, has_word_lists, is_conll, read_tagged, read_tagged_rows
 from minibert.data import hub_dataset_files
 from minibert.devices import Dist
 from minibert.errors import MinibertError
 from minibert.heads import BertForTokenClassification
 from minibert.ner_metrics import evaluate_tagger, is_iob
-from minibert.plot import plot_metrics
 from minibert.token_labels import check_known_tags, encode_words
 from minibert.tokenizer import BertTokenizer
 from minibert.train import Summary, train
@@ -170,8 +177,7 @@ def finetune_tokens(opts: Any, d: Dist, resume: Path | None, run_dir_for: Any) -
     summary = train(model, train_data, evaluate, train_opts, save_model, d, progress=not opts.no_progress)
     if summary.interrupted:
         if d.main:
-            print(f"interrupted by {summary.stop_signal} at step {summary.steps}, checkpoint saved; continue with: "
-                  f"python -m minibert.finetune --resume {run_dir}", file=sys.stderr)
+            report_interrupted(summary, run_dir, "finetune")
         return summary
     if test_s is not None and summary.best_dir is not None:
         best = BertForTokenClassification.from_pretrained(summary.best_dir, attn_impl=opts.attn_impl).to(d.device)
@@ -179,12 +185,7 @@ def finetune_tokens(opts: Any, d: Dist, resume: Path | None, run_dir_for: Any) -
         test = evaluate_tagger(best, d, amp, data=windows(test_s, "test"), gold=test_s.tags, names=names,
                                batch_size=opts.batch_size)
         if d.main:
-            print(f"test ({summary.precision}, as validation): " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()),
-                  file=sys.stderr)
+            print(f"test ({summary.precision}, as validation): {metrics_line(test)}", file=sys.stderr)
     if d.main:
-        plot = plot_metrics(run_dir) if (run_dir / run_folder.METRICS_FILE).is_file() else None
-        best_line = ", ".join(f"{k} {v:.4f}" for k, v in (summary.best_metric or {}).items())
-        print(f"done: {summary.steps} steps in {summary.wall_s:.1f} s ({summary.samples_per_s:.1f} windows/s, "
-              f"{summary.precision}); best: {best_line or 'no validation data'}; model in {summary.best_dir}"
-              + (f"; plot in {plot}" if plot else ""), file=sys.stderr)
+        report_done(summary, run_dir, "windows")
     return summary
