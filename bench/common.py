@@ -33,6 +33,8 @@ from mdtable import header_lines, row_line, table  # noqa: E402, F401 (table: fo
 
 import minibert  # noqa: E402
 from minibert.config import BertConfig  # noqa: E402
+from minibert.devices import cpu_has_bf16  # noqa: E402
+from minibert.train import TrainOptions, param_groups  # noqa: E402
 from minibert.weights import load_hf_state_dict  # noqa: E402
 
 SHARED = Path(os.environ.get("MINIBERT_SHARED", REPO.parent / "shared"))
@@ -73,11 +75,11 @@ def cpu_flags() -> list[str]:
 
 
 def native_bf16(device: str = "cpu") -> bool:
-    """Whether bf16 runs natively: a GPU with bf16, or a CPU with AVX512-BF16 or AMX (the same rule as minibert's
-    `precision="auto"`). Elsewhere torch emulates bf16 on the CPU, ~5x slower than fp32 on an AVX2-only machine."""
+    """Whether bf16 runs natively: a GPU with bf16, or a CPU with AVX512-BF16 or AMX (`minibert.devices.cpu_has_bf16`,
+    what `precision="auto"` asks). Elsewhere torch emulates bf16 on the CPU, ~5x slower than fp32 on AVX2 only."""
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16"))
+    return cpu_has_bf16()
 
 
 def machine(device: str = "cpu") -> dict:
@@ -330,6 +332,12 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def adamw(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
+    """The optimizer of `minibert.train`'s step: fused AdamW over its parameter groups (weight decay at its default on
+    matrices and embeddings, none on biases and LayerNorm weights), for either library's model."""
+    return torch.optim.AdamW(param_groups(model, TrainOptions.weight_decay), lr=lr, fused=True)
 
 
 def amp(dtype: str, device: str = "cpu"):

@@ -24,7 +24,7 @@ import argparse
 import gzip
 
 import torch
-from common import SHARED, amp, interleaved, median, pair, setup, table, tokenizers, write_json
+from common import SHARED, adamw, amp, interleaved, median, pair, setup, table, tokenizers, write_json
 from roofline import matmul_peak
 
 from minibert.devices import cpu_has_bf16
@@ -70,7 +70,7 @@ def batch_work(config, batch: dict) -> tuple[int, float]:
 
 
 def ours_step(model, data: MaskedSequences, batch_size: int, dtype: str):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    optimizer = adamw(model, lr=1e-4)
     batches = data.epoch_batches(batch_size, 0, 0)
     position = [0]
 
@@ -89,7 +89,7 @@ def ours_step(model, data: MaskedSequences, batch_size: int, dtype: str):
 
 
 def hf_step(model, examples: list[dict], collator, batch_size: int, dtype: str):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    optimizer = adamw(model, lr=1e-4)
     position = [0]
 
     def step() -> int:

@@ -1,10 +1,10 @@
 """Writes the tables of bench/README.md from the recorded runs in bench/results/*.json.
 
 Each table shows, per configuration (its key columns, on one machine, at one thread count), the row of the newest
-complete run that measured it; the runs behind a table are listed right above it with their command, commit, time,
-threads, CPU model, `torch.backends.cpu.get_cpu_capability()` and whether bf16 is native there. Earlier runs stay
-out of the tables (the generated history lists their files). Only the blocks between `<!-- generated:NAME -->` and
-`<!-- end -->` are rewritten; the prose around them is hand-written.
+complete run that measured it; its `run` column numbers that run in the generated list of runs, which gives each
+run's command, commit, time, threads, CPU model, flags, `torch.backends.cpu.get_cpu_capability()` and whether bf16 is
+native there. Earlier runs stay out of the tables (the generated history lists their files). Only the blocks between
+`<!-- generated:NAME -->` and `<!-- end -->` are rewritten; the prose around them is hand-written.
 
     python bench/report.py            # rewrite bench/README.md
     python bench/report.py --check    # exit 1 if bench/README.md is not what the results give
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdtable import header_lines, row_line
+from mdtable import fmt, header_lines, row_line
 
 BENCH = Path(__file__).resolve().parent
 BLOCK = re.compile(r"(<!-- generated:([\w-]+) -->\n)(.*?)(<!-- end -->)", re.DOTALL)
@@ -39,26 +39,52 @@ class Table:
     run_hint: str = ""  # the command that fills an empty table
 
 
-def pivot(by: tuple[str, ...], kernels: tuple[str, ...], ratio: tuple[str, str] | None = None):
-    """Rows per kernel -> one row per `by` with a "<kernel> ms" column each (and `ratio` = first ÷ second)."""
+def spread(by: tuple[str, ...], over: str, fields: tuple[str, ...], needed: tuple[str, ...],
+           ratio: tuple[str, str, str] | None = None, worst: str | None = None):
+    """Rows that differ in `over` (a kernel, a library) -> one row per `by`, with a "<value> <field>" column for each
+    field; rows lacking one of the `needed` values are left out. `ratio` = (name, a, b): a's first field ÷ b's;
+    `worst`: the largest value of that field over the merged rows."""
     def reshape(rows: list[dict]) -> list[dict]:
         out: dict[tuple, dict] = {}
         for row in rows:
-            merged = out.setdefault(tuple(row[k] for k in by), {k: row[k] for k in by})
-            merged.update({k: v for k, v in row.items() if k not in ("kernel", "ms", "tokens_per_s")})
-            merged[f"{row['kernel']} ms"] = row["ms"]
+            merged = out.setdefault(tuple(row[k] for k in by), {})
+            merged.update({k: v for k, v in row.items() if k not in (over, *fields, worst, "tokens_per_s")})
+            merged.update({f"{row[over]} {field}": row[field] for field in fields if field in row})
+            if worst is not None and row.get(worst) is not None:
+                merged[worst] = max(merged.get(worst, row[worst]), row[worst])
+        first = fields[0]
         for merged in out.values():
-            if ratio and all(f"{k} ms" in merged for k in ratio):
-                merged["ratio"] = merged[f"{ratio[0]} ms"] / merged[f"{ratio[1]} ms"]
-        return [m for m in out.values() if all(f"{k} ms" in m for k in kernels)]
+            if ratio and all(f"{k} {first}" in merged for k in ratio[1:]):
+                merged[ratio[0]] = merged[f"{ratio[1]} {first}"] / merged[f"{ratio[2]} {first}"]
+        return [m for m in out.values() if all(f"{k} {first}" in m for k in needed)]
 
     return reshape
 
 
+def pivot(by: tuple[str, ...], kernels: tuple[str, ...], ratio: tuple[str, str] | None = None):
+    """Rows per kernel -> one row per `by` with a "<kernel> ms" column each (and `ratio` = first ÷ second)."""
+    return spread(by, "kernel", ("ms",), kernels, ("ratio", *ratio) if ratio else None)
+
+
+def low_precision(rows: list[dict]) -> list[dict]:
+    """attention_kernels.py's low-precision part: one row per shape, inference and training ("..., train") side by
+    side, `math` and `sdpa` each."""
+    out: dict[str, dict] = {}
+    for row in pivot(("grid",), ("math", "sdpa"), ("math", "sdpa"))(rows):
+        shape, train = row["grid"].removesuffix(", train"), row["grid"].endswith(", train")
+        merged = out.setdefault(shape, {"grid": shape, "scores": row["scores"]})
+        merged.update({("train " if train else "") + k: row[k] for k in ("math ms", "sdpa ms", "ratio")})
+    return list(out.values())
+
+
 INFERENCE_COLUMNS = (("model", "model"), ("data", "data"), ("n", "texts"), ("dtype", "dtype"), ("recipe", "recipe"),
                      ("hf", "transformers /s"), ("mb", "minibert /s"), ("ratio", "ratio"))
-KERNEL_COLUMNS = (("grid", "grid"), ("dtype", "dtype"), ("kernel", "kernel"), ("ms", "ms"),
-                  ("tokens_per_s", "real tokens/s"), ("max_diff_vs_math", "max diff vs math"), ("peak_mb", "peak MB"))
+KERNEL_COLUMNS = (("grid", "grid"), ("dtype", "dtype"), ("math ms", "math ms"), ("sdpa ms", "sdpa ms"),
+                  ("unpadded ms", "unpadded ms"))
+KERNEL_MEMORY = (("math peak_mb", "math peak MB"), ("sdpa peak_mb", "sdpa peak MB"),
+                 ("unpadded peak_mb", "unpadded peak MB"), ("max_diff_vs_math", "largest diff vs math"))
+per_kernel = spread(("grid", "dtype"), "kernel", ("ms", "peak_mb"), ("math", "sdpa", "unpadded"),
+                    ("unpadded ÷ sdpa", "unpadded", "sdpa"), worst="max_diff_vs_math")
 
 
 def serve_rows(rows: list[dict]) -> list[dict]:
@@ -89,6 +115,12 @@ def serve_ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
+def serve_by_precision(rows: list[dict]) -> list[dict]:
+    """One run of serve.py: one row per server, data and clients, its precisions side by side (errors: the most)."""
+    return spread(("server", "data", "clients"), "precision", ("texts_per_s", "p50_ms", "p99_ms"), (),
+                  worst="errors")(serve_rows(rows))
+
+
 SERVE_KEY = ("server", "precision", "data", "clients", "workers")
 
 
@@ -97,7 +129,7 @@ def part(name: str) -> Callable[[dict], bool]:
 
 
 TABLES = [
-    Table("inference", "inference", ("model", "data", "n", "dtype", "recipe"),
+    Table("inference", "inference", ("model", "data", "dtype", "recipe"),
           INFERENCE_COLUMNS + (("hf_sorted", "transformers, sorted /s"),
                                ("mb_vs_hf_sorted", "minibert ÷ transformers sorted"),
                                ("max_logit_diff", "max logit diff"), ("argmax_agree", "argmax agree")),
@@ -136,22 +168,35 @@ TABLES = [
            ("hf_samples_s", "transformers samples/s"), ("mb_samples_s", "minibert samples/s"), ("ratio", "ratio"),
            ("hf_peak_mb", "transformers peak MB"), ("mb_peak_mb", "minibert peak MB"),
            ("memory_ratio", "memory ratio")), run_hint="python bench/train.py --quick --order file"),
-    Table("long-text", "long_text", ("mode", "dtype", "strategy", "library"),
-          (("mode", "mode"), ("dtype", "dtype"), ("strategy", "strategy"), ("library", "library"),
-           ("doc_tokens", "tokens per document"), ("sequences_per_doc", "sequences per document"),
-           ("padded_fraction", "padding in the batch"), ("ms_per_doc", "ms per document"),
-           ("chunks_vs_head_tail", "chunks ÷ head-tail"), ("vs_transformers", "speed vs transformers")),
+    Table("long-text", "long_text", ("mode", "dtype", "strategy"),
+          (("mode", "mode"), ("dtype", "dtype"), ("strategy", "strategy"), ("doc_tokens", "tokens per document"),
+           ("sequences_per_doc", "sequences per document"), ("padded_fraction", "padding in the batch"),
+           ("transformers ms_per_doc", "transformers ms per document"), ("minibert ms_per_doc", "minibert ms"),
+           ("minibert vs_transformers", "minibert speed ÷ transformers"),
+           ("transformers chunks_vs_head_tail", "transformers chunks ÷ head-tail"),
+           ("minibert chunks_vs_head_tail", "minibert chunks ÷ head-tail")),
+          reshape=spread(("mode", "dtype", "strategy"), "library", ("ms_per_doc", "chunks_vs_head_tail",
+                                                                   "vs_transformers"), ("transformers", "minibert")),
           run_hint="python bench/long_text.py"),
-    Table("pretrain", "pretrain", ("model", "dtype", "max length", "library"),
-          (("model", "model"), ("dtype", "dtype"), ("max length", "length"), ("library", "library"),
-           ("ms/step", "ms/step"), ("tokens/s", "real tokens/s"), ("vs transformers", "vs transformers"),
-           ("useful GFLOP/s", "useful GFLOP/s"), ("of peak", "fraction of matmul peak")),
-          where=lambda row: "of peak" in row, run_hint="python bench/pretrain.py --quick"),
-    Table("serve", "serve", SERVE_KEY,
-          (("server", "server"), ("precision", "precision"), ("workers", "workers"), ("data", "data"),
-           ("clients", "clients"), ("texts_per_s", "texts/s"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"),
-           ("p99_ms", "p99 ms"), ("requests", "requests"), ("errors", "errors")),
-          where=lambda row: "precision" in row, reshape=serve_rows,
+    Table("pretrain", "pretrain", ("model", "dtype", "max length"),
+          (("model", "model"), ("dtype", "dtype"), ("max length", "length"), ("minibert ms/step", "minibert ms/step"),
+           ("transformers ms/step", "transformers ms/step"),
+           ("transformers packed ms/step", "transformers packed ms/step"),
+           ("minibert tokens/s", "minibert real tokens/s"), ("minibert vs transformers", "minibert ÷ transformers"),
+           ("transformers packed vs transformers", "transformers packed ÷ transformers"),
+           ("minibert of peak", "minibert fraction of matmul peak"),
+           ("transformers of peak", "transformers fraction of matmul peak")),
+          where=lambda row: "of peak" in row,
+          reshape=spread(("model", "dtype", "max length"), "library", ("ms/step", "tokens/s", "of peak",
+                                                                      "vs transformers"),
+                         ("minibert", "transformers")),
+          run_hint="python bench/pretrain.py --quick"),
+    Table("serve", "serve", ("server", "data", "clients", "workers"),
+          (("server", "server"), ("workers", "workers"), ("data", "data"), ("clients", "clients"),
+           *((f"{p} {field}", f"{p} {name}") for p in ("fp32", "bf16 autocast")
+             for field, name in (("texts_per_s", "texts/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"))),
+           ("errors", "errors")),
+          where=lambda row: "precision" in row, reshape=serve_by_precision,
           run_hint="python bench/serve.py --seconds 10 --workers 2 --servers minibert@auto,minibert,hf,hf@auto"),
     Table("serve-ratios", "serve", SERVE_KEY,
           (("precision", "minibert precision"), ("workers", "workers"), ("data", "data"), ("clients", "clients"),
@@ -175,14 +220,18 @@ TABLES = [
           (("dtype", "dtype"), ("matmul_peak_gflops", "matmul peak GFLOP/s"), ("peak_shape", "at"),
            ("library", "library"), ("forward_ms", "forward ms"), ("gflops", "GFLOP/s"),
            ("fraction_of_peak", "fraction of peak")), run_hint="python bench/roofline.py --quick --threads 1"),
-    Table("kernels-attention", "attention_kernels", ("grid", "dtype", "kernel"), KERNEL_COLUMNS,
-          where=part("attention"),
+    Table("kernels-attention", "attention_kernels", ("grid", "dtype"),
+          KERNEL_COLUMNS + (("unpadded-padmax ms", "unpadded-padmax ms"), ("unpadded-nested ms", "unpadded-nested ms"))
+          + KERNEL_MEMORY, where=part("attention"), reshape=per_kernel,
           run_hint="python bench/attention_kernels.py --quick --only attention"),
-    Table("kernels-encoder", "attention_kernels", ("grid", "dtype", "kernel"), KERNEL_COLUMNS, where=part("encoder"),
-          run_hint="python bench/attention_kernels.py --quick --only encoder"),
-    Table("kernels-qkv", "attention_kernels", ("grid", "kernel"),
-          (("grid", "shape"), ("kernel", "projection"), ("ms", "ms")),
-          where=part("qkv"), run_hint="python bench/attention_kernels.py --quick --only qkv"),
+    Table("kernels-encoder", "attention_kernels", ("grid", "dtype"),
+          KERNEL_COLUMNS + (("unpadded ÷ sdpa", "unpadded ÷ sdpa"),) + KERNEL_MEMORY, where=part("encoder"),
+          reshape=per_kernel, run_hint="python bench/attention_kernels.py --quick --only encoder"),
+    Table("kernels-qkv", "attention_kernels", ("grid",),
+          (("grid", "shape"), ("fused ms", "fused q/k/v ms"), ("separate ms", "separate q, k, v ms"),
+           ("ratio", "fused ÷ separate")),
+          where=part("qkv"), reshape=pivot(("grid",), ("fused", "separate"), ("fused", "separate")),
+          run_hint="python bench/attention_kernels.py --quick --only qkv"),
     Table("kernels-crossover", "attention_kernels", ("grid", "dtype"),
           (("grid", "batch, padding"), ("dtype", "dtype"), ("sdpa ms", "sdpa ms"), ("unpadded ms", "unpadded ms"),
            ("ratio", "unpadded ÷ sdpa"), ("auto ms", "auto ms")),
@@ -190,8 +239,9 @@ TABLES = [
           run_hint="python bench/attention_kernels.py --quick --only crossover"),
     Table("kernels-low-precision", "attention_kernels", ("grid",),
           (("grid", "batch x heads x length, head dim"), ("scores", "score elements"), ("math ms", "math ms"),
-           ("sdpa ms", "sdpa ms"), ("ratio", "math ÷ sdpa")),
-          where=part("low-precision"), reshape=pivot(("grid",), ("math", "sdpa"), ("math", "sdpa")),
+           ("sdpa ms", "sdpa ms"), ("ratio", "math ÷ sdpa"), ("train math ms", "training: math ms"),
+           ("train sdpa ms", "training: sdpa ms"), ("train ratio", "training: math ÷ sdpa")),
+          where=part("low-precision"), reshape=low_precision,
           run_hint="python bench/attention_kernels.py --quick --only low-precision"),
 ]
 
@@ -235,8 +285,7 @@ TARGETS = [
     Target("same, batches length-grouped as `minibert.finetune` makes them", "train",
            {"model": "minilm", "dtype": "fp32", "order": "grouped"}, "ratio", 1.3),
     *(Target(f"MLM training step, {model} {dtype}, length 128: minibert ÷ transformers (line by line, padded)",
-             "pretrain", {"model": key, "dtype": dtype, "max length": 128, "library": "minibert"},
-             "vs transformers", 1.5)
+             "pretrain", {"model": key, "dtype": dtype, "max length": 128}, "minibert vs transformers", 1.5)
       for model, key in (("MiniLM", "minilm"), ("bert-base", "base")) for dtype in ("fp32", "bf16")),
     *(Target(f"serve, {name} at 64 clients, minibert {how}: throughput ÷ {them}", "serve-ratios",
              {"data": data, "clients": 64, "precision": precision}, field, at_least)
@@ -258,25 +307,25 @@ TARGETS = [
 ]
 
 
-def render_targets(runs: list[dict]) -> str:
-    """The targets against the current tables' rows: the figure, the run it comes from, met or missed."""
-    tables = {table.name: current_rows(table, runs) for table in TABLES}
-    numbers: dict[str, int] = {}
-    lines = []
+def render_targets(current: dict[str, list[tuple[dict, dict]]], numbers: dict[str, int]) -> str:
+    """The targets against the current tables' rows: one line per target and machine, each run's figure with its
+    number, met or missed."""
+    lines = header_lines(["workload", "target", "figure [run]", "", "on"])
     for target in TARGETS:
-        matches = [(run, row) for run, row in tables[target.table]  # a run without the compared server has no figure
+        matches = [(run, row) for run, row in current[target.table]  # a run without the compared server has no figure
                    if all(row.get(k) == v for k, v in target.where.items()) and row.get(target.field) is not None]
+        by_machine: dict[str, list[tuple[dict, dict]]] = {}
         for run, row in matches:
-            number = numbers.setdefault(run["file"], len(numbers) + 1)
-            cpu = f"{short_machine(run)}, {threads_of(run)}"
-            lines.append(row_line([target.workload, row[target.field], f">= {target.at_least:g}",
-                                   "met" if row[target.field] >= target.at_least else "**missed**", cpu,
-                                   f"[{number}]"]))
+            by_machine.setdefault(short_machine(run), []).append((run, row))
+        for where, found in by_machine.items():
+            figures = "; ".join(f"{fmt(row[target.field])} [{numbers[run['file']]}]" for run, row in found)
+            missed = [f"[{numbers[run['file']]}]" for run, row in found if row[target.field] < target.at_least]
+            verdict = ("met" if not missed else "**missed**" if len(missed) == len(found)
+                       else f"**missed** in {', '.join(missed)}")
+            lines.append(row_line([target.workload, f">= {target.at_least:g}", figures, verdict, where]))
         if not matches:
-            lines.append(row_line([target.workload, "–", f">= {target.at_least:g}", "not measured", "", ""]))
-    by_file = {run["file"]: run for rows in tables.values() for run, _ in rows}
-    head = ["Runs behind this table:", ""] + [run_line(n, by_file[f]) for f, n in numbers.items()] + [""]
-    return "\n".join(head + header_lines(["workload", "figure", "target", "", "on", "run"]) + lines) + "\n"
+            lines.append(row_line([target.workload, f">= {target.at_least:g}", "–", "not measured", ""]))
+    return "\n".join(lines) + "\n"
 
 
 def load_runs(folder: Path) -> list[dict]:
@@ -320,9 +369,8 @@ def run_line(number: int, run: dict) -> str:
     m = run["machine"]
     commit = f"`{run['commit']}`" + (" (uncommitted changes)" if run.get("dirty") else "")
     when = (run.get("started_utc") or "?").replace("T", " ").replace("Z", " UTC")
-    threads = threads_of(run)
     load = f"load {m['load_avg_1m']}-{run.get('load_avg_1m_end', '?')} on {m['cores']} cores"
-    return (f"- [{number}] `{run['command']}`: commit {commit}, {when}, {threads}, {cpu_label(run)}, "
+    return (f"- [{number}] `{run['command']}`: commit {commit}, {when}, {threads_of(run)}, {cpu_label(run)}, "
             f"torch {m['torch']}, transformers {m['transformers']}, {load}; `results/{run['file']}`")
 
 
@@ -342,18 +390,13 @@ def current_rows(table: Table, runs: list[dict]) -> list[tuple[dict, dict]]:
     return [(run, row) for _, _, run, row in chosen]
 
 
-def render(table: Table, runs: list[dict]) -> str:
-    chosen = current_rows(table, runs)
+def render(table: Table, chosen: list[tuple[dict, dict]], numbers: dict[str, int]) -> str:
+    """`table`'s current rows, each with the number of its run in the list of runs (and its CPU, where the table
+    holds rows of more than one)."""
     if not chosen:
         return f"_No run recorded yet: `{table.run_hint}` fills this table._\n"
-    numbers: dict[str, int] = {}
-    for run, _ in chosen:
-        numbers.setdefault(run["file"], len(numbers) + 1)
-    by_file = {run["file"]: run for run, _ in chosen}
-    lines = ["Runs behind this table (newest per configuration, machine and threads):", ""]
-    lines += [run_line(n, by_file[f]) for f, n in numbers.items()]
     several_machines = len({machine_of(run)[:4] for run, _ in chosen}) > 1
-    lines += [""] + header_lines(["run"] + (["machine"] if several_machines else []) + [h for _, h in table.columns])
+    lines = header_lines(["run"] + (["machine"] if several_machines else []) + [h for _, h in table.columns])
     for run, row in chosen:
         where = [short_machine(run)] if several_machines else []
         cells = [row.get(f, run.get(f, "")) for f, _ in table.columns]  # a field of the whole run (serve's workers)
@@ -361,26 +404,34 @@ def render(table: Table, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_history(runs: list[dict]) -> str:
-    """Every recorded run that no current table shows (superseded by a newer run, or cut short)."""
-    shown = {run["file"] for table in TABLES for run, _ in current_rows(table, runs)}
-    older = [run for run in runs if run["file"] not in shown]
-    if not older:
-        return "_None: every recorded run is behind a current table._\n"
-    lines = []
+def render_runs(runs: list[dict], numbers: dict[str, int]) -> str:
+    """The runs behind the current tables, oldest first, numbered as the tables' `run` column cites them."""
+    return "\n".join(run_line(numbers[run["file"]], run) for run in runs if run["file"] in numbers) + "\n"
+
+
+def render_history(runs: list[dict], numbers: dict[str, int]) -> str:
+    """Every recorded run that no current table shows (superseded by a newer run, or cut short), one line per reason;
+    each file holds its command, commit and machine."""
     scripts = {table.script for table in TABLES}
-    for run in older:
-        why = ("cut short" if not run.get("complete") else "superseded" if run["script"] in scripts
-               else "no table for this script here yet")
-        lines.append(f"- `results/{run['file']}` ({why}): `{run['command']}`, commit `{run['commit']}`, "
-                     f"{threads_of(run)}, {cpu_label(run)}")
-    return "\n".join(lines) + "\n"
+    why: dict[str, list[str]] = {}
+    for run in runs:
+        if run["file"] not in numbers:
+            reason = ("cut short" if not run.get("complete")
+                      else "superseded by a newer run" if run["script"] in scripts else "no table for its script")
+            why.setdefault(reason, []).append(f"`{run['file']}`")
+    if not why:
+        return "_None: every recorded run is behind a current table._\n"
+    return "\n".join(f"- {reason} ({len(files)}): {', '.join(files)}" for reason, files in why.items()) + "\n"
 
 
 def generate(readme: str, runs: list[dict]) -> str:
     """`readme` with every generated block rewritten; an unknown block name or a table without one is an error."""
-    blocks = {table.name: render(table, runs) for table in TABLES}
-    blocks |= {"targets": render_targets(runs), "history": render_history(runs)}
+    current = {table.name: current_rows(table, runs) for table in TABLES}
+    shown = {run["file"] for rows in current.values() for run, _ in rows}
+    numbers = {run["file"]: n for n, run in enumerate((r for r in runs if r["file"] in shown), 1)}
+    blocks = {table.name: render(table, current[table.name], numbers) for table in TABLES}
+    blocks |= {"targets": render_targets(current, numbers), "runs": render_runs(runs, numbers),
+               "history": render_history(runs, numbers)}
     found = {m.group(2) for m in BLOCK.finditer(readme)}
     if unknown := found - set(blocks):
         raise SystemExit(f"bench/README.md has generated blocks report.py does not know: {sorted(unknown)}; "

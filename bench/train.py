@@ -1,10 +1,10 @@
 """Fine-tuning step throughput (samples/s) and peak memory on SST-2 batches, minibert vs transformers in one loop.
 
 Each step: tokenise a batch of 32 SST-2 training sentences (dynamic padding), forward with labels, backward, AdamW
-step (fused, as `minibert.finetune` runs it), zero_grad. Batches in file order (`--order file`, much padding), or
-length-grouped as `python -m minibert.finetune` makes them (`--order grouped`, little padding). Both models start
-from the same weights (MiniLM + a seeded classifier) and see the same batches; steps of the two libraries are
-interleaved. Peak memory: the largest amount of live tensor
+step (fused, over `minibert.train.param_groups`, as `minibert.finetune` runs it), zero_grad. Batches in file order
+(`--order file`, much padding), or length-grouped as `python -m minibert.finetune` makes them (`--order grouped`,
+little padding). Both models start from the same weights (MiniLM + a seeded classifier) and see the same batches;
+steps of the two libraries are interleaved. Peak memory: the largest amount of live tensor
 storage created during one forward + backward (activations, gradients; parameters and optimizer state, the same in
 both, excluded).
 
@@ -21,6 +21,7 @@ import argparse
 import torch
 from common import (
     Run,
+    adamw,
     add_run_arguments,
     amp,
     batches,
@@ -39,7 +40,7 @@ from minibert.training_data import length_grouped_batches
 
 
 def make_step(model, tok, groups, labels, dtype: str, ours: bool, device: str = "cpu"):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
+    optimizer = adamw(model, lr=2e-5)
     position = [0]
 
     def step(update: bool = True) -> float:
