@@ -122,6 +122,41 @@ def serve_by_precision(rows: list[dict]) -> list[dict]:
 
 
 SERVE_KEY = ("server", "precision", "data", "clients", "workers")
+API_RUN = "python bench/serve.py --api --clients 64 --workers 2"
+
+
+def api_embeddings(rows: list[dict]) -> list[dict]:
+    """serve.py --api: per data set and client count, /embed and /v1/embeddings side by side (texts/s the mean of
+    the alternating rounds, p99 the worst round) and their ratio."""
+    out = []
+    for data, clients in dict.fromkeys((r["data"], r["clients"]) for r in rows if r.get("part") == "embeddings"):
+        merged = {"data": data, "clients": clients, "errors": 0}
+        for route in ("/embed", "/v1/embeddings"):
+            mine = [r for r in rows if r.get("route") == route and r["data"] == data and r["clients"] == clients]
+            merged[f"{route} texts/s"] = sum(r["texts_per_s"] for r in mine) / len(mine)
+            merged[f"{route} p99"] = max(r["p99_ms"] for r in mine)
+            merged["errors"] += sum(r["errors"] for r in mine)
+            merged.update(precision=mine[0]["precision"], max_vector_diff=mine[0]["max_vector_diff"],
+                          rounds=len(mine))
+        merged["ratio"] = merged["/v1/embeddings texts/s"] / merged["/embed texts/s"]
+        out.append(merged)
+    return out
+
+
+def api_rerank(rows: list[dict]) -> list[dict]:
+    """serve.py --api: each /rerank server's row with minibert's ratios to sentence-transformers' at the same data
+    and clients (pairs/s, and its p99 over ours)."""
+    rows = [r for r in rows if r.get("part") == "rerank"]
+    out = []
+    for row in rows:
+        theirs = next((r for r in rows if r["server"] == "st-rerank" and r["data"] == row["data"]
+                       and r["clients"] == row["clients"]), None)
+        merged = dict(row)
+        if theirs and row["server"] == "minibert":
+            merged["vs_st"] = row["texts_per_s"] / theirs["texts_per_s"]
+            merged["st_p99_over_ours"] = theirs["p99_ms"] / row["p99_ms"]
+        out.append(merged)
+    return out
 
 
 def part(name: str) -> Callable[[dict], bool]:
@@ -205,6 +240,19 @@ TABLES = [
            ("hf_p99_over_ours", "hf fp32 p99 ÷ minibert p99")),
           where=lambda row: "precision" in row, reshape=serve_ratios,
           run_hint="python bench/serve.py --seconds 10 --workers 2 --servers minibert@auto,minibert,hf,hf@auto"),
+    Table("serve-api-embeddings", "serve_api", ("data", "clients"),
+          (("precision", "precision"), ("data", "data"), ("clients", "clients"), ("rounds", "rounds"),
+           ("/embed texts/s", "/embed texts/s"), ("/v1/embeddings texts/s", "/v1/embeddings texts/s"),
+           ("ratio", "/v1/embeddings ÷ /embed"), ("/embed p99", "/embed p99 ms"),
+           ("/v1/embeddings p99", "/v1/embeddings p99 ms"), ("max_vector_diff", "max vector diff"),
+           ("errors", "errors")),
+          where=part("embeddings"), reshape=api_embeddings, run_hint=API_RUN),
+    Table("serve-api-rerank", "serve_api", ("server", "precision", "data", "clients"),
+          (("server", "server"), ("precision", "precision"), ("data", "data"), ("clients", "clients"),
+           ("texts_per_s", "pairs/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("vs_st", "÷ sentence-transformers"),
+           ("st_p99_over_ours", "sentence-transformers p99 ÷ ours"), ("same_order_as_st", "same order"),
+           ("max_score_diff_vs_st", "max score diff"), ("errors", "errors")),
+          where=part("rerank"), reshape=api_rerank, run_hint="python bench/serve.py --api --clients 64 --workers 2"),
     Table("serve-attack", "serve_attack", ("condition",),
           (("condition", "condition"), ("clients", "small clients"), ("big_senders", "1 MB senders"),
            ("stalled", "stalled connections"), ("small_requests", "small requests"), ("small_p50_ms", "small p50 ms"),
@@ -300,6 +348,15 @@ TARGETS = [
              "serve-ratios", {"data": data, "clients": 1, "precision": "bf16 autocast"}, "hf_p50_over_ours",
              round(1 / 1.2, 2))
       for data, name in (("sst2", "SST-2"), ("imdb", "IMDB"))),
+    *(Target(f"serve --api, {name} at 64 clients: /v1/embeddings ÷ /embed texts/s (at most 5 % fewer)",
+             "serve-api-embeddings", {"data": data, "clients": 64}, "ratio", 0.95)
+      for data, name in (("sst2", "SST-2"), ("imdb", "IMDB"))),
+    *(Target(f"serve --api, /rerank of 1 query x 32 SST-2 passages at 64 clients, minibert {how}: pairs/s ÷ "
+             "sentence-transformers' CrossEncoder.rank behind FastAPI (fp32)", "serve-api-rerank",
+             {"server": "minibert", "precision": precision, "clients": 64}, "vs_st", 2.0)
+      for precision, how in (("bf16 autocast", "at its default precision (bf16 here)"), ("fp32", "fp32"))),
+    Target("same, minibert at its default precision: sentence-transformers' p99 ÷ minibert's", "serve-api-rerank",
+           {"server": "minibert", "precision": "bf16 autocast", "clients": 64}, "st_p99_over_ours", 1.0),
     Target("bert-base 8 x 128 forward, minibert's fraction of the fp32 matmul peak", "roofline",
            {"dtype": "fp32", "library": "minibert"}, "fraction_of_peak", 0.9),
     Target("same, bf16 weights", "roofline", {"dtype": "bf16 weights", "library": "minibert"}, "fraction_of_peak",

@@ -4,6 +4,8 @@
     python bench/serve.py --seconds 20 --clients 1,8,64 --threads 1 --workers 2   # two model workers per server
     python bench/serve.py --servers minibert@auto,hf,hf@auto      # each server at its own precision
     python bench/serve.py --soak 300          # 64 clients, 5 % malformed requests, answers checked, RSS watched
+    python bench/serve.py --api --clients 64 --workers 2   # /v1/embeddings against /embed; /rerank against
+                                                           # sentence-transformers' CrossEncoder behind FastAPI
     python bench/serve.py --attack 20         # small requests and /health while 1 MB bodies and stalled
                                               # connections arrive; and thread vs process pools for tokenising
 
@@ -31,12 +33,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common import MINILM, REPO, imdb, setup, sst2, table, write_json
 
 HOST = "127.0.0.1"
 SERVERS = ("minibert", "hf", "hf-batched", "ort-batched")
+RERANK_SERVERS = (("minibert", "auto"), ("minibert", "fp32"), ("st-rerank", "fp32"))  # --api's /rerank rows
+PASSAGES = 32  # --api: texts per /rerank request
 
 
 # --- the servers (run in their own process: python bench/serve.py --serve NAME ...) -------------------------------
@@ -69,6 +74,37 @@ def hf_app(model_dir: str, precision: str):
             best = max(range(len(row)), key=row.__getitem__)
             results.append({"label": names[best], "score": row[best], "scores": dict(zip(names, row))})
         return {"results": results}
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    return app
+
+
+def st_rerank_app(model_dir: str, precision: str):
+    """The reranking server people write with sentence-transformers: `CrossEncoder.rank` of the request's query and
+    texts, one call per request (its own batches of 32 pairs), in FastAPI's thread pool; TEI's /rerank answer."""
+    import torch
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+    from sentence_transformers import CrossEncoder
+
+    from minibert.devices import autocast_dtype
+
+    amp = autocast_dtype(precision, torch.device("cpu"))
+    encoder = CrossEncoder(model_dir, device="cpu")
+    app = FastAPI()
+
+    class Request(BaseModel):
+        query: str
+        texts: list[str]
+
+    @app.post("/rerank")
+    def rerank(request: Request) -> list[dict]:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            ranked = encoder.rank(request.query, request.texts)
+        return [{"index": int(r["corpus_id"]), "score": float(r["score"])} for r in ranked]
 
     @app.get("/health")
     def health() -> dict:
@@ -116,7 +152,12 @@ def run_server(name: str, model_dir: str, port: int, threads: int, workers: int,
 
     torch.set_num_threads(threads)
     opts = Options(model=model_dir, port=port, threads=threads, workers=workers, precision=precision)
-    app = hf_app(model_dir, precision) if name == "hf" else batched_app(model_dir, opts, name)
+    if name == "hf":
+        app = hf_app(model_dir, precision)
+    elif name == "st-rerank":
+        app = st_rerank_app(model_dir, precision)
+    else:
+        app = batched_app(model_dir, opts, name)
     uvicorn.run(app, host=HOST, port=port, log_level="warning")
 
 
@@ -182,19 +223,31 @@ def percentile(xs: list[float], q: float) -> float:
 BAD_BODIES = [b"{", b'{"inputs": []}', b'{"inputs": [3]}', b'{"inputs": ["a"], "x": 1}', b"\xff\xfe"]
 
 
+def predict_requests(texts: list[str]) -> Callable[[random.Random], tuple[str, dict, list[str]]]:
+    """/predict requests of 1-4 random texts: (route, body, the texts it carries)."""
+    def make(rng: random.Random) -> tuple[str, dict, list[str]]:
+        batch = [rng.choice(texts) for _ in range(rng.randint(1, 4))]
+        return "/predict", {"inputs": batch}, batch
+
+    return make
+
+
 async def load(url: str, texts: list[str], clients: int, seconds: float, seed: int = 0, bad_fraction: float = 0.0,
-               expected: dict[str, dict] | None = None, tolerance: float = 1e-4) -> dict:
+               expected: dict[str, dict] | None = None, tolerance: float = 1e-4,
+               requests_of: Callable | None = None) -> dict:
     """`clients` loops posting 1-4 random texts each for `seconds`: texts/s, latency percentiles, errors.
 
-    With `expected` (offline predict's answer per text), an answer is wrong when a probability differs by more than
-    `tolerance` or the label differs where offline predict's top two probabilities are more than 2·tolerance apart
-    (a near-tie may go either way under rounding); near-tie flips are counted apart."""
+    `requests_of(texts)` makes the requests (default: /predict of 1-4 texts; "texts" counts what each carries: texts,
+    or pairs for /rerank). With `expected` (offline predict's answer per text), an answer is wrong when a probability
+    differs by more than `tolerance` or the label differs where offline predict's top two probabilities are more than
+    2·tolerance apart (a near-tie may go either way under rounding); near-tie flips are counted apart."""
     import httpx
 
     latencies: list[float] = []
     counts = {"texts": 0, "errors": 0, "bad_sent": 0, "bad_answered": 0, "wrong": 0, "near_tie_flips": 0}
     max_diff = 0.0
     stop_at = time.monotonic() + seconds
+    make = (requests_of or predict_requests)(texts)
 
     async def client(k: int) -> None:
         async with httpx.AsyncClient() as http:  # a connection pool of its own: one shared pool scans all 64
@@ -210,10 +263,10 @@ async def load(url: str, texts: list[str], clients: int, seconds: float, seed: i
                                     headers={"content-type": "application/json"})
                 counts["bad_answered"] += r.status_code in (400, 422)
                 continue
-            batch = [rng.choice(texts) for _ in range(rng.randint(1, 4))]
+            route, body, batch = make(rng)
             start = time.perf_counter()
             try:
-                r = await http.post(url + "/predict", json={"inputs": batch}, timeout=120)
+                r = await http.post(url + route, json=body, timeout=120)
             except httpx.HTTPError:
                 counts["errors"] += 1
                 continue
@@ -461,9 +514,111 @@ def attack(model_dir: Path, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+# --- API mode: the routes clients already speak ---------------------------------------------------------------------
+
+def embedding_requests(route: str) -> Callable:
+    """/embed or /v1/embeddings requests of 1-4 random texts (the same texts for both routes at the same seed)."""
+    def requests_of(texts: list[str]) -> Callable[[random.Random], tuple[str, dict, list[str]]]:
+        def make(rng: random.Random) -> tuple[str, dict, list[str]]:
+            batch = [rng.choice(texts) for _ in range(rng.randint(1, 4))]
+            body = {"inputs": batch} if route == "/embed" else {"input": batch, "model": "all-MiniLM-L6-v2"}
+            return route, body, batch
+
+        return make
+
+    return requests_of
+
+
+def rerank_requests(texts: list[str]) -> Callable[[random.Random], tuple[str, dict, list[str]]]:
+    """/rerank requests: one random text as the query, PASSAGES others as the passages ("texts" counts pairs)."""
+    def make(rng: random.Random) -> tuple[str, dict, list[str]]:
+        passages = rng.sample(texts, PASSAGES)
+        return "/rerank", {"query": rng.choice(texts), "texts": passages}, passages
+
+    return make
+
+
+def build_reranker(folder: Path) -> Path:
+    """MiniLM-L6 with a seeded one-logit head, saved by sentence-transformers' CrossEncoder (a stand-in for a trained
+    reranker: speed does not depend on the head's values)."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.manual_seed(0)
+    encoder = CrossEncoder(str(MINILM), num_labels=1, device="cpu")
+    with torch.no_grad():
+        encoder.model.classifier.weight.normal_(0, 0.5)
+    encoder.save(str(folder))
+    return folder
+
+
+def embedding_diff(url: str, texts: list[str]) -> float:
+    """The largest difference between /embed's and /v1/embeddings' vectors for the same texts."""
+    import httpx
+
+    ours = httpx.post(url + "/embed", json={"inputs": texts}, timeout=120).json()["embeddings"]
+    openai = httpx.post(url + "/v1/embeddings", json={"input": texts}, timeout=120).json()["data"]
+    return max(abs(x - y) for u, d in zip(ours, openai) for x, y in zip(u, d["embedding"]))
+
+
+def ranking_diff(ours: list[dict], theirs: list[dict]) -> tuple[bool, float]:
+    """Whether two /rerank answers order the texts the same, and their largest score difference per text."""
+    by_index = {r["index"]: r["score"] for r in theirs}
+    same_order = [r["index"] for r in ours] == [r["index"] for r in theirs]
+    return same_order, max(abs(r["score"] - by_index[r["index"]]) for r in ours)
+
+
+def api(args: argparse.Namespace, tmp: Path) -> list[dict]:
+    """/v1/embeddings against /embed on one minibert server (MiniLM, the server's default precision), in alternating
+    rounds; then /rerank of 1 query x PASSAGES texts on minibert's server against sentence-transformers'
+    CrossEncoder.rank behind FastAPI, on the same reranker folder."""
+    data = {"sst2": sst2("dev"), "imdb": imdb(500)}
+    import httpx
+
+    rows: list[dict] = []
+    proc, url = start("minibert", MINILM, args.threads, "auto", args.minibert_flags.split(), args.workers)
+    try:
+        diff = embedding_diff(url, data["sst2"][:8])
+        for dataset in args.data.split(","):
+            asyncio.run(load(url, data[dataset], 4, 3, requests_of=embedding_requests("/embed")))  # warm-up
+            for clients in map(int, args.clients.split(",")):
+                for round_ in range(args.rounds):
+                    for route in ("/embed", "/v1/embeddings"):
+                        r = asyncio.run(load(url, data[dataset], clients, args.seconds, seed=round_,
+                                             requests_of=embedding_requests(route)))
+                        rows.append({"part": "embeddings", "server": "minibert", "route": route, "data": dataset,
+                                     "clients": clients, "round": round_, "precision": precision_name("auto"),
+                                     "max_vector_diff": diff, **r})
+                        print(table(rows[-1:], API_COLUMNS).splitlines()[-1], flush=True)
+    finally:
+        stop(proc)
+    folder = build_reranker(tmp / "reranker")
+    passages = data["sst2"]
+    probe = {"query": passages[0], "texts": passages[1:1 + PASSAGES]}
+    answers = {}
+    for name, precision in RERANK_SERVERS:
+        flags = args.minibert_flags.split() if name == "minibert" else []
+        proc, url = start(name, folder, args.threads, precision, flags, args.workers)
+        try:
+            answers[name, precision] = httpx.post(url + "/rerank", json=probe, timeout=120).json()
+            asyncio.run(load(url, passages, 4, 3, requests_of=rerank_requests))  # warm-up
+            for clients in map(int, args.clients.split(",")):
+                r = asyncio.run(load(url, passages, clients, args.rerank_seconds, requests_of=rerank_requests))
+                rows.append({"part": "rerank", "server": name, "data": "sst2", "clients": clients,
+                             "precision": precision_name(precision), "answer_of": f"{name}@{precision}", **r})
+                print(table(rows[-1:], API_COLUMNS).splitlines()[-1], flush=True)
+        finally:
+            stop(proc)
+    reference = answers[RERANK_SERVERS[-1]]  # sentence-transformers' server runs last
+    for row in (r for r in rows if r["part"] == "rerank"):
+        server, _, precision = row.pop("answer_of").partition("@")
+        row["same_order_as_st"], row["max_score_diff_vs_st"] = ranking_diff(answers[server, precision], reference)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--serve", choices=SERVERS[1:], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=(*SERVERS[1:], "st-rerank"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model", help="a classifier folder (default: MiniLM-L6 with a random head, in a tmp folder)")
     parser.add_argument("--servers", default=",".join(SERVERS))
@@ -476,6 +631,13 @@ def main() -> None:
                              "runs its forwards in FastAPI's thread pool whatever this says")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
     parser.add_argument("--minibert-flags", default="", help="extra flags for minibert.serve, e.g. '--max-wait-ms 2'")
+    parser.add_argument("--api", action="store_true",
+                        help="measure the API routes instead: /v1/embeddings against /embed, and /rerank against "
+                             "sentence-transformers' CrossEncoder.rank behind FastAPI")
+    parser.add_argument("--rounds", type=int, default=2, help="--api: alternating rounds of /embed and /v1/embeddings")
+    parser.add_argument("--rerank-seconds", type=float, default=90,
+                        help="--api: seconds per /rerank server and client count (64 clients keep 2,048 pairs in "
+                             "flight: many seconds of work each round)")
     parser.add_argument("--soak", type=float, default=0, help="run the soak for this many seconds instead")
     parser.add_argument("--attack", type=float, default=0,
                         help="run the attack mode for this many seconds per condition instead")
@@ -486,6 +648,13 @@ def main() -> None:
     setup(args.threads)  # the record's "threads" are the servers' (this process only sends requests)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else build_model(Path(tmp) / "minilm-classifier")
+        if args.api:
+            rows = api(args, Path(tmp))
+            print(table(rows, API_COLUMNS))
+            for line in api_summary(rows):
+                print(line)
+            write_json("serve_api", {"rows": rows, "seconds": args.seconds, "workers": args.workers})
+            return
         if args.attack:
             rows = attack(model_dir, args)
             print(json.dumps(rows, indent=2))
@@ -525,6 +694,29 @@ def main() -> None:
     write_json("serve", {"rows": rows, "seconds": args.seconds, "workers": args.workers})
 
 
+def api_summary(rows: list[dict]) -> list[str]:
+    """The issue's two ratios per data set and client count: /v1/embeddings ÷ /embed texts/s (mean of the rounds),
+    and minibert's /rerank pairs/s and p99 against sentence-transformers'."""
+    lines = []
+    for dataset, clients in dict.fromkeys((r["data"], r["clients"]) for r in rows):
+        cell = [r for r in rows if r["data"] == dataset and r["clients"] == clients]
+        per_route = {route: [r["texts_per_s"] for r in cell if r.get("route") == route]
+                     for route in ("/embed", "/v1/embeddings")}
+        if all(per_route.values()):
+            ratio = (sum(per_route["/v1/embeddings"]) / len(per_route["/v1/embeddings"])) / (
+                sum(per_route["/embed"]) / len(per_route["/embed"]))
+            lines.append(f"{dataset} {clients} clients: /v1/embeddings ÷ /embed texts/s {ratio:.3f}")
+        reranks = [r for r in cell if r["part"] == "rerank"]
+        theirs = next((r for r in reranks if r["server"] == "st-rerank"), None)
+        for ours in (r for r in reranks if r["server"] == "minibert" and theirs):
+            lines.append(f"{dataset} {clients} clients: /rerank minibert ({ours['precision']}) ÷ sentence-transformers "
+                         f"pairs/s {ours['texts_per_s'] / theirs['texts_per_s']:.2f}x, p99 {ours['p99_ms']:.0f} vs "
+                         f"{theirs['p99_ms']:.0f} ms")
+    return lines
+
+
+API_COLUMNS = ["part", "server", "route", "precision", "data", "clients", "texts_per_s", "p50_ms", "p99_ms",
+               "requests", "errors"]
 COLUMNS = ["server", "precision", "data", "clients", "texts_per_s", "p50_ms", "p95_ms", "p99_ms", "requests", "errors"]
 
 if __name__ == "__main__":
