@@ -36,7 +36,7 @@ from minibert.devices import PRECISIONS
 from minibert.dynamic_batching import ORDERS, Batcher, BatchStats, Closed, QueueFull, TooBig
 from minibert.entities import AGGREGATIONS
 from minibert.errors import MinibertError
-from minibert.inference import InferenceModel, LongTextFlags, TooLong
+from minibert.inference import InferenceModel, LongTextFlags, Prepared, TooLong
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS
 from minibert.malloc import HeapTrimmer, tune_malloc
 from minibert.quantize import SCHEMES
@@ -49,7 +49,9 @@ from minibert.serve_api import (
     answer_tokenize,
     check_fields,
     openai_error,
+    read_dimensions,
     read_openai_embeddings,
+    read_prompt_name,
     read_rerank,
 )
 from minibert.serve_errors import ApiError
@@ -191,7 +193,16 @@ STOPPING = "the server is shutting down; send the request elsewhere or later."
 # --- requests ----------------------------------------------------------------------------------------------------
 
 FIELDS = {"inputs", "tokens"}
+EMBED_FIELDS = FIELDS | {"prompt_name", "dimensions"}  # text-embeddings-inference's /embed names
 EXAMPLE = '{"inputs": ["a text", "another"]}'
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a /predict or /embed request asks of its answer besides the results."""
+
+    tokens: bool = False  # each text's tokens
+    dimensions: int | None = None  # /embed: keep the vectors' first components (re-normalised as the model's are)
 
 
 async def read_body(request: Any, limit: int, timeout: float) -> bytes:
@@ -213,9 +224,10 @@ async def read_body(request: Any, limit: int, timeout: float) -> bytes:
     return bytes(body)
 
 
-def parse_inputs(body: Any, max_inputs: int, pairs_allowed: bool) -> tuple[list[str], list[str] | None, bool]:
+def parse_inputs(body: Any, max_inputs: int, pairs_allowed: bool,
+                 fields: set[str] = FIELDS) -> tuple[list[str], list[str] | None, bool]:
     """texts, their pairs (or None), and whether to return the tokens; 422/413 with the first problem found."""
-    body = check_fields(body, FIELDS, EXAMPLE)
+    body = check_fields(body, fields, EXAMPLE)
     if "inputs" not in body:
         raise ApiError(422, f"the field 'inputs' is missing; send {EXAMPLE}.")
     tokens = body.get("tokens", False)
@@ -265,21 +277,21 @@ async def unless_gone(request: Any, work: asyncio.Future) -> Any:
 
 # --- the model, behind two functions ----------------------------------------------------------------------------
 
-def prepare(model: InferenceModel, kind: str, texts: list[str], pairs: list[str] | None, refuse_long: bool) -> Any:
-    """A request's texts as rows for the batcher, with what the answer says per text (runs in a tokenizer thread)."""
-    try:
-        return model.prepare(kind, texts, pairs, refuse_long=refuse_long)
-    except TooLong as e:
-        raise ApiError(422, str(e)) from None
-
-
 def read_request(model: InferenceModel, value: Any, kind: str, max_inputs: int,
-                 refuse_long: bool) -> tuple[Any, bool]:
-    """/predict and /embed: the inputs' rows, and whether the answer should list the tokens."""
-    texts, pairs, want_tokens = parse_inputs(value, max_inputs, pairs_allowed=kind == "predict")
+                 refuse_long: bool) -> tuple[Prepared, Asked]:
+    """/predict and /embed (runs in a tokenizer thread): the inputs' rows for the batcher, with what the answer says
+    per text, and what else the answer should carry; /embed also takes a `prompt_name` and `dimensions`."""
+    embed = kind == "embed"
+    texts, pairs, want_tokens = parse_inputs(value, max_inputs, pairs_allowed=kind == "predict",
+                                             fields=EMBED_FIELDS if embed else FIELDS)
     if kind == "tokens" and pairs is not None:  # parse_inputs allows pairs for predict only; say it for tags too
         raise ApiError(422, "a token classifier tags texts, not pairs; send a list of strings.")
-    return prepare(model, kind, texts, pairs, refuse_long), want_tokens
+    prompt_name = read_prompt_name(model, value) if embed else None
+    asked = Asked(want_tokens, read_dimensions(model, value) if embed else None)
+    try:
+        return model.prepare(kind, texts, pairs, refuse_long=refuse_long, prompt_name=prompt_name), asked
+    except TooLong as e:
+        raise ApiError(422, str(e)) from None
 
 
 def read_json(body: bytes, example: str) -> Any:
@@ -294,13 +306,13 @@ def read_with(model: InferenceModel, body: bytes, read: Callable[..., Any], exam
     return read(model, read_json(body, example), *args)
 
 
-def finish(model: InferenceModel, kind: str, outputs: list[Any], prepared: Any, want_tokens: bool,
+def finish(model: InferenceModel, kind: str, outputs: list[Any], prepared: Prepared, asked: Asked,
            aggregation: str = "simple") -> dict[str, Any]:
-    """The answer's JSON from the model's outputs for the rows of `prepare`: per text, how it was read (one sequence,
-    truncated or not; or n windows pooled) and on request its tokens."""
+    """The answer's JSON from the model's outputs for the rows of `read_request`: per text, how it was read (one
+    sequence, truncated or not; or n windows pooled) and on request its tokens."""
     extra: list[dict[str, Any]] = [{"windows": n} if n > 1 else {"truncated": t}
                                    for n, t in zip(prepared.windows, prepared.truncated)]
-    if want_tokens:
+    if asked.tokens:
         rows: list[list[list[str]]] = [[] for _ in extra]
         for doc, row in zip(prepared.doc_index, prepared.rows):
             rows[doc].append(model.tokens(row))
@@ -311,7 +323,9 @@ def finish(model: InferenceModel, kind: str, outputs: list[Any], prepared: Any, 
         return {"results": [{**o, **e} for o, e in zip(answers, extra)]}
     if kind == "tokens":
         return {"results": [{**o, **e} for o, e in zip(model.entities(outputs, prepared, aggregation), extra)]}
-    return {"embeddings": [v.tolist() for v in outputs], "inputs": extra, "pooling": model.pooling_info()}
+    vectors = list(outputs) if asked.dimensions is None else list(model.truncate(torch.stack(outputs),
+                                                                                 asked.dimensions))
+    return {"embeddings": [v.tolist() for v in vectors], "inputs": extra, "pooling": model.pooling_info()}
 
 
 # --- the app -----------------------------------------------------------------------------------------------------
@@ -348,7 +362,7 @@ def create_app(engine: InferenceModel, opts: Options, reranker: CrossEncoder | N
     from fastapi import FastAPI
     from fastapi.middleware.cors import CORSMiddleware
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from pydantic import BaseModel, ConfigDict
+    from pydantic import BaseModel, ConfigDict, Field
     from starlette.exceptions import HTTPException
 
     check_limits(opts, engine.max_length["predict" if engine.classifier or engine.tagger else "embed"])
@@ -374,6 +388,10 @@ def create_app(engine: InferenceModel, opts: Options, reranker: CrossEncoder | N
 
     class EmbedRequest(PredictRequest):
         inputs: str | list[str]
+        prompt_name: str | None = Field(None, description="one of the model's prompts (GET /info), put before each "
+                                                          "text; default: the model's default prompt")
+        dimensions: int | None = Field(None, description="keep each vector's first N components (re-normalised "
+                                                         "when the model normalises)")
 
     def body_doc(model: type) -> dict:
         return {"requestBody": {"required": True, "content": {"application/json": {
@@ -504,8 +522,8 @@ def create_app(engine: InferenceModel, opts: Options, reranker: CrossEncoder | N
         if kind == "predict" and engine.tagger is not None:
             kind = "tokens"
         return Route(read_request, (kind, opts.max_inputs, opts.no_truncate), EXAMPLE,
-                     lambda outputs, prepared, tokens: finish(engine, kind, outputs, prepared, tokens,
-                                                              opts.aggregation), kind)
+                     lambda outputs, prepared, asked: finish(engine, kind, outputs, prepared, asked,
+                                                             opts.aggregation), kind)
 
     @app.post("/predict", openapi_extra=body_doc(PredictRequest),
               summary="label, score and every label's probability (or the regression value) per input")
@@ -559,7 +577,9 @@ def create_app(engine: InferenceModel, opts: Options, reranker: CrossEncoder | N
                                                  "max_body_bytes", "batch_order")}
         endpoints = [*engine.info()["endpoints"], "/v1/embeddings", "/tokenize", "/decode",
                      *(["/rerank"] if reranker is not None else [])]
+        prompts = engine.encoder.prompts
         return {**engine.info(), **limits, "endpoints": endpoints, "cross_encoder": reranker is not None,
+                "prompts": prompts.prompts, "default_prompt_name": prompts.default_name,
                 "truncate": not opts.no_truncate, "threads": worker_threads(opts), "workers": opts.workers,
                 "api_key": bool(opts.api_key)}
 

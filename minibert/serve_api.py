@@ -52,6 +52,30 @@ def check_fields(body: Any, fields: set[str], example: str) -> dict[str, Any]:
     return body
 
 
+def read_prompt_name(model: InferenceModel, body: dict[str, Any]) -> str | None:
+    """The body's `prompt_name`, one of the model's prompts (`minibert.prompts`); 422 otherwise."""
+    name = body.get("prompt_name")
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise ApiError(422, "'prompt_name' must be a string.")
+    try:
+        model.encoder.prompts.resolve(None, name)
+    except MinibertError as e:
+        raise ApiError(422, str(e)) from None
+    return name
+
+
+def read_dimensions(model: InferenceModel, body: dict[str, Any]) -> int | None:
+    """The body's `dimensions`: how many leading components of each vector to keep, 1 to the model's size."""
+    dimensions = body.get("dimensions")
+    hidden = model.config.hidden_size
+    if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
+                                   or not 1 <= dimensions <= hidden):
+        raise ApiError(422, f"'dimensions' must be a whole number from 1 to the model's {hidden}.")
+    return dimensions
+
+
 def _is_ids(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(i, int) and not isinstance(i, bool)
                                                            for i in value)
@@ -86,11 +110,7 @@ def read_openai_embeddings(model: InferenceModel, body: Any, max_inputs: int) ->
     fmt = body.get("encoding_format", "float")
     if fmt not in ENCODINGS:
         raise ApiError(422, f"'encoding_format' must be one of {', '.join(ENCODINGS)}, not {str(fmt)[:20]!r}.")
-    dimensions = body.get("dimensions")
-    hidden = model.config.hidden_size
-    if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
-                                   or not 1 <= dimensions <= hidden):
-        raise ApiError(422, f"'dimensions' must be a whole number from 1 to the model's {hidden}.")
+    dimensions = read_dimensions(model, body)
     name = body.get("model", model.name)
     if not isinstance(name, str) or not isinstance(body.get("user", ""), str):
         raise ApiError(422, "'model' and 'user' must be strings.")
@@ -162,13 +182,8 @@ def answer_tokenize(model: InferenceModel, body: Any, max_inputs: int) -> list[l
         raise ApiError(413, f"'inputs' has {len(inputs)} texts, more than the limit of {max_inputs} per request; "
                             "split it over several requests.")
     specials = _flag(body, "add_special_tokens", True)
-    name = body.get("prompt_name")
-    if name is not None and not isinstance(name, str):
-        raise ApiError(422, "'prompt_name' must be a string.")
-    try:
-        prompt = model.encoder.prompts.resolve(None, name) or "" if name is not None else ""
-    except MinibertError as e:
-        raise ApiError(422, str(e)) from None
+    name = read_prompt_name(model, body)
+    prompt = model.encoder.prompts.resolve(None, name) or "" if name is not None else ""
     texts = [prompt + text for text in inputs]  # with a prompt, offsets count from the prompt's start
     enc = model.tokenizer(texts, add_special_tokens=specials, return_offsets_mapping=True,
                           return_special_tokens_mask=True)

@@ -121,3 +121,26 @@ def test_embed_cli_prompt_and_truncate_dim(tmp_path: Path, capsys: pytest.Captur
     assert "prompt name 'doc' is not one of this model's prompts (query, passage, blank)" in capsys.readouterr().err
     assert embed_main(["--model", str(folder), "--input", str(source), "--truncate-dim", "33"]) == 1
     assert "cannot keep 33 dimensions of vectors of 32" in capsys.readouterr().err
+
+
+def test_server_prompts_and_dimensions_equal_sentence_transformers(tmp_path: Path) -> None:
+    """/embed takes text-embeddings-inference's `prompt_name` and `dimensions`; /info lists the prompts."""
+    pytest.importorskip("fastapi")
+    from tests.test_serve import client_for
+
+    folder = with_prompts(write_st_layout(tmp_path / "st", write_tiny_encoder(tmp_path / "tiny"), max_seq_length=64))
+    theirs = st.SentenceTransformer(str(folder), device="cpu")
+    with client_for(folder) as c:
+        info = c.get("/info").json()
+        default = c.post("/embed", json={"inputs": TEXTS}).json()["embeddings"]
+        passage = c.post("/embed", json={"inputs": TEXTS, "prompt_name": "passage", "dimensions": 8}).json()
+        unknown = c.post("/embed", json={"inputs": TEXTS, "prompt_name": "doc"})
+        too_many = c.post("/embed", json={"inputs": TEXTS, "dimensions": 33})
+    assert info["prompts"] == {"query": "query: ", "passage": "passage: ", "blank": ""}
+    assert info["default_prompt_name"] == "query"
+    assert close(torch.tensor(default), theirs.encode(TEXTS))  # the default prompt, "query: "
+    expected = theirs.encode(TEXTS, prompt_name="passage", truncate_dim=8, normalize_embeddings=True)
+    assert close(torch.tensor(passage["embeddings"]), expected)
+    assert unknown.status_code == 422
+    assert "prompt name 'doc' is not one of this model's prompts (query, passage, blank)" in unknown.json()["error"]
+    assert too_many.status_code == 422 and "from 1 to the model's 32" in too_many.json()["error"]
