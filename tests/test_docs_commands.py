@@ -60,14 +60,14 @@ def doc_commands(text: str, where: str) -> list[tuple[str, int, str, list[str], 
         variables: dict[str, str] = {}
         for offset, line in _logical_lines(body):
             assignment = re.fullmatch(r"\s*(?:export\s+)?([A-Za-z_]\w*)=(.*)", line)
-            if assignment:
+            if assignment and len(shlex.split(assignment.group(2))) <= 1:  # not `NAME=value command ...`
                 variables[assignment.group(1)] = (shlex.split(assignment.group(2)) or [""])[0]
                 continue
             for module, argv in commands_in(_tokens(line, variables)):
                 out.append((where, first_line + offset, module, argv, False))
     prose = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
     for span in re.finditer(r"`([^`]*-m minibert\.[^`]*)`", prose):
-        line = text.count("\n", 0, span.start()) + 1
+        line = prose.count("\n", 0, span.start()) + 1  # prose keeps text's lines, not its offsets
         for module, argv in commands_in(_tokens(span.group(1).replace("\n", " "), {})):
             if argv:  # a bare `python -m minibert.X` names the command, it does not run it
                 out.append((where, line, module, argv, True))
