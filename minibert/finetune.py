@@ -53,7 +53,7 @@ from minibert.st_files import write_cross_encoder_files
 from minibert.token_finetune import TASKS, detect_task, finetune_tokens
 from minibert.tokenizer import BertTokenizer
 from minibert.train import Summary, train
-from minibert.training_data import Encoded, encode
+from minibert.training_data import BATCH_ORDERS, Encoded, batch_order_fingerprint, encode
 
 logger = logging.getLogger("minibert")
 
@@ -98,6 +98,9 @@ class Options(RunFlags):
     windows: str = option("one", "chunks: train on one window per document, drawn at random each epoch (one, best "
                                  "on IMDB), or on every window of every document each epoch (all)",
                           choices=("one", "all"))
+    batch_order: str = option("grouped", "training batches. grouped: sentences of similar length batched together, "
+                                         "little padding (fastest); random: batches of random sentences, as "
+                                         "transformers' Trainer draws them", choices=tuple(BATCH_ORDERS))
     seeds: list[int] | None = option(None, "comma-separated seeds: repeat the run for each and report mean ± std",
                                      parse=int_list)
     max_train_samples: int = option(0, "use only the first N training rows (0: all)", at_least=0)
@@ -120,7 +123,7 @@ RESUME_MAY_CHANGE = {*command.RESUME_MAY_CHANGE, "test_file"}
 RESUME_SCHEDULE = {*command.RESUME_SCHEDULE, "model", "seeds"}
 # Flags newer than some run folders' run_options.json, with the values those runs used.
 ADDED_LATER = {"long_text": "truncate", "stride": 128, "windows": "all", "task": "sequence-classification",
-               "tag_column": -1, "label_names": None, "label_all_tokens": False}
+               "tag_column": -1, "label_names": None, "label_all_tokens": False, "batch_order": "grouped"}
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -183,7 +186,7 @@ def fingerprint(train: Examples, labels: Labels, opts: Options) -> dict[str, obj
     if opts.long_text == "chunks" and opts.windows != "all":  # runs saved before --windows keep their fingerprint
         long_text.append(opts.windows)
     return {"data": digest.hexdigest()[:16], "max_length": opts.max_length, "labels": labels.names,
-            "long_text": long_text}
+            "long_text": long_text, **batch_order_fingerprint(opts.batch_order)}
 
 
 # --- one run -----------------------------------------------------------------------------------------------------
@@ -267,7 +270,7 @@ def finetune(opts: Options, d: Dist) -> Summary:
         return encode(tokenizer, examples, opts.max_length, y, opts.num_workers, not opts.no_progress, what,
                       long_text)
 
-    train_data = tokens(train_ex, train_y, "tokenizing training data")
+    train_data = replace(tokens(train_ex, train_y, "tokenizing training data"), batch_order=opts.batch_order)
     if train_data.longer and d.main:  # said only when some text is longer than --max-length
         what = (f"{len(train_data)} windows (stride {opts.stride}); each epoch trains on "
                 f"{'all of them' if opts.windows == 'all' else 'one per document'}" if opts.long_text == "chunks" else

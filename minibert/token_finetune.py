@@ -36,6 +36,7 @@ from minibert.ner_metrics import evaluate_tagger, is_iob
 from minibert.token_labels import check_known_tags, encode_words
 from minibert.tokenizer import BertTokenizer
 from minibert.train import Summary, train
+from minibert.training_data import batch_order_fingerprint
 
 TASKS = ("auto", "sequence-classification", "token-classification")
 
@@ -122,8 +123,8 @@ def fingerprint(train_s: TaggedSentences, names: list[str], opts: Any) -> dict[s
     digest = hashlib.sha256()
     for words, tags in zip(train_s.words, train_s.tags or []):
         digest.update(repr((words, tags)).encode())
-    return {"data": digest.hexdigest()[:16], "max_length": opts.max_length, "labels": names,
-            "stride": opts.stride, "label_all_tokens": opts.label_all_tokens}
+    return {"data": digest.hexdigest()[:16], "max_length": opts.max_length, "labels": names, "stride": opts.stride,
+            "label_all_tokens": opts.label_all_tokens, **batch_order_fingerprint(opts.batch_order)}
 
 
 def finetune_tokens(opts: Any, d: Dist, resume: Path | None, run_dir_for: Any) -> Summary:
@@ -154,7 +155,7 @@ def finetune_tokens(opts: Any, d: Dist, resume: Path | None, run_dir_for: Any) -
         return encode_words(tokenizer, sentences, opts.max_length, opts.stride, names, opts.label_all_tokens, what,
                             not opts.no_progress)
 
-    train_data = windows(train_s, "training")
+    train_data = replace(windows(train_s, "training"), batch_order=opts.batch_order)
     if d.main:
         n_words = sum(map(len, train_s.words))
         print(f"token-classification: {len(names)} tags {', '.join(names)}; {len(train_s)} training sentences "

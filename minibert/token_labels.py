@@ -6,8 +6,8 @@ than `max_length` is cut into windows that overlap by at most `stride` tokens an
 is a training sequence, and each word is predicted from the window where it has the most context on both sides
 (the fewer tokens on its poorer side, the worse). A word longer than a whole window keeps its first tokens.
 
-The result is also the loop's training data (`train.TrainData`): length-grouped batches padded per batch, labels
-padded with -100; with the packed kernel the padding never reaches the encoder.
+The result is also the loop's training data (`train.TrainData`): length-grouped batches (or random ones:
+`batch_order`) padded per batch, labels padded with -100; with the packed kernel the padding never reaches the encoder.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class TokenWindows:
     sentence: list[int]
     reads: list[list[tuple[int, int] | None]]
     pad_token_id: int = 0
+    batch_order: str = "grouped"  # training batches: one of training_data.BATCH_ORDERS
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -51,7 +52,7 @@ class TokenWindows:
         return [len(ids) for ids in self.input_ids]
 
     def epoch_batches(self, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> list[list[int]]:
-        return length_grouped_batches(self.lengths, batch_size, seed, epoch, rank, world_size)
+        return length_grouped_batches(self.lengths, batch_size, seed, epoch, rank, world_size, self.batch_order)
 
     def collate(self, indices: Sequence[int], key: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
         rows = [Row(self.input_ids[i], [0] * len(self.input_ids[i])) for i in indices]

@@ -1,4 +1,5 @@
-"""Examples to token ids once, then batches: length-grouped for training, sorted for evaluation, padded per batch.
+"""Examples to token ids once, then batches: length-grouped (or random: `--batch-order`) for training, sorted for
+evaluation, padded per batch.
 
 The order of an epoch's batches is a function of (seed, epoch) alone, so a checkpoint stores the position in the
 epoch instead of a sampler, and a resumed run sees the same batches as the uninterrupted one.
@@ -31,8 +32,9 @@ class Encoded:
     document, each window carries its document's label, and `document_labels` keeps one label per document for
     the metrics (the windows' logits are pooled per document first). Otherwise sequences are examples.
 
-    As training data for the loop (`train.TrainData`): length-grouped batches, padded to their longest sequence;
-    with `windows="one"`, each epoch trains on one window per document, drawn from (seed, epoch), instead of all.
+    As training data for the loop (`train.TrainData`): batches in `batch_order` (`length_grouped_batches`), padded to
+    their longest sequence; with `windows="one"`, each epoch trains on one window per document, drawn from
+    (seed, epoch), instead of all.
     """
 
     input_ids: list[list[int]]
@@ -43,6 +45,7 @@ class Encoded:
     document_labels: torch.Tensor | None = None
     windows: str = "all"
     longer: int = 0  # texts longer than max_length (cut into windows, or truncated)
+    batch_order: str = "grouped"  # training batches: one of BATCH_ORDERS
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -57,10 +60,11 @@ class Encoded:
 
     def epoch_batches(self, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> list[list[int]]:
         if self.windows == "all" or self.doc_index is None:
-            return length_grouped_batches(self.lengths, batch_size, seed, epoch, rank, world_size)
+            return length_grouped_batches(self.lengths, batch_size, seed, epoch, rank, world_size, self.batch_order)
         picked = one_window_per_document(self.doc_index, seed, epoch)
         lengths = self.lengths
-        batches = length_grouped_batches([lengths[i] for i in picked], batch_size, seed, epoch, rank, world_size)
+        batches = length_grouped_batches([lengths[i] for i in picked], batch_size, seed, epoch, rank, world_size,
+                                         self.batch_order)
         return [[picked[j] for j in batch] for batch in batches]
 
     def collate(self, indices: Sequence[int], key: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
@@ -110,23 +114,38 @@ def one_window_per_document(doc_index: Sequence[int], seed: int, epoch: int) -> 
     return [rng.choice(windows[doc]) for doc in sorted(windows)]
 
 
+# --batch-order: batches per length-sorted group. grouped: 50 (sentences of similar length together, little
+# padding); random: 1, i.e. no grouping: each batch is batch_size indices of a random permutation, what a random
+# sampler (transformers' Trainer) draws, padded to its longest.
+BATCH_ORDERS = {"grouped": 50, "random": 1}
+
+
+def batch_order_fingerprint(order: str) -> dict[str, str]:
+    """A resume fingerprint's entry for the batch order: none for grouped, so that checkpoints saved before
+    --batch-order existed (all grouped) still resume, while a resume in another order is caught even without the
+    run's run_options.json."""
+    return {} if order == "grouped" else {"batch_order": order}
+
+
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, rank: int = 0,
-                           world_size: int = 1) -> list[list[int]]:
+                           world_size: int = 1, order: str = "grouped") -> list[list[int]]:
     """This rank's batches for one epoch: similar lengths batched together (little padding), in a random order.
 
     Indices are shuffled, cut into groups of 50 batches, each group sorted by length and cut into batches, and the
-    batches shuffled again, all from (seed, epoch) alone, so that a resumed run sees the same order. Every rank
-    computes the same list and takes every `world_size`-th batch; the list is first made a multiple of
-    `world_size` by repeating batches from its start (cyclically, when there are fewer batches than ranks), so every
-    rank gets work and none waits for a step the others never take.
+    batches shuffled again, all from (seed, epoch) alone, so that a resumed run sees the same order. `order="random"`
+    makes the groups one batch each: the batches of a random permutation, lengths mixed as they come (a batch's rows
+    are still sorted by length, which changes nothing but their order). Every rank computes the same list and takes
+    every `world_size`-th batch; the list is first made a multiple of `world_size` by repeating batches from its
+    start (cyclically, when there are fewer batches than ranks), so every rank gets work and none waits for a step
+    the others never take.
     """
     rng = random.Random(f"{seed}/{epoch}")
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    group = batch_size * 50
+    shuffled = list(range(len(lengths)))
+    rng.shuffle(shuffled)
+    group = batch_size * BATCH_ORDERS[order]
     batches = []
-    for start in range(0, len(order), group):
-        chunk = sorted(order[start:start + group], key=lambda i: -lengths[i])
+    for start in range(0, len(shuffled), group):
+        chunk = sorted(shuffled[start:start + group], key=lambda i: -lengths[i])
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     batches += [batches[i % len(batches)] for i in range(-len(batches) % world_size)] if batches else []

@@ -26,6 +26,7 @@ FINETUNE_BAD = {  # flag: bad values (each a usage error: exit 2, one line that 
     "--max-steps": ["-1"], "--seed": ["x"], "--precision": ["fp8"], "--attn-impl": ["flash"],
     "--problem-type": ["ranking"], "--long-text": ["middle"], "--head-tokens": ["-1"], "--stride": ["-1"],
     "--pool": ["sum"], "--windows": ["some"], "--split-seed": ["x"], "--task": ["ner"], "--tag-column": ["x"],
+    "--batch-order": ["sorted"],
 }
 PRETRAIN_BAD = {flag: values for flag, values in FINETUNE_BAD.items()
                 if "--" + flag[2:].replace("-", "_") in {"--" + f.name for f in fields(pretrain.Options)}}

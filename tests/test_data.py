@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -199,6 +201,42 @@ def test_length_grouped_batches_cover_each_index_once_and_reshuffle() -> None:
     # grouping: batches pad far less than random batches would
     pad = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in epoch0)
     assert pad < 0.2 * sum(lengths)
+
+
+def test_grouped_batches_are_unchanged_by_batch_order() -> None:
+    """--batch-order grouped (the default) is the order from before the flag, bit for bit (hashes computed with the
+    code before it)."""
+    lengths = [(i * 37) % 101 + 1 for i in range(1000)]
+    for kwargs, digest in ((dict(seed=1, epoch=0), "3490fc2da7935872"), (dict(seed=1, epoch=1), "1f05311c8ffe9317"),
+                           (dict(seed=3, epoch=2, rank=1, world_size=3), "8b68c0416c503b94")):
+        batches = length_grouped_batches(lengths, 16, **kwargs)
+        assert batches == length_grouped_batches(lengths, 16, **kwargs, order="grouped")
+        assert hashlib.sha256(repr(batches).encode()).hexdigest()[:16] == digest
+
+
+def spread(lengths: list[int], batches: list[list[int]]) -> float:
+    """Mean over batches of (longest - shortest) length in the batch."""
+    return statistics.mean(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+
+
+def test_random_batches_are_a_permutation_of_mixed_lengths() -> None:
+    """--batch-order random: every index once per epoch, the same for the same (seed, epoch), another order in
+    another epoch, and batches that do not depend on the lengths (as a random sampler's), so they mix lengths."""
+    lengths = [(i * 37) % 101 + 1 for i in range(1000)]
+    epoch0 = length_grouped_batches(lengths, 16, seed=1, epoch=0, order="random")
+    assert sorted(i for b in epoch0 for i in b) == list(range(1000)) and len(epoch0) == 63
+    assert epoch0 == length_grouped_batches(lengths, 16, seed=1, epoch=0, order="random")
+    assert epoch0 != length_grouped_batches(lengths, 16, seed=1, epoch=1, order="random")
+    assert epoch0 != length_grouped_batches(lengths, 16, seed=2, epoch=0, order="random")
+    others = length_grouped_batches([1] * 1000, 16, seed=1, epoch=0, order="random")
+    assert [sorted(b) for b in epoch0] == [sorted(b) for b in others]  # the same batches whatever the lengths
+    grouped = length_grouped_batches(lengths, 16, seed=1, epoch=0)
+    assert spread(lengths, epoch0) > 10 * spread(lengths, grouped)  # 89 tokens against 3
+    r0 = length_grouped_batches(lengths[:103], 8, 0, 0, rank=0, world_size=2, order="random")
+    r1 = length_grouped_batches(lengths[:103], 8, 0, 0, rank=1, world_size=2, order="random")
+    assert len(r0) == len(r1) == 7 and set(i for b in r0 + r1 for i in b) == set(range(103))
+    data = Encoded([[2] * n for n in lengths], [[0] * n for n in lengths], None, batch_order="random")
+    assert data.epoch_batches(16, 1, 0, 0, 1) == epoch0  # what sequence classification trains on
 
 
 def test_ranks_split_batches_evenly() -> None:

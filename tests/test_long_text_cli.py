@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minibert import finetune, predict
+from minibert import finetune, predict, run_folder
 from minibert.data import Examples
 from minibert.devices import Dist
 from minibert.heads import BertForSequenceClassification
@@ -18,7 +18,7 @@ from minibert.long_text import head_tail_inputs
 from minibert.long_text_options import LongText
 from minibert.metrics import evaluate_classifier
 from minibert.tokenizer import BertTokenizer
-from minibert.training_data import encode
+from minibert.training_data import encode, length_grouped_batches, one_window_per_document
 from tests.tiny import NEGATIVE, POSITIVE, sentiment_rows, write_csv, write_tiny_model
 
 
@@ -138,6 +138,32 @@ def test_finetune_one_window_per_document_trains_one_batch_per_documents(setup, 
                           "0"]) == 0
     err = capsys.readouterr().err
     assert "each epoch trains on one per document" in err and "done: 6 steps" in err
+
+
+def test_random_batch_order_draws_one_window_per_document_in_random_batches(setup, tmp_path, monkeypatch) -> None:
+    """--batch-order random with --long-text chunks --windows one: the training data batches in random order, still
+    one window of each document per epoch, and run_options.json and the fingerprint record the order."""
+    seen, real_train = [], finetune.train
+
+    def train(model, data, *args, **kwargs):
+        seen.append(data)
+        return real_train(model, data, *args, **kwargs)
+
+    monkeypatch.setattr(finetune, "train", train)
+    out = tmp_path / "run"
+    assert finetune.main(["--model", str(setup["model"]), "--train-file", str(setup["train"]), "--output-dir",
+                          str(out), "--max-length", "32", "--long-text", "chunks", "--stride", "8", "--windows",
+                          "one", "--batch-order", "random", "--max-steps", "2", "--batch-size", "8", "--no-progress",
+                          "--validation-split", "0"]) == 0
+    data = seen[0]
+    assert data.batch_order == "random" and len(data) > 24
+    picked = one_window_per_document(data.doc_index, 42, 0)
+    batches = data.epoch_batches(8, 42, 0, 0, 1)
+    assert sorted(i for b in batches for i in b) == sorted(picked)
+    expected = length_grouped_batches([data.lengths[i] for i in picked], 8, 42, 0, order="random")
+    assert batches == [[picked[j] for j in b] for b in expected]
+    assert json.loads((out / "run_options.json").read_text())["batch_order"] == "random"
+    assert run_folder.load_state(out / "checkpoint-2")["fingerprint"]["batch_order"] == "random"
 
 
 @pytest.mark.parametrize("flags", [["--max-length", "24", "--long-text", "head-tail", "--head-tokens", "6"], []],

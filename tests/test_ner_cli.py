@@ -14,7 +14,7 @@ import torch
 import transformers
 from seqeval.metrics import f1_score
 
-from minibert import finetune, predict
+from minibert import finetune, predict, run_folder, token_finetune
 from minibert.heads import BertForTokenClassification
 from tests.tiny import NEGATIVE, POSITIVE, WORDS, write_tiny_model
 
@@ -148,3 +148,49 @@ def test_unseen_validation_tag_is_named_with_its_line(run, tmp_path, capsys):
         f"error: the validation data in {dev} has tags without a label id: 'B-FILM' (line 2); the tags that the "
         "model knows are B-NEG, B-POS, I-NEG, I-POS, O.")
     assert not (tmp_path / "run").exists()
+
+
+def test_random_batch_order_trains_and_resumes_only_in_its_order(tmp_path, monkeypatch, capsys):
+    """--batch-order random reaches the training data, run_options.json and the checkpoint's fingerprint; a resume
+    in another order is refused, by the options and, without run_options.json, by the fingerprint."""
+    model, train_file = write_tiny_model(tmp_path / "model"), write_conll(tmp_path / "train.conll", tagged(24, 2))
+    out = tmp_path / "run"
+    argv = ["--model", str(model), "--train-file", str(train_file), "--validation-split", "0", "--output-dir",
+            str(out), "--batch-size", "4", "--max-steps", "2", "--save-every", "1", "--keep-checkpoints", "2",
+            "--precision", "fp32", "--no-progress"]
+    orders, real_train = [], token_finetune.train
+
+    def train(model, data, *args, **kwargs):
+        orders.append(data.batch_order)
+        return real_train(model, data, *args, **kwargs)
+
+    monkeypatch.setattr(token_finetune, "train", train)
+    assert finetune.main([*argv, "--batch-order", "random"]) == 0
+    assert orders == ["random"]
+    assert json.loads((out / "run_options.json").read_text())["batch_order"] == "random"
+    assert run_folder.load_state(out / "checkpoint-1")["fingerprint"]["batch_order"] == "random"
+    capsys.readouterr()
+    assert finetune.main(["--resume", str(out / "checkpoint-1"), "--batch-order", "grouped"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --batch-order grouped differs from the run's random, so the resumed run would not continue the same "
+        "one; resume with the same value, or pass --allow-resume-mismatch.")
+    (out / "run_options.json").unlink()  # a run folder without its options: every flag from the command line
+    assert finetune.main([*argv, "--resume", str(out / "checkpoint-1")]) == 1
+    assert "cannot resume exactly: the run differs from the checkpoint's: batch_order ('random' then, None now)" in \
+        capsys.readouterr().err
+
+
+def test_runs_saved_before_batch_order_resume_grouped(tmp_path, capsys):
+    """A run folder from before --batch-order (no batch_order in run_options.json nor in the fingerprint) resumes, in
+    the grouped order it trained in."""
+    model, train_file = write_tiny_model(tmp_path / "model"), write_conll(tmp_path / "train.conll", tagged(24, 2))
+    out = tmp_path / "run"
+    assert finetune.main(["--model", str(model), "--train-file", str(train_file), "--validation-split", "0",
+                          "--output-dir", str(out), "--batch-size", "4", "--max-steps", "2", "--save-every", "1",
+                          "--keep-checkpoints", "2", "--precision", "fp32", "--no-progress"]) == 0
+    options = json.loads((out / "run_options.json").read_text())
+    assert options.pop("batch_order") == "grouped"
+    (out / "run_options.json").write_text(json.dumps(options))
+    assert "batch_order" not in run_folder.load_state(out / "checkpoint-1")["fingerprint"]
+    assert finetune.main(["--resume", str(out / "checkpoint-1")]) == 0
+    assert f"resumed from {out / 'checkpoint-1'} at step 1" in capsys.readouterr().err
