@@ -573,8 +573,16 @@ def api(args: argparse.Namespace, tmp: Path) -> list[dict]:
     rounds; then /rerank of 1 query x PASSAGES texts on minibert's server against sentence-transformers'
     CrossEncoder.rank behind FastAPI, on the same reranker folder."""
     data = {"sst2": sst2("dev"), "imdb": imdb(500)}
-    import httpx
+    rows: list[dict] = []
+    parts = args.api_parts.split(",")
+    if "embeddings" in parts:
+        rows += api_embeddings(args, data)
+    if "rerank" in parts:
+        rows += api_rerank(args, data["sst2"], tmp)
+    return rows
 
+
+def api_embeddings(args: argparse.Namespace, data: dict[str, list[str]]) -> list[dict]:
     rows: list[dict] = []
     proc, url = start("minibert", MINILM, args.threads, "auto", args.minibert_flags.split(), args.workers)
     try:
@@ -592,8 +600,14 @@ def api(args: argparse.Namespace, tmp: Path) -> list[dict]:
                         print(table(rows[-1:], API_COLUMNS).splitlines()[-1], flush=True)
     finally:
         stop(proc)
+    return rows
+
+
+def api_rerank(args: argparse.Namespace, passages: list[str], tmp: Path) -> list[dict]:
+    import httpx
+
+    rows: list[dict] = []
     folder = build_reranker(tmp / "reranker")
-    passages = data["sst2"]
     probe = {"query": passages[0], "texts": passages[1:1 + PASSAGES]}
     answers = {}
     for name, precision in RERANK_SERVERS:
@@ -635,6 +649,7 @@ def main() -> None:
                         help="measure the API routes instead: /v1/embeddings against /embed, and /rerank against "
                              "sentence-transformers' CrossEncoder.rank behind FastAPI")
     parser.add_argument("--rounds", type=int, default=2, help="--api: alternating rounds of /embed and /v1/embeddings")
+    parser.add_argument("--api-parts", default="embeddings,rerank", help="--api: which comparisons to run")
     parser.add_argument("--rerank-seconds", type=float, default=90,
                         help="--api: seconds per /rerank server and client count (64 clients keep 2,048 pairs in "
                              "flight: many seconds of work each round)")
