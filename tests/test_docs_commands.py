@@ -24,7 +24,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from minibert.cli import options_parser
+from tests.servers import HOST, free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -421,12 +421,6 @@ def user_files(main: Path, inputs: Path, shared: Path) -> None:
         f.writelines(head[:200])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Clone:
     """Working directories like a clone, one a page (`<root>/NN-page/main`, beside links to `shared` and `inputs`),
     where the pages' commands run in order. A page's `weights/` starts with links to the run folders the pages before
@@ -530,20 +524,10 @@ class Clone:
             proc = subprocess.Popen([sys.executable, "-m", "minibert.serve", *argv], cwd=self.main,
                                     env={**self.env, **step.env}, stdout=out, stderr=subprocess.STDOUT)
         self.server = (proc, step, port, log)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                self.server = None
-                self.fail(step, f"the server exited with {proc.returncode} before /health answered", log.read_text())
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.3)
-        self.stop_server(check=False)
-        self.fail(step, "/health did not answer 200 within 180 s", log.read_text())
+        problem = wait_healthy(proc, f"http://{HOST}:{port}", 180)
+        if problem is not None:
+            self.stop_server(check=False)
+            self.fail(step, problem, log.read_text())
 
     def stop_server(self, check: bool = True) -> None:
         if not self.server:

@@ -18,17 +18,11 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
+from tests.servers import HOST, free_port, wait_healthy  # noqa: E402
 from tests.test_serve import assert_same_predictions, offline_predict, write_classifier  # noqa: E402
 from tests.tiny import NEGATIVE, POSITIVE  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"  # never any other address
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def start(model: Path, *flags: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
@@ -38,18 +32,10 @@ def start(model: Path, *flags: str, env: dict[str, str] | None = None) -> tuple[
                              "--port", str(port), "--precision", "fp32", "--threads", "1", *flags],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited with {proc.returncode}: {proc.stdout.read()}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    stop(proc)
-    raise AssertionError("the server was not healthy within 90 s")
+    problem = wait_healthy(proc, url, 90)
+    if problem is not None:
+        raise AssertionError(f"{problem}: {stop(proc)}")
+    return proc, url
 
 
 def stop(proc: subprocess.Popen) -> str:
