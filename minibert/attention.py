@@ -76,8 +76,8 @@ def math_attention(
 
     In bf16/fp16 the scores and the softmax are float32 and only the probabilities are rounded, for the product with
     v, as torch's fused kernels do: scores rounded to bf16 (8 bits) before the softmax err ~4x more than sdpa's
-    (bench/README.md, "How auto chooses"). The score matmul is a small share of the work at the lengths where `auto`
-    picks this kernel."""
+    (bench/README.md, "How auto chooses") and cost fine-tuning accuracy (CoNLL F1, docs/ner.md). The score matmul is
+    a small share of the work at the lengths where `auto` picks this kernel."""
     _padded_only("math", packing)
     low = q.dtype in (torch.bfloat16, torch.float16)
     with torch.autocast(q.device.type, enabled=False) if low else contextlib.nullcontext():
