@@ -21,7 +21,6 @@ Axis letters in the einops patterns:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import NamedTuple
@@ -72,22 +71,16 @@ def math_attention(
     need_probs: bool = False,
     packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The readable reference: softmax(q kᵀ · scale + mask) v. q, k, v: (b, h, t, d); key_mask: (b, s) or None.
-
-    In bf16/fp16 the scores and the softmax are float32 and only the probabilities are rounded, for the product with
-    v, as torch's fused kernels do: scores rounded to bf16 (8 bits) before the softmax err ~4x more than sdpa's
-    (bench/README.md, "How auto chooses") and cost fine-tuning accuracy (CoNLL F1, docs/ner.md). The score matmul is
-    a small share of the work at the lengths where `auto` picks this kernel."""
+    """The readable reference: softmax(q kᵀ · scale + mask) v. q, k, v: (b, h, t, d); key_mask: (b, s) or None."""
     _padded_only("math", packing)
-    low = q.dtype in (torch.bfloat16, torch.float16)
-    with torch.autocast(q.device.type, enabled=False) if low else contextlib.nullcontext():
-        # scaling q: a pass over (t, d), not over (t, s)
-        scores = torch.einsum("bhtd,bhsd->bhts", q.float() * scale, k.float())
-        if key_mask is not None:
-            scores = scores + additive_bias(key_mask, scores.dtype)
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
-        probs = F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
-        out = torch.einsum("bhts,bhsd->bhtd", probs, v)
+    scores = torch.einsum("bhtd,bhsd->bhts", q * scale, k)  # scaling q: a pass over (t, d), not over (t, s)
+    if key_mask is not None:
+        scores = scores + additive_bias(key_mask, scores.dtype)
+    # under bf16 autocast torch's softmax still computes exp() and the sum in float32 (bf16 would lose too much)
+    # and rounds only its output: bitwise what converting the scores first gives, without two more passes over them
+    probs = torch.softmax(scores, dim=-1)
+    probs = F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
+    out = torch.einsum("bhts,bhsd->bhtd", probs, v)
     return zero_fully_masked(out, key_mask), (probs if need_probs else None)
 
 
