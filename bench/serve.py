@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from common import MINILM, REPO, imdb, setup, sst2, table, write_json
@@ -379,34 +379,30 @@ async def attacked_load(url: str, texts: list[str], seconds: float, clients: int
     counts = {"small_errors": 0, "health_errors": 0, "big_sent": 0, "big_answers": {}, "stalled_opened": 0}
     stop_at = time.monotonic() + seconds
 
+    async def timed(request: Awaitable, latencies: list[float], errors: str) -> None:
+        """One request: its latency when it is answered 200, else one more of `errors`."""
+        began = time.perf_counter()
+        try:
+            ok = (await request).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        if ok:
+            latencies.append(1000 * (time.perf_counter() - began))
+        else:
+            counts[errors] += 1
+
     async def small(k: int) -> None:
         rng = random.Random(k)
         async with httpx.AsyncClient() as http:
             while time.monotonic() < stop_at:
                 batch = [rng.choice(texts) for _ in range(rng.randint(1, 4))]
-                began = time.perf_counter()
-                try:
-                    r = await http.post(url + "/predict", json={"inputs": batch}, timeout=60)
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    small_ms.append(1000 * (time.perf_counter() - began))
-                else:
-                    counts["small_errors"] += 1
+                await timed(http.post(url + "/predict", json={"inputs": batch}, timeout=60), small_ms,
+                            "small_errors")
 
     async def health() -> None:
         async with httpx.AsyncClient() as http:
             while time.monotonic() < stop_at:
-                began = time.perf_counter()
-                try:
-                    ok = (await http.get(url + "/health", timeout=30)).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    health_ms.append(1000 * (time.perf_counter() - began))
-                else:
-                    counts["health_errors"] += 1
+                await timed(http.get(url + "/health", timeout=30), health_ms, "health_errors")
                 await asyncio.sleep(0.05)
 
     async def big() -> None:
