@@ -1,4 +1,5 @@
-"""Which of the encoder's matmuls int8 can take: each left in float32 in turn, against all four in int8.
+"""Which of the encoder's matmuls int8 can take: each left in float32 in turn, against all four in int8, with and
+without smoothing (minibert/quantize.py).
 
 For every choice: a fine-tuned MiniLM SST-2 classifier's dev accuracy and argmax agreement with fp32 (all 872
 sentences), and MiniLM's sentence embeddings' cosine to fp32 (mean pooling, normalised: the lowest and the mean
@@ -21,8 +22,10 @@ from common import MINILM, Run, add_run_arguments, batches, setup, sst2, sst2_la
 import minibert
 from minibert.quantize import INT8_LINEARS
 
-CHOICES = {"all int8": (), **{f"{name} float": (name,) for name in INT8_LINEARS},
-           "qkv + down float": ("attention.qkv", "ffn.down")}
+# choice -> (keep_float, smooth): every choice smooths q/k/v and up where they are int8, but the first
+CHOICES = {"all int8, not smoothed": ((), False), "all int8": ((), True),
+           **{f"{name} float": ((name,), True) for name in INT8_LINEARS},
+           "qkv + down float": (("attention.qkv", "ffn.down"), True)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,10 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     ref_vectors = encoder.encode(few)
     run.add({"choice": "fp32", "accuracy": float((ref_logits.argmax(-1) == gold).float().mean()),
              "cpu_ms_per_text": ref_s * 1e3}, COLUMNS)
-    for choice, keep in CHOICES.items():
-        logits, seconds = predict(copy.deepcopy(classifier).quantize("int8", keep_float=keep))
+    for choice, (keep, smooth) in CHOICES.items():
+        logits, seconds = predict(copy.deepcopy(classifier).quantize("int8", keep_float=keep, smooth=smooth))
         quantized = copy.copy(encoder)
-        quantized.model = copy.deepcopy(encoder.model).quantize("int8", keep_float=keep)
+        quantized.model = copy.deepcopy(encoder.model).quantize("int8", keep_float=keep, smooth=smooth)
         cosine = torch.nn.functional.cosine_similarity(ref_vectors, quantized.encode(few))
         run.add({"choice": choice, "accuracy": float((logits.argmax(-1) == gold).float().mean()),
                  "agree": float((logits.argmax(-1) == ref_logits.argmax(-1)).float().mean()),

@@ -39,10 +39,10 @@ class BertPreTrainedModel(nn.Module):
         self.config = config
         self.quantization: str | None = None  # "int8" after `quantize`: inference only
 
-    def quantize(self: M, scheme: str = "int8", keep_float: tuple[str, ...] = ()) -> M:
+    def quantize(self: M, scheme: str = "int8", keep_float: tuple[str, ...] = (), smooth: bool = True) -> M:
         """Quantize this model in place for CPU inference (`minibert.quantize`) -> self; it then refuses training
         and `save_pretrained`."""
-        return quantize_model(self, scheme, keep_float)
+        return quantize_model(self, scheme, keep_float, smooth)
 
     def train(self: M, mode: bool = True) -> M:
         if mode and self.quantization is not None:

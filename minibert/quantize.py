@@ -8,10 +8,17 @@ the two scales and the bias in one pass: y = (acc · s_x) · s_w + b.
 
 What stays floating point: embeddings, LayerNorm, attention scores and softmax (q·kᵀ and p·v are activation x
 activation products), the pooler and every task head (a few rows of work, and the logits read them directly).
-All four encoder matmuls (`INT8_LINEARS`) are int8 by default: measured on a MiniLM SST-2 classifier
-(bench/int8_matmuls.py, bench/README.md), that keeps accuracy within 0.3 point of fp32 and 99.3 % of its argmax at
-2.1x its speed. q/k/v is the sensitive one (its errors meet twice in q·kᵀ): embeddings of very short texts reach
-cosine 0.983 to fp32 with it in int8, 0.992 with `keep_float=("attention.qkv",)`, at 1.6x instead of 2.1x.
+All four encoder matmuls (`INT8_LINEARS`) are int8 by default (bench/int8_matmuls.py, bench/README.md).
+
+Smoothing (SmoothQuant, Xiao et al. 2023): BERT's LayerNorm outputs carry a few outlier channels (MiniLM's dims 99
+and 63 reach 6-29 where the rest stay under 3), and a per-token scale set by them leaves the other channels a few
+int8 steps. The two matmuls that read a LayerNorm output (`SMOOTHED_LINEARS`: q/k/v and the FFN's up) divide each
+input channel j by s_j = max|x_j|^α / max|w_j|^(1-α) and multiply the weight's column j by it, which leaves x·wᵀ as
+it was and moves the range from the activation into the weight, quantized per output channel. The division runs
+on the activation at run time (BERT is post-LayerNorm: the LayerNorm's output is also the residual, so s cannot
+fold into it). max|x_j| comes from a forward of seeded random token ids at quantize time: the outlier channels
+are the model's, not the data's (calibrating on 256 SST-2 sentences instead gives the same cosine). On MiniLM's
+embeddings of short texts this raised the lowest cosine to fp32 from 0.983 to 0.995.
 
 A quantized model is for inference only: training and `save_pretrained` refuse it (the int8 weights are a lossy
 copy, and saving them over the float checkpoint would lose the original).
@@ -27,19 +34,32 @@ from minibert.errors import MinibertError
 SCHEMES = ("int8",)
 # (module path inside an EncoderLayer) of the matmuls that run in int8; the others keep their float weights.
 INT8_LINEARS = ("attention.qkv", "attention.out", "ffn.up", "ffn.down")
+SMOOTHED_LINEARS = ("attention.qkv", "ffn.up")  # the two that read a LayerNorm's output
+SMOOTHING_ALPHA = 0.5  # SmoothQuant's default; on MiniLM 0.7 gave the same lowest cosine (0.9955 vs 0.9948)
 _QMAX = 127  # symmetric: -127..127, so that negating a value never overflows
 _ROWS_PER_CHUNK = 512
 
 
 class Int8Linear(nn.Module):
-    """`nn.Linear` with per-output-channel int8 weights and per-token dynamic int8 activations; float in, float out."""
+    """`nn.Linear` with per-output-channel int8 weights and per-token dynamic int8 activations; float in, float out.
 
-    def __init__(self, linear: nn.Linear) -> None:
+    `input_max` (in,): each input channel's largest |x| seen, to smooth the activations with (module docstring)."""
+
+    def __init__(self, linear: nn.Linear, input_max: torch.Tensor | None = None) -> None:
         super().__init__()
         if linear.in_features < 2:  # found by tests/test_quantize.py; every k from 2 to 519 was exact
             raise MinibertError("int8 needs layers with at least 2 inputs: torch._int_mm on CPU returns wrong "
                                 f"values for 1 (torch {torch.__version__}); keep this model in float.")
         weight = linear.weight.detach().float()
+        if input_max is None:
+            self.input_divisor = None
+        else:
+            tiny = torch.finfo(torch.float32).tiny
+            divisor = (input_max.float().clamp_min(tiny) ** SMOOTHING_ALPHA
+                       / weight.abs().amax(dim=0).clamp_min(tiny) ** (1 - SMOOTHING_ALPHA))
+            divisor = divisor.clamp_min(1e-5)  # a channel never seen non-zero keeps a usable step
+            self.register_buffer("input_divisor", divisor)  # (in,): x / divisor times weight · divisor is x · weight
+            weight = weight * divisor
         scale = weight.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / _QMAX
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight", torch.round(weight / scale[:, None]).to(torch.int8))  # (out, in)
@@ -59,6 +79,8 @@ class Int8Linear(nn.Module):
         # and the dequantization (1.4-2.4x faster than whole at 9,600 tokens, the same at 600; 1 thread)
         for start in range(0, rows.shape[0], _ROWS_PER_CHUNK):
             chunk = rows[start:start + _ROWS_PER_CHUNK]
+            if self.input_divisor is not None:
+                chunk = chunk / self.input_divisor
             # the eager forms measured fastest (600 x 1536): abs().amax() 10x faster than vector_norm(inf),
             # in-place round_ 2x faster than round(x / s), in-place passes 2x faster than one addcmul
             x_scale = chunk.abs().amax(dim=1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny).div_(_QMAX)
@@ -81,11 +103,12 @@ _TRAINING_REFUSED = ("a quantized model is for inference only and cannot be trai
                      "quantize the result.")
 
 
-def quantize_model(model: nn.Module, scheme: str = "int8", keep_float: tuple[str, ...] = ()) -> nn.Module:
+def quantize_model(model: nn.Module, scheme: str = "int8", keep_float: tuple[str, ...] = (),
+                   smooth: bool = True) -> nn.Module:
     """Quantize `model` (any minibert model: `BertModel` or a head on one) in place for CPU inference -> the model,
     in eval mode, with the float parts in float32. `keep_float` names matmuls of `INT8_LINEARS` to leave in float32
-    in every layer. Refuses an unknown scheme or matmul, a model on another device than the CPU, and a model already
-    quantized."""
+    in every layer; `smooth=False` skips the smoothing of `SMOOTHED_LINEARS` (module docstring). Refuses an unknown
+    scheme or matmul, a model on another device than the CPU, and a model already quantized."""
     if scheme not in SCHEMES:
         raise MinibertError(f"unknown quantization {scheme!r}; choose one of {', '.join(SCHEMES)}.")
     unknown = sorted(set(keep_float) - set(INT8_LINEARS))
@@ -100,12 +123,43 @@ def quantize_model(model: nn.Module, scheme: str = "int8", keep_float: tuple[str
         raise MinibertError(f"int8 quantization runs on CPU only (torch._int_mm with per-token scales), and the "
                             f"model is on {device.type}; quantize it on the CPU, or run the float model there.")
     model.float().eval()
-    for layer in model.base_model.encoder.layers:
+    layers = model.base_model.encoder.layers
+    input_max = _input_max(model.base_model, SMOOTHED_LINEARS) if smooth else {}
+    for i, layer in enumerate(layers):
         for path in (p for p in INT8_LINEARS if p not in keep_float):
             parent_path, _, name = path.rpartition(".")
             parent = layer.get_submodule(parent_path)
-            setattr(parent, name, Int8Linear(getattr(parent, name)))
+            setattr(parent, name, Int8Linear(getattr(parent, name), input_max.get((i, path))))
     for module in model.modules():  # every BertPreTrainedModel inside (a head's `bert` too) refuses training
         if hasattr(module, "quantization"):
             module.quantization = scheme
     return model
+
+
+# the calibration forward: 8 sequences of each length, of token ids drawn uniformly from the vocabulary
+_CALIBRATION_LENGTHS = (8, 32, 128)
+_CALIBRATION_SEQUENCES = 8
+
+
+@torch.no_grad()
+def _input_max(bert: nn.Module, paths: tuple[str, ...]) -> dict[tuple[int, str], torch.Tensor]:
+    """{(layer index, path): each input channel's largest |x|} of the float model `bert` over a seeded forward of
+    random token ids (module docstring: why random ids suffice)."""
+    config, found, hooks = bert.config, {}, []
+    for i, layer in enumerate(bert.encoder.layers):
+        for path in paths:
+            def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor,
+                       key: tuple[int, str] = (i, path)) -> None:
+                seen = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).abs().amax(dim=0).float()
+                found[key] = torch.maximum(found[key], seen) if key in found else seen
+            hooks.append(layer.get_submodule(path).register_forward_hook(record))
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for length in _CALIBRATION_LENGTHS:
+            length = min(length, config.max_position_embeddings)
+            ids = torch.randint(config.vocab_size, (_CALIBRATION_SEQUENCES, length), generator=generator)
+            bert(input_ids=ids, attention_mask=torch.ones_like(ids))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found

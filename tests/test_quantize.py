@@ -64,6 +64,53 @@ def test_int8_linear_is_the_int8_arithmetic_and_within_its_error_bound(m, k, n, 
     assert ((got.double() - fp).abs() <= bound * (1 + 1e-4) + 1e-6).all()
 
 
+def test_smoothing_is_exact_int8_arithmetic_of_the_smoothed_operands_and_shrinks_outlier_error():
+    """With `input_max`, x / s and w · s (s_j = max|x_j|^½ / max|w_j|^½) are quantized as without it: the same exact
+    int8 arithmetic on those operands. On tokens with one outlier channel 40x the others (BERT's LayerNorm outputs
+    have a few), smoothing cuts the error against float32 several-fold; a per-token scale alone gives the other
+    channels ~3 steps."""
+    g = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    x = torch.randn(200, 64, generator=g)
+    x[:, 7] *= 40.0
+    input_max = x.abs().amax(0)
+    smoothed, plain = Int8Linear(linear, input_max), Int8Linear(linear)
+
+    w = linear.weight.detach()
+    s = input_max.sqrt() / w.abs().amax(0).sqrt()
+    torch.testing.assert_close(smoothed.input_divisor, s)
+    ws = w * s
+    w_scale = ws.abs().amax(1) / 127
+    w_q = torch.round(ws / w_scale[:, None])
+    assert torch.equal(smoothed.weight, w_q.to(torch.int8))
+    xs = x / s
+    x_scale = xs.abs().amax(-1, keepdim=True) / 127
+    exact = (torch.round(xs / x_scale).double() @ w_q.double().T) * x_scale.double() * w_scale.double()
+    exact += linear.bias.detach().double()
+    torch.testing.assert_close(smoothed(x).double(), exact, rtol=1e-5, atol=1e-5)
+
+    with torch.no_grad():
+        reference = linear(x)
+    error = {name: float((q(x) - reference).norm() / reference.norm()) for name, q in
+             (("smoothed", smoothed), ("plain", plain))}
+    assert error["smoothed"] * 3 < error["plain"], error
+
+
+def test_calibration_is_seeded_and_finds_the_outlier_channels():
+    """Two quantizations of one model smooth alike (the calibration forward is seeded); and the channel a model's
+    LayerNorm inflates (bias 30 on channel 5 of the LayerNorm feeding layer 1's q/k/v) gets the largest divisor."""
+    float_model = model_for("BertModel")
+    with torch.no_grad():
+        float_model.encoder.layers[0].ffn_norm.bias[5] = 30.0
+    a, b = (copy.deepcopy(float_model).quantize("int8") for _ in range(2))
+    qkv = a.encoder.layers[1].attention.qkv
+    assert torch.equal(qkv.input_divisor, b.encoder.layers[1].attention.qkv.input_divisor)
+    assert int(qkv.input_divisor.argmax()) == 5
+    assert a.encoder.layers[0].attention.out.input_divisor is None  # smoothed: q/k/v and up only
+    assert copy.deepcopy(float_model).quantize("int8", smooth=False).encoder.layers[1].attention.qkv.input_divisor \
+        is None
+
+
 def test_int8_linear_runs_int8_integers():
     linear = torch.nn.Linear(16, 8)
     q = Int8Linear(linear)
@@ -226,14 +273,14 @@ def minilm_encoders(minilm_dir: Path) -> tuple[minibert.SentenceEncoder, miniber
 
 
 def test_minilm_embeddings_cosine(minilm_encoders, sst2_dev):
-    """sentence-transformers' MiniLM embeddings of 300 real sentences (2 to 55 words): cosine to float32 ≥ 0.995 on
-    average (DESIGN's contract: 0.99) and ≥ 0.98 for every one: the shortest texts average the fewest tokens'
-    rounding, and 'cool ?' is the lowest (0.983, measured); long ones reach 0.997."""
+    """sentence-transformers' MiniLM embeddings of 300 real sentences (2 to 55 words): cosine to float32 ≥ 0.998 on
+    average and ≥ 0.99 for every one (the issue's bar). Measured: mean 0.9987, lowest 0.9947; without smoothing
+    0.9966 and 0.983 ('cool ?': the shortest texts average the fewest tokens' rounding)."""
     texts = [text for text, _ in sst2_dev[:300]]
     fp, q = (encoder.encode(texts) for encoder in minilm_encoders)
     cosine = torch.nn.functional.cosine_similarity(fp, q)
-    assert cosine.mean() >= 0.995, f"mean cosine {cosine.mean():.4f}"
-    assert cosine.min() >= 0.98, f"lowest cosine {cosine.min():.4f}: {texts[int(cosine.argmin())]!r}"
+    assert cosine.mean() >= 0.998, f"mean cosine {cosine.mean():.4f}"
+    assert cosine.min() >= 0.99, f"lowest cosine {cosine.min():.4f}: {texts[int(cosine.argmin())]!r}"
 
 
 def test_minilm_sentiment_argmax_agreement(minilm_encoders, shared_dir, sst2_dev):
