@@ -228,7 +228,7 @@ TABLES = [
           run_hint="python bench/pretrain.py --quick"),
     Table("serve", "serve", ("server", "data", "clients", "workers"),
           (("server", "server"), ("workers", "workers"), ("data", "data"), ("clients", "clients"),
-           *((f"{p} {field}", f"{p} {name}") for p in ("fp32", "bf16 autocast")
+           *((f"{p} {field}", f"{p} {name}") for p in ("fp32", "bf16 autocast", "int8")
              for field, name in (("texts_per_s", "texts/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"))),
            ("errors", "errors")),
           where=lambda row: "precision" in row, reshape=serve_by_precision,
@@ -341,6 +341,9 @@ TARGETS = [
       for precision, how in (("bf16 autocast", "at its default precision (bf16 here)"), ("fp32", "fp32"))
       for field, them, at_least in (("vs_hf_fp32", "transformers, one forward per request (fp32)", 3.0),
                                     ("vs_hf_batched", "transformers behind our batcher, same precision", 1.5))),
+    *(Target(f"serve, {name} at 64 clients, minibert --quantize int8: throughput ÷ transformers, one forward per "
+             "request (fp32)", "serve-ratios", {"data": data, "clients": 64, "precision": "int8"}, "vs_hf_fp32", 3.0)
+      for data, name in (("sst2", "SST-2"), ("imdb", "IMDB"))),
     *(Target(f"serve, {name} at 64 clients: transformers' p99 (fp32) ÷ minibert's at its default precision",
              "serve-ratios", {"data": data, "clients": 64, "precision": "bf16 autocast"}, "hf_p99_over_ours", 1.0)
       for data, name in (("sst2", "SST-2"), ("imdb", "IMDB"))),

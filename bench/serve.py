@@ -11,7 +11,8 @@
 
 Servers, each its own process with the same torch threads and precision (--precision, fp32 by default, or
 NAME@PRECISION in --servers; `auto` is bf16 autocast where the CPU computes bf16 natively, as minibert.serve's
-default; the transformers servers then run their forward under the same autocast):
+default; the transformers servers then run their forward under the same autocast; minibert@int8 is
+`minibert.serve --quantize int8`):
   minibert     python -m minibert.serve (dynamic batching by token budget, packed forward)
   hf           transformers BertForSequenceClassification (sdpa) behind FastAPI, one forward per request
                (a plain `def` route: FastAPI's thread pool runs the forwards side by side)
@@ -164,10 +165,13 @@ def run_server(name: str, model_dir: str, port: int, threads: int, workers: int,
 # --- the client side ---------------------------------------------------------------------------------------------
 
 def precision_name(precision: str) -> str:
-    """What `precision` computes in on this CPU, as minibert.serve resolves it."""
+    """What `precision` computes in on this CPU, as minibert.serve resolves it (`int8`: minibert's --quantize int8)."""
     import torch
 
     from minibert.devices import autocast_dtype
+
+    if precision == "int8":
+        return "int8"
 
     return "bf16 autocast" if autocast_dtype(precision, torch.device("cpu")) is not None else "fp32"
 
@@ -184,8 +188,9 @@ def start(name: str, model_dir: Path, threads: int, precision: str, extra: list[
 
     port = free_port()
     if name == "minibert":
+        how = ["--quantize", "int8"] if precision == "int8" else ["--precision", precision]
         cmd = [sys.executable, "-m", "minibert.serve", "--model", str(model_dir), "--host", HOST, "--port", str(port),
-               "--threads", str(threads), "--workers", str(workers), "--precision", precision, *extra]
+               "--threads", str(threads), "--workers", str(workers), *how, *extra]
     else:
         cmd = [sys.executable, __file__, "--serve", name, "--model", str(model_dir), "--port", str(port),
                "--threads", str(threads), "--workers", str(workers), "--precision", precision]
