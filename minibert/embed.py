@@ -31,7 +31,7 @@ from minibert.dynamic_batching import run_offline
 from minibert.files import write_text_stream
 from minibert.inference import InferenceModel
 from minibert.pooling import DEFAULT_BATCH_TOKENS
-from minibert.quantize import SCHEMES
+from minibert.quantize import QUANTIZE_HELP, SCHEMES
 
 logger = logging.getLogger("minibert")
 CHUNK_TEXTS = 1024  # rows read, embedded and written at a time
@@ -59,9 +59,7 @@ class Options:
     precision: str = option("fp32", "fp32, bf16 autocast, or auto (bf16 where the CPU computes it natively)",
                             choices=PRECISIONS)
     device: str = option("auto", "cpu, cuda or cuda:N (auto: the GPU when there is one)")
-    quantize: str | None = option(None, "int8: run the encoder's matmuls in int8 on the CPU (about 2x fp32 with "
-                                        "accuracy within half a point, bench/README.md), the rest in float32",
-                                  choices=SCHEMES)
+    quantize: str | None = option(None, QUANTIZE_HELP, choices=SCHEMES)
     no_progress: bool = option(False, "no progress bar")
     debug: bool = option(False, "show the full traceback of errors")
 

@@ -37,7 +37,7 @@ from minibert.labels import Labels, name_labels
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS
 from minibert.metrics import compute_metrics
 from minibert.predict_tokens import is_token_classifier, predict_tokens
-from minibert.quantize import SCHEMES
+from minibert.quantize import QUANTIZE_HELP, SCHEMES
 
 CHUNK_TEXTS = 1024  # rows read, predicted and written at a time: memory stays bounded whatever the input's size
 MAX_TEXT_BYTES = 10_000_000  # a longer line is refused before it is read whole (--max-text-bytes)
@@ -82,9 +82,7 @@ class Options:
     precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively, "
                                     "else fp32)", choices=PRECISIONS)
     device: str = option("auto", "cpu, cuda or cuda:N (auto: the GPU when there is one)")
-    quantize: str | None = option(None, "int8: run the encoder's matmuls in int8 on the CPU (about 2x fp32 with "
-                                        "accuracy within half a point, bench/README.md), the rest in float32",
-                                  choices=SCHEMES)
+    quantize: str | None = option(None, QUANTIZE_HELP, choices=SCHEMES)
     no_progress: bool = option(False, "no progress bar")
     debug: bool = option(False, "show the full traceback of errors")
     aggregation: str = option("simple", "token classifiers on raw text: how tokens become entities, as in "

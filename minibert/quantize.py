@@ -32,6 +32,8 @@ from torch import nn
 from minibert.errors import MinibertError
 
 SCHEMES = ("int8",)
+QUANTIZE_HELP = ("int8: run the encoder's matmuls in int8 on the CPU (about 2x fp32 with accuracy within half a "
+                 "point, bench/README.md), the rest in float32")  # the --quantize flag of predict, embed and serve
 # (module path inside an EncoderLayer) of the matmuls that run in int8; the others keep their float weights.
 INT8_LINEARS = ("attention.qkv", "attention.out", "ffn.up", "ffn.down")
 SMOOTHED_LINEARS = ("attention.qkv", "ffn.up")  # the two that read a LayerNorm's output

@@ -39,7 +39,7 @@ from minibert.errors import MinibertError
 from minibert.inference import InferenceModel, LongTextFlags, Prepared, TooLong
 from minibert.long_text_options import LONG_TEXT_CHOICES, POOLS
 from minibert.malloc import HeapTrimmer, tune_malloc
-from minibert.quantize import SCHEMES
+from minibert.quantize import QUANTIZE_HELP, SCHEMES
 from minibert.serve_api import (
     OPENAI_EXAMPLE,
     RERANK_EXAMPLE,
@@ -114,9 +114,7 @@ class Options:
     attn_impl: str = option("auto", "attention kernel", choices=ATTN_IMPLS)
     aggregation: str = option("simple", "token classifiers: how tokens become entities, as in transformers' "
                                         "pipeline (none: one per token)", choices=AGGREGATIONS)
-    quantize: str | None = option(None, "int8: run the encoder's matmuls in int8 on the CPU (about 2x fp32 with "
-                                        "accuracy within half a point, bench/README.md), the rest in float32",
-                                  choices=SCHEMES)
+    quantize: str | None = option(None, QUANTIZE_HELP, choices=SCHEMES)
     threads: int = option(0, "torch threads for each model worker (0: torch's default, divided among the workers)",
                           at_least=0)
     workers: int = option(1, "model worker threads, each running its own batch (on a CPU, keep workers x threads "
