@@ -82,8 +82,14 @@ def native_bf16(device: str = "cpu") -> bool:
     return cpu_has_bf16()
 
 
+# what limits the instruction sets torch's kernels, oneDNN and MKL use below what the CPU has (an AVX512 machine run
+# as AVX2-only: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2)
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def machine(device: str = "cpu") -> dict:
     return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": cpu_flags(),
+            "isa_limits": {name: os.environ[name] for name in ISA_LIMITS if name in os.environ},
             "native_bf16": native_bf16(device), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),

@@ -427,6 +427,8 @@ def cpu_label(run: dict) -> str:
     flags = ", ".join(f for f in m.get("cpu_flags", []) if "bf16" in f or "vnni" in f or f.startswith("amx")) \
         or "no bf16 flags"
     label = f"{m['cpu']} ({m['cpu_capability']}; {flags}; native bf16: {'yes' if m['native_bf16'] else 'no'})"
+    if m.get("isa_limits"):
+        label += " run with " + " ".join(f"{k}={v}" for k, v in m["isa_limits"].items())
     return label + (f", GPU {machine_of(run)[3]}" if machine_of(run)[3] else "")
 
 
