@@ -1,10 +1,11 @@
 """int8 inference on CPU, written by hand: the encoder's linear layers run as int8 x int8 -> int32 matmuls.
 
-Weights are quantized once, symmetrically per output channel (scale = max |w| of the row / 127); activations per
-token at run time (scale = max |x| of the token / 127), so one outlier token cannot flatten the others' resolution
-the way a per-tensor scale does (torch.ao's dynamic quantization, fbgemm, ONNX Runtime's dynamic int8). The
-product accumulates in int32 through `torch._int_mm` (oneDNN, VNNI where the CPU has it) and is dequantized with
-the two scales and the bias in one pass: y = (acc · s_x) · s_w + b.
+Weights are quantized once, symmetrically per output channel (scale = max |w| of the row / 127, or / 63 on CPUs
+without VNNI: `weight_qmax`); activations per token at run time (scale = max |x| of the token / 127), so one
+outlier token cannot flatten the others' resolution the way a per-tensor scale does (torch.ao's dynamic
+quantization, fbgemm, ONNX Runtime's dynamic int8). The product accumulates in int32 through `torch._int_mm`
+(oneDNN, VNNI where the CPU has it) and is dequantized with the two scales and the bias in one pass:
+y = (acc · s_x) · s_w + b.
 
 What stays floating point: embeddings, LayerNorm, attention scores and softmax (q·kᵀ and p·v are activation x
 activation products), the pooler and every task head (a few rows of work, and the logits read them directly).
@@ -26,10 +27,15 @@ copy, and saving them over the float checkpoint would lose the original).
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 from torch import nn
 
 from minibert.errors import MinibertError
+
+logger = logging.getLogger("minibert")
 
 SCHEMES = ("int8",)
 QUANTIZE_HELP = ("int8: run the encoder's matmuls in int8 on the CPU (about 2x fp32 with accuracy within half a "
@@ -39,7 +45,25 @@ INT8_LINEARS = ("attention.qkv", "attention.out", "ffn.up", "ffn.down")
 SMOOTHED_LINEARS = ("attention.qkv", "ffn.up")  # the two that read a LayerNorm's output
 SMOOTHING_ALPHA = 0.5  # SmoothQuant's default; on MiniLM 0.7 gave the same lowest cosine (0.9955 vs 0.9948)
 _QMAX = 127  # symmetric: -127..127, so that negating a value never overflows
+_QMAX_SATURATING = 63  # weights where the int8 matmul saturates (`weight_qmax`)
 _ROWS_PER_CHUNK = 512
+
+
+@functools.cache
+def weight_qmax() -> int:
+    """The largest int8 weight magnitude whose products `torch._int_mm` sums exactly on this CPU: 127, or 63 where it
+    saturates. oneDNN without VNNI (AVX2, AVX512 before Cascade Lake) multiplies u8 x s8 with vpmaddubsw, which adds
+    each pair of products in int16: the activation shifted to u8 (up to 255) times a weight of 127, twice, overflows
+    32,767 and is clipped, silently (ONNX Runtime's `reduce_range` exists for the same reason). With weights within
+    ±63 a pair stays under 2·255·63 = 32,130. Probed once with the worst case rather than read off CPU flags, since
+    what runs depends on oneDNN's dispatch (and on ONEDNN_MAX_CPU_ISA)."""
+    a = torch.full((1, 64), _QMAX, dtype=torch.int8)
+    w = torch.full((64, 8), _QMAX, dtype=torch.int8)
+    exact = torch.equal(torch._int_mm(a, w), a.int() @ w.int())
+    if not exact:
+        logger.info("int8: this CPU's int8 matmul saturates full-range products (no VNNI); weights are quantized to "
+                    "±%d instead of ±%d (one bit less precise).", _QMAX_SATURATING, _QMAX)
+    return _QMAX if exact else _QMAX_SATURATING
 
 
 class Int8Linear(nn.Module):
@@ -62,7 +86,7 @@ class Int8Linear(nn.Module):
             divisor = divisor.clamp_min(1e-5)  # a channel never seen non-zero keeps a usable step
             self.register_buffer("input_divisor", divisor)  # (in,): x / divisor times weight · divisor is x · weight
             weight = weight * divisor
-        scale = weight.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / _QMAX
+        scale = weight.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / weight_qmax()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight", torch.round(weight / scale[:, None]).to(torch.int8))  # (out, in)
         self.register_buffer("weight_scale", scale)  # (out,)
