@@ -13,17 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from minibert.checkpoint_files import resolve_checkpoint
-from minibert.command import check_vocabulary
 from minibert.config import BertConfig
 from minibert.conll import has_word_lists, is_conll, read_tagged
 from minibert.data import choose_columns, examples_from, read_table
-from minibert.devices import autocast_dtype, choose_device
 from minibert.entities import tag_texts, tag_words
-from minibert.heads import BertForTokenClassification
+from minibert.inference import InferenceModel
 from minibert.inference import is_token_classifier as saved_as_token_classifier
 from minibert.ner_metrics import entity_scores, is_iob
 from minibert.token_labels import check_known_tags
-from minibert.tokenizer import BertTokenizer
 
 
 def is_token_classifier(folder: Path) -> bool:
@@ -48,12 +45,12 @@ def read_texts(opts: Any) -> list[str]:
 
 
 def predict_tokens(opts: Any, folder: Path) -> list[dict[str, Any]]:
-    """Records for every input sentence or text (`opts`: predict.Options), in input order."""
-    device = choose_device(opts.device)
-    amp = autocast_dtype(opts.precision, device)
-    tokenizer = BertTokenizer.from_pretrained(folder)
-    model = BertForTokenClassification.from_pretrained(folder, attn_impl=opts.attn_impl).to(device)
-    check_vocabulary(tokenizer, model, folder)
+    """Records for every input sentence or text (`opts`: predict.Options), in input order. The model is loaded as
+    predict loads any model (device, precision, `--quantize`)."""
+    loaded = InferenceModel.load(str(folder), task="predict", precision=opts.precision, attn_impl=opts.attn_impl,
+                                 device=opts.device, quantize=opts.quantize)
+    model, tokenizer, device, amp = loaded.tagger, loaded.tokenizer, loaded.device, loaded.precision.dtype
+    assert model is not None  # the caller checked that the folder holds a token classifier
     limit = model.config.max_position_embeddings
     if opts.max_length is not None and opts.max_length > limit:
         print(f"--max-length {opts.max_length} is more than the model's {limit} positions; using {limit}.",
