@@ -59,7 +59,11 @@ def weight_qmax() -> int:
     what runs depends on oneDNN's dispatch (and on ONEDNN_MAX_CPU_ISA)."""
     a = torch.full((1, 64), _QMAX, dtype=torch.int8)
     w = torch.full((64, 8), _QMAX, dtype=torch.int8)
-    exact = torch.equal(torch._int_mm(a, w), a.int() @ w.int())
+    try:
+        exact = torch.equal(torch._int_mm(a, w), a.int() @ w.int())
+    except (RuntimeError, NotImplementedError) as error:
+        raise MinibertError(f"this torch build ({torch.__version__}) has no int8 matmul on this CPU "
+                            f"(torch._int_mm: {str(error).splitlines()[0]}); run the model in float.") from error
     if not exact:
         logger.info("int8: this CPU's int8 matmul saturates full-range products (no VNNI); weights are quantized to "
                     "±%d instead of ±%d (one bit less precise).", _QMAX_SATURATING, _QMAX)

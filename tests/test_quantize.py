@@ -148,6 +148,21 @@ def test_int8_stays_exact_on_a_cpu_without_vnni():
     assert (weight_qmax() == 127) == torch.equal(torch._int_mm(a, w), a.int() @ w.int())
 
 
+def test_a_cpu_without_int8_matmuls_is_refused_in_one_sentence(monkeypatch):
+    """A torch build whose CPU backend lacks `_int_mm` (its RuntimeError) is refused at quantize time."""
+    def missing(*args):
+        raise RuntimeError("_int_mm: not implemented for this CPU\nC++ trace ...")
+
+    monkeypatch.setattr(torch, "_int_mm", missing)
+    weight_qmax.cache_clear()
+    try:
+        with pytest.raises(MinibertError, match=r"no int8 matmul on this CPU \(torch._int_mm: _int_mm: not implemented "
+                                                r"for this CPU\); run the model in float\.$"):
+            model_for("BertModel").quantize("int8")
+    finally:
+        weight_qmax.cache_clear()
+
+
 def test_one_input_is_refused():
     """torch._int_mm on CPU gets k = 1 wrong (n > 1): refused rather than computed wrong."""
     a, w = torch.tensor([[3], [-2]], dtype=torch.int8), torch.tensor([[5], [7], [-1]], dtype=torch.int8)
