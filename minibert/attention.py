@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from minibert import fusion
 from minibert.config import BertConfig
 from minibert.errors import MinibertError
 from minibert.padding import Packing, packing_from_mask, repad
@@ -169,6 +170,7 @@ class AttentionPlan(NamedTuple):
     kernel: str  # the kernel of the full-length calls: "unpadded" exactly when `packing` is set
     first_token_kernel: str  # the padded kernel of a [CLS]-only last layer (one query per sequence)
     packing: Packing | None = None
+    fused: bool = False  # the layers' projections and output halves run compiled (`minibert.fusion`)
 
 
 def check_attn_impl(name: str) -> str:
@@ -263,7 +265,9 @@ class SelfAttention(nn.Module):
         need_probs: bool = False,
         first_token_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (b, t, hidden); key_mask: (b, t) bool or None -> (b, t, hidden), probs (b, h, t, t) or None.
+        """x: (b, t, hidden); key_mask: (b, t) bool or None -> the heads' outputs merged (b, t, hidden), before the
+        output projection `out` (which `EncoderLayer.output_half` applies with the add & norm after it), and probs
+        (b, h, t, t) or None.
 
         With `plan.packing`, x is packed (n, hidden) and so is the result; key_mask is unused and probs are None.
         With `first_token_only`, each sequence's first position alone attends to its keys: -> (b, 1, hidden), from
@@ -271,19 +275,33 @@ class SelfAttention(nn.Module):
         """
         dropout_p = self.dropout_p if self.training else 0.0
         packing = plan.packing
+        qkv = self.project(x, plan.fused)
         if packing is not None:
-            q, k, v = rearrange(self.qkv(x), "n (three h d) -> three n h d", three=3, h=self.num_heads)
+            q, k, v = rearrange(qkv, "n (three h d) -> three n h d", three=3, h=self.num_heads)
             if not first_token_only:
                 out, _ = KERNELS[plan.kernel](q, k, v, None, dropout_p, self.scale, packing=packing)
-                return self.out(rearrange(out, "n h d -> n (h d)")), None
+                return rearrange(out, "n h d -> n (h d)"), None
             # one query per sequence: re-pad the keys and values for a single masked call of a padded kernel
             q = rearrange(q[packing.first_rows], "b h d -> b h 1 d")
             k, v = (rearrange(repad(x, packing), "b t h d -> b h t d") for x in (k, v))
             key_mask = packing.mask()
         else:
-            q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
+            q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
             if first_token_only:
                 q = q[:, :, :1]
         kernel = KERNELS[plan.first_token_kernel if first_token_only else plan.kernel]
         out, probs = kernel(q, k, v, key_mask, dropout_p, self.scale, need_probs)
-        return self.out(rearrange(out, "b h t d -> b t (h d)")), probs
+        return rearrange(out, "b h t d -> b t (h d)"), probs
+
+    def project(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
+        """The fused q/k/v projection of x (..., hidden) -> (..., 3·hidden), compiled with `fused`."""
+        if not fused:
+            return self.qkv(x)
+        return _fused_projection(self.qkv, x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
+def _projection(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return linear(x)
+
+
+_fused_projection = fusion.compiled(_projection)

@@ -11,6 +11,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from minibert import fusion
 from minibert.attention import AttentionPlan, SelfAttention
 from minibert.config import BertConfig
 
@@ -106,12 +107,22 @@ class EncoderLayer(nn.Module):
         `first_token_only`: only each sequence's first position is computed, attending to all its keys ->
         (b, 1, hidden), from padded or packed x.
         """
-        attended, probs = self.attention(x, key_mask, plan, need_probs, first_token_only)
+        mixed, probs = self.attention(x, key_mask, plan, need_probs, first_token_only)
         if first_token_only:
             x = x[:, :1] if plan.packing is None else rearrange(x[plan.packing.first_rows], "b hidden -> b 1 hidden")
-        x = self.attention_norm(x + self.dropout(attended))
-        x = self.ffn_norm(x + self.dropout(self.ffn(x)))
-        return x, probs
+        if not plan.fused or first_token_only:  # a few rows: eager (and no graph for a single row to compile)
+            return self.output_half(x, mixed), probs
+        hidden = x.shape[-1]
+        return _fused_output_half(self, x.reshape(-1, hidden), mixed.reshape(-1, hidden)).reshape(x.shape), probs
+
+    def output_half(self, x: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+        """Everything after the attention kernel, per token: attention's output projection of the merged heads
+        `mixed`, add & norm, feed-forward, add & norm. x, mixed (..., hidden) -> (..., hidden)."""
+        x = self.attention_norm(x + self.dropout(self.attention.out(mixed)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+_fused_output_half = fusion.compiled(EncoderLayer.output_half)
 
 
 class Encoder(nn.Module):

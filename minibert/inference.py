@@ -346,7 +346,8 @@ class InferenceModel:
         return self.tokenizer.convert_ids_to_tokens(row.input_ids)
 
     def warm_up(self) -> None:
-        """One small batch of each kind, so that the first request pays no one-time costs."""
+        """One small batch of each kind, so that the first request pays no one-time costs (a quantized model's
+        compile of its fused kernels, `minibert.fusion`, among them)."""
         rows = self.prepare("embed", ["warm-up text", "a second, longer warm-up text for the batch"]).rows
         kinds = ["predict"] if self.classifier is not None else ["tokens"] if self.tagger is not None else []
         for kind in [*kinds, "embed"]:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from minibert import checkpoint_files, weights
+from minibert import checkpoint_files, fusion, weights
 from minibert.attention import AttentionPlan, check_attn_impl, plan_attention
 from minibert.config import BertConfig
 from minibert.embeddings import BertEmbeddings
@@ -43,6 +43,12 @@ class BertPreTrainedModel(nn.Module):
         """Quantize this model in place for CPU inference (`minibert.quantize`) -> self; it then refuses training
         and `save_pretrained`."""
         return quantize_model(self, scheme, keep_float, smooth)
+
+    def fuse(self: M, setting: str) -> M:
+        """When the encoder layers run compiled, fused elementwise kernels: "auto" (the default), "on" or "off"
+        (`minibert.fusion`) -> self."""
+        self.base_model.fusion = fusion.check_setting(setting)
+        return self
 
     def train(self: M, mode: bool = True) -> M:
         if mode and self.quantization is not None:
@@ -152,6 +158,7 @@ class BertModel(BertPreTrainedModel):
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True, attn_impl: str = "auto") -> None:
         super().__init__(config)
         self.attn_impl = check_attn_impl(attn_impl)
+        self.fusion = "auto"  # when the layers run compiled, fused kernels: `fuse`
         self.embeddings = BertEmbeddings(config)
         self.encoder = Encoder(config)
         self.pooler = Pooler(config) if add_pooling_layer else None
@@ -213,9 +220,14 @@ class BertModel(BertPreTrainedModel):
         device = reference.device
         autocast = torch.is_autocast_enabled(device.type)
         dtype = torch.get_autocast_dtype(device.type) if autocast else self.embeddings.word.weight.dtype
-        return plan_attention(self.attn_impl, attention_mask, shape=tuple(reference.shape[:2]), device=device,
+        compiling = torch.compiler.is_compiling()
+        plan = plan_attention(self.attn_impl, attention_mask, shape=tuple(reference.shape[:2]), device=device,
                               dtype=dtype, num_heads=self.config.num_attention_heads, training=self.training,
-                              need_probs=output_attentions, compiling=torch.compiler.is_compiling())
+                              need_probs=output_attentions, compiling=compiling)
+        tokens = plan.packing.total if plan.packing is not None else reference.shape[0] * reference.shape[1]
+        fused = fusion.use_fused(self.fusion, tokens=tokens, quantized=self.quantization is not None, device=device,
+                                 training=self.training, autocast=autocast, compiling=compiling)
+        return plan._replace(fused=fused)
 
     def _forward_packed(
         self,

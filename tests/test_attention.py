@@ -242,19 +242,19 @@ def test_plan_packs_only_cpu_eager_calls_with_enough_padding():
     got = plan("auto", four)
     assert (got.kernel, got.packing.seqlens, got.packing.cu_seqlens.tolist()) == ("unpadded", (10, 2), [0, 10, 12])
     little = lengths_mask([10, 5], 10)
-    assert plan("auto", little) == ("sdpa", "sdpa", None)  # too little padding: padded sdpa
+    assert plan("auto", little) == ("sdpa", "sdpa", None, False)  # too little padding: padded sdpa
     assert plan("unpadded", little).kernel == "unpadded"
     bf16 = torch.bfloat16  # a padded position costs less in bf16: packing pays later
     assert plan("auto", four, dtype=bf16).packing is None
     assert plan("auto", lengths_mask([40, 8], 40), dtype=bf16).kernel == "unpadded"  # 16 per sequence
-    assert plan("auto", None, shape=(2, 10)) == ("sdpa", "sdpa", None)
-    assert plan("auto", four, need_probs=True) == ("math", "math", None)
-    assert plan("auto", four, device="cuda") == ("sdpa", "sdpa", None)
-    assert plan("auto", four, compiling=True) == ("sdpa", "sdpa", None)
-    assert plan("unpadded", four, compiling=True) == ("sdpa", "sdpa", None)
+    assert plan("auto", None, shape=(2, 10)) == ("sdpa", "sdpa", None, False)
+    assert plan("auto", four, need_probs=True) == ("math", "math", None, False)
+    assert plan("auto", four, device="cuda") == ("sdpa", "sdpa", None, False)
+    assert plan("auto", four, compiling=True) == ("sdpa", "sdpa", None, False)
+    assert plan("unpadded", four, compiling=True) == ("sdpa", "sdpa", None, False)
     assert plan("unpadded", four, device="cuda").kernel == "unpadded"  # asked for by name: packed on any device
-    assert plan("sdpa", four) == ("sdpa", "sdpa", None)
-    assert plan("math", four) == ("math", "math", None)
+    assert plan("sdpa", four) == ("sdpa", "sdpa", None, False)
+    assert plan("math", four) == ("math", "math", None, False)
 
 
 def test_auto_model_forward_runs_the_plan(monkeypatch):
