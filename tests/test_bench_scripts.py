@@ -79,7 +79,7 @@ QUICK = {
     "finetune_transformers": ["--model", str(MINILM), "--train-file", str(SST2 / "train.tsv"), "--validation-file",
                               "{tmp}/dev.tsv", "--max-train-samples", "16", "--epochs", "1", "--batch-size", "8",
                               "--output-dir", "{tmp}/run"],
-    "fused_layers": ["--batches", "2x8", "--reps", "1", "--threads", "1", "--no-save"],
+    "fused_layers": ["--batches", "2x8", "--train-tokens", "16", "--reps", "1", "--threads", "1", "--no-save"],
     "inference": ["--quick", "--threads", "1", "--models", "minilm", "--dtypes", "fp32", "--no-save"],
     "int8_matmuls": ["--classifier", str(MINILM), "--limit", "16", "--threads", "1", "--no-save"],
     "long_text": ["--docs", "1", "--batch-docs", "1", "--dtypes", "fp32", "--modes", "predict", "--threads", "1",
