@@ -82,4 +82,4 @@ def compiled(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
 def _compile(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     # sizes static but for the dims marked dynamic per call; the thread count read at run time, as eager kernels do
     # (a server's worker threads each set their own), not baked into the generated loops at compile time
-    return torch.compile(fn, dynamic=False, options={"cpp.dynamic_threads": True})
+    return torch.compile(fn, dynamic=False, options={"cpp.dynamic_threads": True, "cpp_wrapper": True})
