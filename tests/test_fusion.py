@@ -22,8 +22,8 @@ from minibert.quantize import Int8Linear, weight_qmax
 from tests.reference import TINY, padded_batch
 from tests.tiny import write_tiny_model
 
-# 3 layers, positions up to 512, every matmul with k >= 48 (int8 needs k >= 2)
-CONFIG = {**TINY, "hidden_size": 48, "num_attention_heads": 4, "intermediate_size": 72, "num_hidden_layers": 3,
+# the layer sizes of tests/tiny.py's model (positions up to 512), so that its graphs serve every test here
+CONFIG = {**TINY, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 2,
           "max_position_embeddings": 512}
 BATCHES = {"padded, packed": [5, 17, 1, 9], "batch of one": [12], "512 tokens": [512, 3], "1-token sequences": [1, 1],
            "no padding": [6, 6, 6]}
