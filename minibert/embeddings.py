@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from minibert.config import BertConfig
@@ -24,10 +25,64 @@ def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
     return table.float()
 
 
+class WordEmbedding(nn.Embedding):
+    """`nn.Embedding` whose weight gradient, in CPU training, lands in a buffer kept from one step to the next.
+
+    A vocabulary's dense gradient is large (30,522 x 384 floats, 47 MB, for MiniLM). Made anew each step, as torch's
+    embedding backward makes it, it is a fresh mmap whose pages the kernel zeroes on first touch: 22 ms a step on one
+    core, against 2 ms to zero a kept buffer (bench/README.md, train.py). Here the backward zeroes the buffer kept
+    from the last step and adds this step's rows into it (the same sums in the same order as torch's backward, the
+    padding row left at zero) and hands it to autograd, which adopts it as `weight.grad` (DDP's hooks run as usual).
+    A hook then keeps a reference to `weight.grad`, so that `zero_grad(set_to_none=True)` does not free it. Under
+    gradient accumulation the later micro-batches' gradients are made anew and added, as usual.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None) -> None:
+        super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx)
+        self.kept_gradient: torch.Tensor | None = None
+        self._hooked: nn.Parameter | None = None  # the weight the keeping hook is on (not copied with the model)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if not (self.training and torch.is_grad_enabled() and weight.requires_grad and weight.device.type == "cpu"
+                and not torch.compiler.is_compiling()):
+            return super().forward(ids)
+        if self._hooked is not weight:
+            weight.register_post_accumulate_grad_hook(self._keep)
+            self._hooked = weight
+        return _LookupKeepingGradient.apply(ids, weight, self)
+
+    def _keep(self, weight: torch.Tensor) -> None:
+        self.kept_gradient = weight.grad
+
+
+class _LookupKeepingGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, ids: torch.Tensor, weight: torch.Tensor,
+                owner: WordEmbedding) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.owner = owner
+        return F.embedding(ids, weight, owner.padding_idx)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, out_grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+        (ids,) = ctx.saved_tensors
+        owner, weight = ctx.owner, ctx.owner.weight
+        grad, owner.kept_gradient = owner.kept_gradient, None  # autograd adopts it only if nothing else holds it
+        if grad is None or grad is weight.grad or grad.shape != weight.shape or grad.dtype != out_grad.dtype:
+            grad = torch.zeros(weight.shape, dtype=out_grad.dtype)  # first step, or an accumulation's later one
+        else:
+            grad.zero_()
+        grad.index_add_(0, ids.reshape(-1), out_grad.reshape(-1, out_grad.shape[-1]))
+        if owner.padding_idx is not None:
+            grad[owner.padding_idx] = 0
+        return None, grad, None
+
+
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.word = WordEmbedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.segment = nn.Embedding(config.type_vocab_size, config.hidden_size)
         if config.position_embedding_type == "absolute":
             self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
