@@ -1,10 +1,13 @@
-"""Shared fixtures: where ../shared lives, and the --runslow switch."""
+"""Shared fixtures: where ../shared lives, the real MiniLM in float32 and int8, and the --runslow switch."""
 
+import copy
 import os
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+import minibert
 
 # Property-based tests: a few dozen examples by default (CI), thousands with --runslow; no example database on disk.
 settings.register_profile("ci", max_examples=30, deadline=None, database=None)
@@ -49,3 +52,12 @@ def minilm_dir(shared_dir: Path) -> Path:
     if not (path / "model.safetensors").is_file():
         pytest.skip(f"MiniLM checkpoint not found in {path}")
     return path
+
+
+@pytest.fixture(scope="module")
+def minilm_encoders(minilm_dir: Path) -> tuple[minibert.SentenceEncoder, minibert.SentenceEncoder]:
+    """MiniLM as sentence-transformers pools it: (float32, int8 as `quantize("int8")` makes it)."""
+    float_encoder = minibert.SentenceEncoder.from_pretrained(minilm_dir)
+    int8_encoder = copy.copy(float_encoder)
+    int8_encoder.model = copy.deepcopy(float_encoder.model).quantize("int8")
+    return float_encoder, int8_encoder

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import csv
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -103,15 +102,7 @@ def test_one_graph_serves_every_token_count():
     assert counters["stats"]["unique_graphs"] == graphs
 
 
-@pytest.fixture(scope="module")
-def minilm_int8(minilm_dir: Path) -> tuple[minibert.SentenceEncoder, minibert.SentenceEncoder]:
-    float_encoder = minibert.SentenceEncoder.from_pretrained(minilm_dir)
-    int8_encoder = copy.copy(float_encoder)
-    int8_encoder.model = copy.deepcopy(float_encoder.model).quantize("int8")
-    return float_encoder, int8_encoder
-
-
-def test_fused_int8_minilm_matches_eager_to_int8_rounding(minilm_int8, shared_dir, fused_calls):
+def test_fused_int8_minilm_matches_eager_to_int8_rounding(minilm_encoders, shared_dir, fused_calls):
     """The real MiniLM in int8 on 300 SST-2 sentences, fused (auto's choice for int8) against eager. Float rounding
     in a compiled LayerNorm or GELU moves a few values across a quantization step's midpoint (one step of a token's
     range, up to ~0.2 on a channel beside an outlier), which later layers carry on: the two are as far apart as
@@ -120,7 +111,7 @@ def test_fused_int8_minilm_matches_eager_to_int8_rounding(minilm_int8, shared_di
     0.99, or 0.997 and 0.989 with a CPU's ±63 weights)."""
     with (shared_dir / "data" / "sst2" / "dev.tsv").open() as f:
         texts = [row["sentence"] for row in csv.DictReader(f, delimiter="\t")][:300]
-    float_encoder, int8_encoder = minilm_int8
+    float_encoder, int8_encoder = minilm_encoders
     fp = float_encoder.encode(texts)
     fused = int8_encoder.encode(texts)
     assert fused_calls["output_half"] > 0  # auto fused the int8 model

@@ -309,14 +309,6 @@ def sst2_dev(shared_dir: Path) -> list[tuple[str, int]]:
         return [(row["sentence"], int(row["label"])) for row in csv.DictReader(f, delimiter="\t")]
 
 
-@pytest.fixture(scope="module")
-def minilm_encoders(minilm_dir: Path) -> tuple[minibert.SentenceEncoder, minibert.SentenceEncoder]:
-    float_encoder = minibert.SentenceEncoder.from_pretrained(minilm_dir)
-    int8_encoder = copy.copy(float_encoder)
-    int8_encoder.model = copy.deepcopy(float_encoder.model).quantize("int8")
-    return float_encoder, int8_encoder
-
-
 def test_minilm_embeddings_cosine(minilm_encoders, sst2_dev):
     """sentence-transformers' MiniLM embeddings of 300 real sentences (2 to 55 words): cosine to float32 ≥ 0.998 on
     average and ≥ 0.99 for every one (the issue's bar). Measured: mean 0.9987, lowest 0.9947; without smoothing
