@@ -14,14 +14,14 @@ dynamic; a batch of a single token runs eager, since dynamo would specialize siz
 The compiled layer is exact to float rounding against the eager one in float32; in int8 a value that float rounding
 moves across a quantization step's midpoint rounds to the neighbouring step, so outputs differ by int8 rounding
 (tests/test_fusion.py). bench/fused_layers.py measures it; bench/README.md ("How `auto` chooses") has the numbers
-behind the thresholds here.
+behind auto's choice.
 
 Settings (`BertPreTrainedModel.fuse`): "off"; "on": every CPU inference forward (no gradient, no autocast, not
 inside torch.compile); "auto" (the default): int8 models, whose first forward in a process compiles (3-4 s with
-torch's inductor cache warm, about 10 s on a fresh machine; a server does it in its warm-up). Every int8 forward then
+torch's inductor cache warm, about 18 s on a fresh machine; a server does it in its warm-up). Every int8 forward then
 runs fused, so that `predict` and `serve` give the same answers to the last bit. Float models stay eager under
-auto: compiled, their layers gained 1.0-1.16x (bench/README.md), not worth a compile. Where inductor cannot build
-(no C++ compiler), the first fused forward says so once in the log and the model stays eager.
+auto: compiled, their encoder ran at 0.9-1.01x eager's speed (bench/README.md), not worth a compile. Where inductor
+cannot build (no C++ compiler), the first fused forward says so once in the log and the model stays eager.
 """
 
 from __future__ import annotations
