@@ -100,6 +100,42 @@ def test_smoothing_is_exact_int8_arithmetic_of_the_smoothed_operands_and_shrinks
     assert error["smoothed"] * 3 < error["plain"], error
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_gelu_input_is_the_int8_arithmetic_of_gelu_with_the_scale_its_maximum_gives(seed):
+    """With input_activation="gelu" the layer applies GELU itself: exactly the int8 arithmetic of gelu(h), each
+    token's scale gelu(max h) / 127, which is max |gelu(h)| / 127 (the same result as quantizing gelu(h) given to a
+    plain layer) wherever gelu(max h) >= 0.17, and 0.17 / 127 below (GELU's negative side never reaches -0.17, so
+    every value still fits). Tokens: FFN-like pre-activations, one whose largest value is negative, one of tiny
+    values, and one of zeros."""
+    g = torch.Generator().manual_seed(seed)
+    linear = torch.nn.Linear(200, 24)
+    h = torch.randn(40, 200, generator=g) * 2 - 1
+    h[1] = -torch.rand(200, generator=g) * 4 - 0.01  # all negative: |gelu| <= 0.17
+    h[2] *= 0.05
+    h[3] = 0.0
+    got = Int8Linear(linear, input_activation="gelu")(h)
+
+    w, bias = linear.weight.detach(), linear.bias.detach()
+    w_scale = w.abs().amax(1) / weight_qmax()
+    w_q = torch.round(w / w_scale[:, None])
+    gelu = torch.nn.functional.gelu(h.double())
+    x_scale = gelu.abs().amax(-1, keepdim=True).clamp_min(0.17) / 127
+    x_q = torch.round(gelu / x_scale)
+    assert x_q.abs().max() <= 127
+    exact = (x_q @ w_q.double().T) * x_scale * w_scale.double() + bias.double()
+    torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5)
+    large = gelu.amax(-1) >= 0.17
+    assert large.sum() >= 36
+    torch.testing.assert_close(got[large], Int8Linear(linear)(torch.nn.functional.gelu(h))[large], rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_only_gelu_unsmoothed_moves_into_the_int8_matmul():
+    for kwargs in (dict(input_activation="relu"), dict(input_activation="gelu", input_max=torch.ones(16))):
+        with pytest.raises(MinibertError, match=r"^an int8 matmul can apply gelu to its input, unsmoothed; not "):
+            Int8Linear(torch.nn.Linear(16, 8), **kwargs)
+
+
 def test_calibration_is_seeded_and_finds_the_outlier_channels():
     """Two quantizations of one model smooth alike (the calibration forward is seeded); and the channel a model's
     LayerNorm inflates (bias 30 on channel 5 of the LayerNorm feeding layer 1's q/k/v) gets the largest divisor."""
@@ -297,6 +333,13 @@ def test_which_matmuls_are_int8():
     int8 = {name for name, m in model.named_modules() if isinstance(m, Int8Linear)}
     assert int8 == {f"encoder.layers.{i}.{p}" for i in range(CONFIG["num_hidden_layers"])
                     for p in ("attention.out", "ffn.up")}
+    # the FFN's GELU moves into its int8 down matmul (`input_activation`), unless that matmul stays float
+    assert all(isinstance(layer.ffn.act, torch.nn.Identity) and layer.ffn.down.input_activation == "gelu"
+               for layer in quantize_model(model_for("BertModel"), "int8").encoder.layers)
+    assert all(layer.ffn.act.name == "gelu" for layer in model.encoder.layers)
+    relu = minibert.BertModel(minibert.BertConfig(**{**CONFIG, "hidden_act": "relu"})).quantize("int8")
+    assert all(layer.ffn.act.name == "relu" and layer.ffn.down.input_activation is None
+               for layer in relu.encoder.layers)
     with pytest.raises(MinibertError, match="keep_float names ffn.gate, which are not int8 matmuls"):
         quantize_model(model_for("BertModel"), "int8", keep_float=("ffn.gate",))
 
