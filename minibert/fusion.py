@@ -81,5 +81,18 @@ def compiled(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
 @functools.cache
 def _compile(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     # sizes static but for the dims marked dynamic per call; the thread count read at run time, as eager kernels do
-    # (a server's worker threads each set their own), not baked into the generated loops at compile time
-    return torch.compile(fn, dynamic=False, options={"cpp.dynamic_threads": True, "cpp_wrapper": True})
+    # (a server's worker threads each set their own), not baked into the generated loops at compile time; the
+    # vector width named (`_vector_bits`)
+    return torch.compile(fn, dynamic=False, options={"cpp.dynamic_threads": True, "cpp_wrapper": True,
+                                                     "cpp.simdlen": _vector_bits()})
+
+
+def _vector_bits() -> int:
+    """The SIMD width inductor generates code for here (512 with AVX512, 256 with AVX2, 0 for none), named in the
+    compile options so that it is part of the key of inductor's on-disk cache. Left unnamed, inductor chooses it
+    from the CPU and ATEN_CPU_CAPABILITY but does not key its cache by it: a process with ATEN_CPU_CAPABILITY=avx2
+    after an AVX512 one, sharing the cache, ran the AVX512 kernels built for AVX2 and computed garbage (NaN logits);
+    so would any two CPUs sharing a cache folder."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    return pick_vec_isa().bit_width()

@@ -70,6 +70,38 @@ def test_compiled_int8_matmul_is_the_eager_one_bit_for_bit():
                 assert torch.equal(run(int8, x), int8(x)), (smoothed, rows)
 
 
+# one process's fused int8 matmul against its eager one: "equal" or the largest difference
+COMPILED_VS_EAGER = """
+import torch
+from minibert import fusion
+from minibert.quantize import Int8Linear
+torch.manual_seed(0)
+linear = Int8Linear(torch.nn.Linear(96, 40))
+x = torch.randn(5, 96)
+with torch.inference_mode():
+    compiled, eager = fusion.compiled(lambda linear, x: linear(x))(linear, x), linear(x)
+print("equal" if torch.equal(compiled, eager) else (compiled - eager).abs().max().item())
+"""
+
+
+@needs_compiler
+def test_kernels_built_for_one_vector_width_are_not_reused_for_another(tmp_path):
+    """Inductor's on-disk cache, shared by a process at the CPU's widest vectors and a later one limited to AVX2
+    (ATEN_CPU_CAPABILITY, as the AVX2 benchmarks run): the second builds its own kernels and computes what eager
+    does (it once got the first's AVX512 code built for AVX2: NaN logits). Where the CPU has no AVX512, both
+    processes use AVX2 and this shows only that a shared cache works."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    env.pop("ATEN_CPU_CAPABILITY", None)
+    for capability in (None, "avx2"):
+        run_env = env if capability is None else {**env, "ATEN_CPU_CAPABILITY": capability}
+        result = subprocess.run([sys.executable, "-c", COMPILED_VS_EAGER], env=run_env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.stdout.strip().splitlines()[-1:] == ["equal"], (capability, result.stdout, result.stderr[-2000:])
+
+
 @needs_compiler
 @pytest.mark.parametrize("head", ["BertModel", "BertForSequenceClassification"])
 def test_fused_float_encoder_matches_eager(head, fused_calls):
