@@ -72,7 +72,7 @@ def compiled(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
             cause = error.inner_exception
             _broken.append(f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}")
             logger.warning("fused kernels are off: torch.compile could not build them on this machine (%s); "
-                           "the model runs eager, as correct and up to a quarter slower in int8.", _broken[0])
+                           "the model runs eager, as correct and up to a fifth slower in int8.", _broken[0])
             return fn(module, *tensors)
 
     return run
