@@ -10,6 +10,8 @@ import csv
 import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -90,9 +92,6 @@ def test_kernels_built_for_one_vector_width_are_not_reused_for_another(tmp_path)
     (ATEN_CPU_CAPABILITY, as the AVX2 benchmarks run): the second builds its own kernels and computes what eager
     does (it once got the first's AVX512 code built for AVX2: NaN logits). Where the CPU has no AVX512, both
     processes use AVX2 and this shows only that a shared cache works."""
-    import subprocess
-    import sys
-
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     env.pop("ATEN_CPU_CAPABILITY", None)
     for capability in (None, "avx2"):
