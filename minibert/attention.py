@@ -33,6 +33,7 @@ from torch import nn
 from minibert import fusion
 from minibert.config import BertConfig
 from minibert.errors import MinibertError
+from minibert.linear import Linear
 from minibert.padding import Packing, packing_from_mask, repad
 
 logger = logging.getLogger("minibert")
@@ -254,8 +255,8 @@ class SelfAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.scale = config.head_dim**-0.5
         self.dropout_p = config.attention_probs_dropout_prob
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.qkv = Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = Linear(config.hidden_size, config.hidden_size)
 
     def forward(
         self,

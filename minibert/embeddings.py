@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minibert.config import BertConfig
+from minibert.kept_memory import KeptGradient
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -26,35 +27,27 @@ def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
 
 
 class WordEmbedding(nn.Embedding):
-    """`nn.Embedding` whose weight gradient, in CPU training, lands in a buffer kept from one step to the next.
+    """`nn.Embedding` whose weight gradient, in CPU training, lands in memory kept from one step to the next.
 
     A vocabulary's dense gradient is large (30,522 x 384 floats, 47 MB, for MiniLM). Made anew each step, as torch's
     embedding backward makes it, it is a fresh mmap whose pages the kernel zeroes on first touch: 22 ms a step on
     one core, against 2 ms to zero a kept buffer (in isolation; the fine-tuning step went from 1.09x transformers'
-    speed to 1.25-1.35x, bench/README.md's train.py). Here the backward zeroes the buffer kept from the last step
-    and adds this step's rows into it (the same sums in the same order as torch's backward, the padding row left at
-    zero) and hands it to autograd, which adopts it as `weight.grad` (DDP's hooks run as usual). A hook then keeps
-    a reference to `weight.grad`, so that `zero_grad(set_to_none=True)` does not free it. Under gradient
-    accumulation the later micro-batches' gradients are made anew and added, as usual.
+    speed to 1.25-1.35x, bench/README.md's train.py). Here the backward zeroes the gradient kept from the last step
+    (`minibert.kept_memory.KeptGradient`) and adds this step's rows into it: the same sums in the same order as
+    torch's backward, the padding row left at zero.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None) -> None:
         super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx)
-        self.kept_gradient: torch.Tensor | None = None
-        self._hooked: nn.Parameter | None = None  # the weight the keeping hook is on (not copied with the model)
+        self.kept_gradient = KeptGradient()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if not (self.training and torch.is_grad_enabled() and weight.requires_grad and weight.device.type == "cpu"
                 and not torch.compiler.is_compiling()):
             return super().forward(ids)
-        if self._hooked is not weight:
-            weight.register_post_accumulate_grad_hook(self._keep)
-            self._hooked = weight
+        self.kept_gradient.watch(weight)
         return _LookupKeepingGradient.apply(ids, weight, self)
-
-    def _keep(self, weight: torch.Tensor) -> None:
-        self.kept_gradient = weight.grad
 
 
 class _LookupKeepingGradient(torch.autograd.Function):
@@ -68,10 +61,11 @@ class _LookupKeepingGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, out_grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
         (ids,) = ctx.saved_tensors
-        owner, weight = ctx.owner, ctx.owner.weight
-        grad, owner.kept_gradient = owner.kept_gradient, None  # autograd adopts it only if nothing else holds it
-        if grad is None or grad is weight.grad or grad.shape != weight.shape or grad.dtype != out_grad.dtype:
-            grad = torch.zeros(weight.shape, dtype=out_grad.dtype)  # first step, or an accumulation's later one
+        owner = ctx.owner
+        shape = owner.weight.shape
+        grad = owner.kept_gradient.take(shape, out_grad.dtype)
+        if grad is None:
+            grad = torch.zeros(shape, dtype=out_grad.dtype)  # first step, or an accumulation's later one
         else:
             grad.zero_()
         grad.index_add_(0, ids.reshape(-1), out_grad.reshape(-1, out_grad.shape[-1]))

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from minibert import fusion
 from minibert.attention import AttentionPlan, SelfAttention
 from minibert.config import BertConfig
+from minibert.linear import Linear
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -76,9 +77,9 @@ def activation(name: str) -> nn.Module:
 class FeedForward(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.up = Linear(config.hidden_size, config.intermediate_size)
         self.act = activation(config.hidden_act)
-        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.down = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.act(self.up(x)))

@@ -4,6 +4,8 @@ is the same memory from one step to the next."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -46,7 +48,7 @@ def test_the_buffer_is_kept_between_steps():
     ids = torch.randint(1, 50, (2, 5))
     step(ours, ids, torch.ones(2, 5, 8))
     ours.zero_grad(set_to_none=True)
-    kept = ours.kept_gradient.data_ptr()  # no reference held past this line
+    kept = ours.kept_gradient.tensor.data_ptr()  # no reference held past this line
     step(ours, ids, torch.ones(2, 5, 8))
     assert ours.weight.grad.data_ptr() == kept
 
@@ -56,6 +58,21 @@ def test_eval_and_no_grad_take_torchs_own_path():
     ids = torch.randint(0, 50, (2, 5))
     ours.eval()
     step(ours, ids, torch.ones(2, 5, 8))
-    assert ours.kept_gradient is None
+    assert ours.kept_gradient.tensor is None
     with torch.no_grad():
         assert torch.equal(ours.train()(ids), stock(ids))
+
+
+def test_a_gradient_the_caller_kept_is_not_overwritten_and_a_copy_keeps_its_own():
+    ours, stock = pair()
+    ids = torch.randint(1, 50, (2, 5))
+    step(ours, ids, torch.ones(2, 5, 8))
+    kept_by_caller, value = ours.weight.grad, ours.weight.grad.clone()
+    ours.zero_grad(set_to_none=True)
+    copied = copy.deepcopy(ours)
+    assert copied.kept_gradient.tensor is None  # scratch memory is not copied
+    for module in (ours, copied, stock):
+        step(module, ids, 3 * torch.ones(2, 5, 8))
+    assert torch.equal(kept_by_caller, value)
+    assert torch.equal(ours.weight.grad, stock.weight.grad) and torch.equal(copied.weight.grad, stock.weight.grad)
+    assert copied.kept_gradient.tensor is copied.weight.grad  # its own hook, on its own weight
