@@ -24,7 +24,7 @@ class Linear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self.kept_cast = KeptCast()
+        self.kept = KeptCast()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
@@ -34,39 +34,48 @@ class Linear(nn.Linear):
         dtype = torch.get_autocast_dtype("cpu")
         if dtype == weight.dtype:
             return super().forward(x)
-        self.kept_cast.gradient.watch(weight)
+        self.kept.gradient.watch(weight)
         # autocast casts x and the bias; the weight it finds already in its dtype, and leaves as it is
-        return F.linear(x, _CastIntoKeptMemory.apply(weight, dtype, self.kept_cast), self.bias)
+        return F.linear(x, _CastIntoKeptMemory.apply(weight, dtype, self.kept), self.bias)
 
 
 class KeptCast:
-    """A weight's cast (taken by a forward, given back by its backward) and its float32 gradient."""
+    """A weight's cast and its float32 gradient, kept between steps.
+
+    `in_use` is saved for backward by the forward that last wrote the cast: while a graph that can still run its
+    backward holds it (its backward not yet run, or run with `retain_graph`), that graph's matmul needs the cast as
+    it is, and the next forward writes a new one. Autograd's version check would not notice an overwrite: the cast
+    is the casting Function's own output.
+    """
 
     def __init__(self) -> None:
-        self.weight: torch.Tensor | None = None
+        self.cast: torch.Tensor | None = None
+        self.in_use = torch.empty(0)
         self.gradient = KeptGradient()
 
     def __reduce__(self) -> tuple[type, tuple[()]]:  # scratch: a copied model starts without it
         return type(self), ()
+
+    def cast_of(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Memory for `weight` cast to `dtype`: the kept cast where no graph still needs it, else new memory."""
+        cast = self.cast
+        if cast is None or cast.shape != weight.shape or cast.dtype != dtype or self.in_use._use_count() > 1:
+            self.cast, self.in_use = torch.empty(weight.shape, dtype=dtype), torch.empty(0)
+        return self.cast
 
 
 class _CastIntoKeptMemory(torch.autograd.Function):
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, weight: torch.Tensor, dtype: torch.dtype,
                 kept: KeptCast) -> torch.Tensor:
-        # taken, not shared: a second forward before this one's backward (a layer called twice, gradient
-        # checkpointing's recomputation) must not overwrite a cast the first one's matmul saved for its backward
-        cast, kept.weight = kept.weight, None
-        if cast is None or cast.shape != weight.shape or cast.dtype != dtype:
-            cast = torch.empty(weight.shape, dtype=dtype)
-        ctx.kept, ctx.cast, ctx.weight_dtype = kept, cast, weight.dtype
+        cast = kept.cast_of(weight, dtype)
+        ctx.save_for_backward(kept.in_use)
+        ctx.kept, ctx.weight_dtype = kept, weight.dtype
         return cast.copy_(weight)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, cast_grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        kept = ctx.kept
-        kept.weight, ctx.cast = ctx.cast, None  # the matmul that saved it has run its backward
-        grad = kept.gradient.take(cast_grad.shape, ctx.weight_dtype)
+        grad = ctx.kept.gradient.take(cast_grad.shape, ctx.weight_dtype)
         if grad is None:
             return cast_grad.to(ctx.weight_dtype), None, None
         return grad.copy_(cast_grad), None, None

@@ -52,7 +52,7 @@ def test_outputs_and_gradients_are_autocasts_own_through_steps_and_accumulation(
         assert torch.equal(ours.weight.grad, stock.weight.grad)
         assert torch.equal(ours.bias.grad, stock.bias.grad)
         sgd(ours, stock)  # new weights: the kept cast must be written anew, not reused
-    assert ours.kept_cast.weight is not None
+    assert ours.kept.cast is not None
 
 
 def test_the_memory_is_kept_between_steps():
@@ -62,10 +62,10 @@ def test_the_memory_is_kept_between_steps():
     x, upstream = torch.randn(3, 16), torch.randn(3, 24)
     step(ours, x, upstream)
     sgd(ours)
-    gradient, cast = ours.kept_cast.gradient.tensor.data_ptr(), ours.kept_cast.weight.data_ptr()
+    gradient, cast = ours.kept.gradient.tensor.data_ptr(), ours.kept.cast.data_ptr()
     step(ours, x, upstream)
     assert ours.weight.grad.data_ptr() == gradient
-    assert ours.kept_cast.weight.data_ptr() == cast
+    assert ours.kept.cast.data_ptr() == cast
 
 
 def test_a_gradient_the_caller_kept_is_not_overwritten():
@@ -108,6 +108,27 @@ def test_a_graph_kept_past_a_weight_update_backpropagates_through_its_own_weight
     assert torch.equal(*grads)
 
 
+def test_a_graph_backpropagated_twice_after_another_forward():
+    """backward(retain_graph=True), a weight update and another forward, then the first graph's second backward:
+    the same input gradient again (the cast it saved was not overwritten by the later forward)."""
+    ours, stock = pair()
+    upstream = torch.randn(3, 24)
+    grads = []
+    for module in (ours, stock):
+        x = torch.randn(3, 16, generator=torch.Generator().manual_seed(5)).requires_grad_()
+        with torch.autocast("cpu", dtype=BF16):
+            first = (module(x).float() * upstream).sum()
+        first.backward(retain_graph=True)
+        once = x.grad.clone()
+        sgd(module)
+        step(module, torch.randn(3, 16), upstream)
+        x.grad = None
+        first.backward()
+        assert torch.equal(x.grad, once)
+        grads.append(x.grad)
+    assert torch.equal(*grads)
+
+
 def test_float32_eval_and_no_grad_run_nn_linear():
     ours, stock = pair()
     x = torch.randn(3, 16)
@@ -116,7 +137,7 @@ def test_float32_eval_and_no_grad_run_nn_linear():
         assert torch.equal(ours(x), stock(x))
     with torch.autocast("cpu", dtype=BF16):
         ours.eval()(x)
-    assert ours.kept_cast.weight is None and ours.kept_cast.gradient.tensor is None
+    assert ours.kept.cast is None and ours.kept.gradient.tensor is None
 
 
 def test_a_copy_keeps_memory_of_its_own():
@@ -124,13 +145,13 @@ def test_a_copy_keeps_memory_of_its_own():
     x, upstream = torch.randn(3, 16), torch.randn(3, 24)
     step(ours, x, upstream)
     copied = copy.deepcopy(ours)
-    assert copied.kept_cast.weight is None and copied.kept_cast.gradient.tensor is None
+    assert copied.kept.cast is None and copied.kept.gradient.tensor is None
     copied.zero_grad(set_to_none=True)
     step(copied, x, upstream)
     step(stock, x, upstream)
     assert torch.equal(copied.weight.grad, stock.weight.grad)
     sgd(copied)
-    assert copied.kept_cast.gradient.tensor is not None  # its own hook, on its own weight
+    assert copied.kept.gradient.tensor is not None  # its own hook, on its own weight
 
 
 def tiny_classifier(seed: int) -> BertForSequenceClassification:
